@@ -1,0 +1,33 @@
+"""User-facing errors: one clear line and exit code 2, never a traceback for a user mistake."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a path, a flag, a file's content). The message is shown as is."""
+
+
+class DataError(UserError):
+    """Missing or malformed data: the message names the file or id and what is wrong."""
+
+
+def cli(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a script's ``main``: a UserError becomes ``error: <message>`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return int(main(*args, **kwargs) or 0)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
