@@ -3,3 +3,25 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import tgs.compat  # noqa: E402,F401  (before anything imports torchvision or timm)
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic dataset in Kaggle's layout, shared read-only by the whole session."""
+    from datasets.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root, n_train=120, n_test=40, seed=7)
+    return root
+
+
+@pytest.fixture
+def data_copy(synthetic_root, tmp_path):
+    """A private, writable copy of the synthetic dataset (for tests that damage it)."""
+    dst = tmp_path / "data"
+    shutil.copytree(synthetic_root, dst, ignore=shutil.ignore_patterns(".cache"))
+    return dst

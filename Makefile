@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make demo    venv + install, synthetic Kaggle-layout data, the pipeline on it, a scored submission
+#   make test    venv + install, the test suite (CPU, tiny models, tiny data)
+# `make demo DATA=/path/to/kaggle` runs the demo on the real competition data instead.
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+DATA       ?=
+DEMO_DIR   ?= runs/demo
+export NO_ALBUMENTATIONS_UPDATE := 1
+SHELL      := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+.PHONY: all venv test test-slow demo bench clean-demo
+
+all: test
+
+# The venv is (re)installed only when requirements.txt differs from the copy saved inside it.
+venv:
+	@if [ -x $(PY) ] && cmp -s requirements.txt $(VENV)/.requirements.txt; then \
+	  echo "venv: $(VENV) is up to date with requirements.txt"; \
+	else \
+	  echo "venv: installing requirements.txt into $(VENV) (a few minutes the first time)"; \
+	  $(PYTHON_SYS) -m venv $(VENV) && \
+	  { $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
+	    | { grep -v "is ignored: it is neither a file nor a directory" || true; }; } && \
+	  $(PY) -c "import tgs.compat, torch, timm, albumentations, cv2" && \
+	  cp requirements.txt $(VENV)/.requirements.txt; \
+	fi
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+demo: venv
+	PY=$(PY) DATA="$(DATA)" DEMO_DIR="$(DEMO_DIR)" bash scripts/demo.sh
+
+bench: venv
+	$(PY) bench/bench_foundation.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,309 @@
+"""Reading the competition's data in Kaggle's folder layout.
+
+::
+
+    DATA/train/images/<id>.png     101x101 seismic images (8-bit RGB with three equal channels, or L)
+    DATA/train/masks/<id>.png      salt masks (8-bit 0/255 or 16-bit 0/65535; binarised with > 0)
+    DATA/test/images/<id>.png      the 18000 test images
+    DATA/train.csv                 id,rle_mask (an empty field is an empty mask)
+    DATA/depths.csv                id,z for train and test ids
+    DATA/sample_submission.csv     id,rle_mask: the test ids in submission order
+
+Whole sets load into compact arrays (uint8 images, bool masks) with a thread pool (OpenCV releases the GIL while
+decoding), and optionally into a cache file next to the data, keyed by the files' names, sizes and times.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from tgs.errors import DataError
+from tgs.io import atomic_path
+
+SIZE = 101
+CACHE_DIR = ".cache"
+
+LAYOUT_HELP = (
+    "expected Kaggle's layout: DATA/train/images/*.png, DATA/train/masks/*.png, DATA/test/images/*.png, "
+    "DATA/train.csv, DATA/depths.csv, DATA/sample_submission.csv (unpack the competition zip with "
+    "`python -m datasets.prepare ZIP --out DATA`, or make a synthetic set with "
+    "`python -m datasets.synthetic --out DATA`)"
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one dataset folder in Kaggle's layout."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> "Layout":
+        return cls(Path(root))
+
+    @property
+    def train_images(self) -> Path:
+        return self.root / "train" / "images"
+
+    @property
+    def train_masks(self) -> Path:
+        return self.root / "train" / "masks"
+
+    @property
+    def test_images(self) -> Path:
+        return self.root / "test" / "images"
+
+    @property
+    def train_csv(self) -> Path:
+        return self.root / "train.csv"
+
+    @property
+    def depths_csv(self) -> Path:
+        return self.root / "depths.csv"
+
+    @property
+    def sample_submission(self) -> Path:
+        return self.root / "sample_submission.csv"
+
+    def require(self, *parts: str) -> None:
+        """Raise a DataError naming the first missing part ('train_images', 'train_csv', ...)."""
+        if not self.root.is_dir():
+            raise DataError(f"data folder {self.root} does not exist; {LAYOUT_HELP}")
+        for part in parts:
+            path = getattr(self, part)
+            ok = path.is_dir() if part.endswith(("images", "masks")) else path.is_file()
+            if not ok:
+                raise DataError(f"{path} is missing; {LAYOUT_HELP}")
+
+
+@dataclass
+class TrainSet:
+    ids: np.ndarray  # (N,) str, in train.csv order
+    images: np.ndarray  # (N, 101, 101) uint8
+    masks: np.ndarray  # (N, 101, 101) bool
+    depths: np.ndarray  # (N,) float32, nan where unknown
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index) -> "TrainSet":
+        return TrainSet(self.ids[index], self.images[index], self.masks[index], self.depths[index])
+
+
+@dataclass
+class TestSet:
+    ids: np.ndarray  # (M,) str, in sample_submission.csv order
+    images: np.ndarray  # (M, 101, 101) uint8
+    depths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# -- CSV files ------------------------------------------------------------------------------------------------------
+def read_csv(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV of strings whose header must be exactly ``columns``; empty fields stay empty strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {LAYOUT_HELP}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if list(df.columns) != list(columns):
+        raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected {','.join(columns)!r}")
+    return df
+
+
+def unique_ids(df: pd.DataFrame, path) -> np.ndarray:
+    ids = df["id"].to_numpy(dtype=str)
+    dup = pd.Index(ids).duplicated()
+    if dup.any():
+        raise DataError(f"{path}: {int(dup.sum())} duplicated ids, first {ids[dup][0]}")
+    empty = ids == ""
+    if empty.any():
+        raise DataError(f"{path}: row {int(np.argmax(empty)) + 2} has an empty id")
+    return ids
+
+
+def read_train_csv(path) -> pd.DataFrame:
+    df = read_csv(path, ("id", "rle_mask"))
+    unique_ids(df, path)
+    return df
+
+
+def read_depths(path) -> pd.Series:
+    """Depth z per id (float); a missing depths.csv is an error only where depths are needed."""
+    df = read_csv(path, ("id", "z"))
+    z = pd.to_numeric(df["z"], errors="coerce")
+    if z.isna().any():
+        row = int(np.argmax(z.isna().to_numpy()))
+        raise DataError(f"{path}: id {df['id'].iloc[row]} has a depth {df['z'].iloc[row]!r} that is not a number")
+    return pd.Series(z.to_numpy(np.float32), index=df["id"].to_numpy(str))
+
+
+def read_sample_submission(path) -> np.ndarray:
+    df = read_csv(path, ("id", "rle_mask"))
+    return unique_ids(df, path)
+
+
+def depths_for(layout: Layout, ids: np.ndarray) -> np.ndarray:
+    if not layout.depths_csv.is_file():
+        return np.full(len(ids), np.nan, np.float32)
+    z = read_depths(layout.depths_csv)
+    return z.reindex(ids).to_numpy(np.float32)
+
+
+# -- PNG decoding ---------------------------------------------------------------------------------------------------
+def _decode(path: Path, ident: str, kind: str) -> np.ndarray:
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        what = "is missing" if not path.exists() else "is not a readable PNG"
+        raise DataError(f"id {ident}: {kind} file {path} {what}")
+    if raw.shape[:2] != (SIZE, SIZE):
+        raise DataError(f"id {ident}: {kind} file {path} is {raw.shape[1]}x{raw.shape[0]}, expected {SIZE}x{SIZE}")
+    if kind == "mask":
+        return (raw > 0).any(axis=2) if raw.ndim == 3 else raw > 0
+    if raw.dtype == np.uint16:
+        raw = (raw >> 8).astype(np.uint8)
+    elif raw.dtype != np.uint8:
+        raise DataError(f"id {ident}: image file {path} has pixel type {raw.dtype}, expected 8 or 16 bit")
+    if raw.ndim == 3:
+        colour = raw[..., :3]
+        if (colour == colour[..., :1]).all():
+            return np.ascontiguousarray(colour[..., 0])
+        return cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
+    return raw
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def read_pngs(folder: str | os.PathLike, ids: Sequence[str], kind: str = "image",
+              workers: int | None = None) -> np.ndarray:
+    """Decode ``folder/<id>.png`` for every id into one array: uint8 images or bool masks, (N, 101, 101)."""
+    folder = Path(folder)
+    out = np.zeros((len(ids), SIZE, SIZE), dtype=bool if kind == "mask" else np.uint8)
+    if len(ids) == 0:
+        return out
+
+    def work(block: range) -> None:
+        for i in block:
+            out[i] = _decode(folder / f"{ids[i]}.png", ids[i], kind)
+
+    workers = workers or default_workers()
+    step = max(64, -(-len(ids) // (workers * 4)))
+    blocks = [range(s, min(s + step, len(ids))) for s in range(0, len(ids), step)]
+    if workers == 1 or len(blocks) == 1:
+        for b in blocks:
+            work(b)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, blocks))  # re-raises the first DataError
+    return out
+
+
+def _stems(folder: Path) -> set[str]:
+    return {e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".png")}
+
+
+# -- cache ----------------------------------------------------------------------------------------------------------
+def _fingerprint(ids: Sequence[str], folders: Sequence[Path]) -> str:
+    h = hashlib.sha1()
+    h.update("\n".join(ids).encode())
+    for folder in folders:
+        for ident in ids:
+            st = os.stat(folder / f"{ident}.png")
+            h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(layout: Layout, name: str, ids: Sequence[str], folders: Sequence[Path], load, use_cache: bool):
+    if not use_cache:
+        return load()
+    cache = layout.root / CACHE_DIR / f"{name}-{_fingerprint(ids, folders)}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            pass  # unreadable cache: rebuild it
+    arrays = load()
+    try:
+        for old in cache.parent.glob(f"{name}-*.npz"):
+            old.unlink()
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+    except OSError:
+        pass  # a read-only data folder simply has no cache
+    return arrays
+
+
+# -- whole sets -----------------------------------------------------------------------------------------------------
+def load_train(root: str | os.PathLike, cache: bool = True, workers: int | None = None) -> TrainSet:
+    """The training set in train.csv order, masks from the PNG masks folder (validated against images)."""
+    layout = Layout.of(root)
+    layout.require("train_csv", "train_images", "train_masks")
+    df = read_train_csv(layout.train_csv)
+    ids = df["id"].to_numpy(str)
+    images_found = _stems(layout.train_images)
+    masks_found = _stems(layout.train_masks)
+    orphan = sorted(masks_found - images_found)
+    if orphan:
+        raise DataError(f"id {orphan[0]}: mask file {layout.train_masks / (orphan[0] + '.png')} has no image in "
+                        f"{layout.train_images} ({len(orphan)} such masks)")
+    for found, folder, kind in ((images_found, layout.train_images, "image"), (masks_found, layout.train_masks, "mask")):
+        missing = ids[~np.isin(ids, list(found))]
+        if missing.size:
+            raise DataError(f"id {missing[0]}: {kind} file {folder / (missing[0] + '.png')} is missing "
+                            f"({len(missing)} of the {len(ids)} ids in {layout.train_csv} have no {kind})")
+
+    def load():
+        return {"images": read_pngs(layout.train_images, ids, "image", workers),
+                "masks": read_pngs(layout.train_masks, ids, "mask", workers)}
+
+    arrays = _cached(layout, "train", ids, (layout.train_images, layout.train_masks), load, cache)
+    return TrainSet(ids, arrays["images"], arrays["masks"], depths_for(layout, ids))
+
+
+def load_test(root: str | os.PathLike, cache: bool = True, workers: int | None = None) -> TestSet:
+    """The test set in sample_submission.csv order."""
+    layout = Layout.of(root)
+    layout.require("sample_submission", "test_images")
+    ids = read_sample_submission(layout.sample_submission)
+    found = _stems(layout.test_images)
+    missing = ids[~np.isin(ids, list(found))]
+    if missing.size:
+        raise DataError(f"id {missing[0]}: test image {layout.test_images / (missing[0] + '.png')} is missing "
+                        f"({len(missing)} of the {len(ids)} ids in {layout.sample_submission})")
+
+    def load():
+        return {"images": read_pngs(layout.test_images, ids, "image", workers)}
+
+    arrays = _cached(layout, "test", ids, (layout.test_images,), load, cache)
+    return TestSet(ids, arrays["images"], depths_for(layout, ids))
+
+
+def load_truth(path: str | os.PathLike, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """True masks from a train.csv (RLE) or from a folder of mask PNGs: (ids, masks)."""
+    from tgs import rle
+
+    path = Path(path)
+    if path.is_dir():
+        ids = np.array(sorted(_stems(path)), dtype=str)
+        if len(ids) == 0:
+            raise DataError(f"{path}: no mask PNGs in this folder")
+        return ids, read_pngs(path, ids, "mask", workers)
+    df = read_train_csv(path)
+    ids = df["id"].to_numpy(str)
+    return ids, rle.decode(df["rle_mask"].tolist(), ids)

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Score a submission with the competition metric, or check a test-set submission's format.
+
+    python score.py SUBMISSION.csv --truth DATA/train.csv        # or --truth DATA/train/masks
+    python score.py SUBMISSION.csv --truth DATA/train.csv --per-image scores.csv
+    python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
+
+The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+
+from tgs import metric, submission
+from tgs.errors import UserError, cli
+from tgs.io import atomic_open
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("submission", help="CSV with header id,rle_mask")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--truth", help="train.csv (id,rle_mask) or a folder of true mask PNGs")
+    mode.add_argument("--check", metavar="DATA", help="validate a test-set submission against DATA/sample_submission.csv")
+    p.add_argument("--per-image", metavar="FILE", help="write id,score,iou per image to this CSV")
+    p.add_argument("--subset", action="store_true",
+                   help="score only the truth ids the submission has (e.g. one fold's validation images)")
+    return p.parse_args(argv)
+
+
+def check(path: str, data: str) -> int:
+    from datasets.kaggle import Layout, read_sample_submission
+
+    layout = Layout.of(data)
+    layout.require("sample_submission")
+    expected = read_sample_submission(layout.sample_submission)
+    df = submission.align(submission.read(path), expected, path, str(layout.sample_submission))
+    masks = submission.decode(df)
+    empty = ~masks.reshape(len(masks), -1).any(axis=1)
+    print(f"{path}: valid submission of {len(df)} ids ({empty.mean():.1%} empty masks)")
+    return 0
+
+
+def score(path: str, truth: str, per_image: str | None, subset: bool) -> int:
+    from datasets.kaggle import load_truth
+
+    truth_ids, truth_masks = load_truth(truth)
+    df = submission.align(submission.read(path), truth_ids, path, truth, subset=subset)
+    if len(df) < len(truth_ids):
+        keep = pd.Index(truth_ids).isin(df["id"])
+        truth_ids, truth_masks = truth_ids[keep], truth_masks[keep]
+    pred = submission.decode(df)
+    rep = metric.report(pred, truth_masks)
+    print("\n".join(rep.lines()))
+    if per_image:
+        with atomic_open(per_image, "w", newline="") as fh:
+            pd.DataFrame({"id": truth_ids, "score": rep.per_image, "iou": np.round(rep.per_image_iou, 6)}).to_csv(
+                fh, index=False)
+        print(f"per-image scores written to {per_image}")
+    return 0
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        if args.per_image or args.subset:
+            raise UserError("--per-image and --subset go with --truth, not --check")
+        return check(args.submission, args.check)
+    return score(args.submission, args.truth, args.per_image, args.subset)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Kaggle submission files: ``id,rle_mask``, one row per image, an empty field for an empty mask.
+
+Writing is atomic. Reading validates the header, the ids and (when decoded) every RLE string, and aligns the rows
+to a list of expected ids, reporting how many are missing or unexpected and naming the first few.
+
+    python -m tgs.submission --masks DATA/train/masks --out perfect.csv        # encode a folder of masks
+    python -m tgs.submission --empty --ids DATA/train.csv --out empty.csv      # every mask empty
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tgs import rle
+from tgs.errors import DataError, UserError, cli
+from tgs.io import atomic_open
+
+HEADER = ("id", "rle_mask")
+
+
+def write(path: str | Path, ids: Sequence[str], masks: np.ndarray | None = None,
+          rles: Sequence[str] | None = None) -> None:
+    """Write a submission from masks (N, 101, 101) or from ready RLE strings, atomically."""
+    if (masks is None) == (rles is None):
+        raise ValueError("give exactly one of masks or rles")
+    if rles is None:
+        rles = rle.encode(masks)
+    if len(rles) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(rles)} masks")
+    with atomic_open(path, "w", newline="") as fh:
+        pd.DataFrame({"id": np.asarray(ids, dtype=str), "rle_mask": list(rles)}).to_csv(fh, index=False)
+
+
+def _few(values, k: int = 5) -> str:
+    values = list(values)
+    more = f" and {len(values) - k} more" if len(values) > k else ""
+    return ", ".join(map(str, values[:k])) + more
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """Read and check a submission's structure: header ``id,rle_mask``, non-empty unique ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"submission {path} does not exist")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if tuple(df.columns) != HEADER:
+        raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected 'id,rle_mask'")
+    ids = df["id"].to_numpy(str)
+    if (ids == "").any():
+        raise DataError(f"{path}: row {int(np.argmax(ids == '')) + 2} has an empty id")
+    dup = pd.Index(ids).duplicated()
+    if dup.any():
+        raise DataError(f"{path}: {int(dup.sum())} ids appear more than once: {_few(pd.unique(ids[dup]))}")
+    return df
+
+
+def align(df: pd.DataFrame, expected: np.ndarray, path, source: str, subset: bool = False) -> pd.DataFrame:
+    """Rows of ``df`` in the order of ``expected`` ids; missing or unexpected ids are an error.
+
+    With ``subset`` the submission may hold fewer ids: the result keeps the expected ids it has, in order.
+    """
+    have = pd.Index(df["id"])
+    want = pd.Index(expected)
+    missing = want.difference(have, sort=False)
+    extra = have.difference(want, sort=False)
+    if len(extra):
+        raise DataError(f"{path}: {len(extra)} ids are not in {source}: {_few(extra)}")
+    if len(missing) and not subset:
+        raise DataError(f"{path}: {len(missing)} of the {len(want)} ids of {source} are missing: {_few(missing)}")
+    keep = want[want.isin(have)]
+    if len(keep) == 0:
+        raise DataError(f"{path}: none of its ids is in {source}")
+    return df.set_index("id").loc[keep].reset_index()
+
+
+def decode(df: pd.DataFrame) -> np.ndarray:
+    """The masks of a (validated) submission, checking every RLE string."""
+    ids = df["id"].to_numpy(str)
+    return rle.decode(df["rle_mask"].tolist(), ids)
+
+
+@cli
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write a submission from a folder of masks, or an all-empty one.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--masks", help="folder of mask PNGs: encode them (a perfect submission for that set)")
+    src.add_argument("--empty", action="store_true", help="every mask empty (the all-empty baseline)")
+    p.add_argument("--ids", help="with --empty: a CSV whose 'id' column lists the ids (train.csv, sample_submission)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.empty:
+        if not args.ids:
+            raise UserError("--empty needs --ids CSV (a train.csv or sample_submission.csv)")
+        from datasets.kaggle import read_csv
+
+        ids = read_csv(args.ids, HEADER)["id"].to_numpy(str)
+        write(args.out, ids, rles=[""] * len(ids))
+    else:
+        from datasets.kaggle import load_truth
+
+        ids, masks = load_truth(args.masks)
+        write(args.out, ids, masks=masks)
+    print(f"wrote {args.out} ({len(ids)} ids)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
