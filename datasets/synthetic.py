@@ -119,9 +119,9 @@ def _salt_masks(rng: np.random.Generator, n: int, depths: np.ndarray) -> np.ndar
     return masks
 
 
-def generate(n: int, rng: np.random.Generator) -> Synthetic:
-    """Images, masks and depths of ``n`` synthetic samples."""
-    ids = make_ids(rng, n)
+def generate(n: int, rng: np.random.Generator, ids: np.ndarray | None = None) -> Synthetic:
+    """Images, masks and depths of ``n`` synthetic samples (ids drawn here unless given)."""
+    ids = make_ids(rng, n) if ids is None else np.asarray(ids)
     depths = rng.integers(DEPTH_RANGE[0], DEPTH_RANGE[1] + 1, n)
     masks = _salt_masks(rng, n, depths)
     sediment = _sediment(rng, n)
@@ -155,14 +155,20 @@ def _write_pngs(folder: Path, ids, arrays, transform) -> None:
         list(pool.map(work, range(len(ids))))
 
 
+BLOCK = 2048  # images generated at a time: bounds the float temporaries to a few hundred MB
+
+
 def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0) -> dict:
     """Write a complete synthetic dataset in Kaggle's layout; returns a small summary."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    both = generate(n_train + n_test, rng)
-    tr, te = slice(0, n_train), slice(n_train, n_train + n_test)
-    l_mode = rng.random(n_train + n_test) < L_MODE_FRACTION
-    mask16 = rng.random(n_train) < MASK16_FRACTION
+    total = n_train + n_test
+    ids = make_ids(rng, total)
+    l_mode = rng.random(total) < L_MODE_FRACTION
+    mask16 = rng.random(total) < MASK16_FRACTION
+    depths = np.zeros(total, np.int64)
+    train_rles: list[str] = []
+    empty = flat = salt_pixels = 0
 
     def image_png(i, img):
         return img if l_mode[i] else np.repeat(img[..., None], 3, axis=2)
@@ -170,24 +176,40 @@ def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int =
     def mask_png(i, m):
         return (m.astype(np.uint16) * 65535) if mask16[i] else (m.astype(np.uint8) * 255)
 
-    _write_pngs(out / "train" / "images", both.ids[tr], both.images[tr], image_png)
-    _write_pngs(out / "train" / "masks", both.ids[tr], both.masks[tr], mask_png)
-    _write_pngs(out / "test" / "images", both.ids[te], both.images[te], lambda i, img: image_png(n_train + i, img))
+    for first in range(0, total, BLOCK):
+        block = generate(min(BLOCK, total - first), rng, ids[first:first + BLOCK])
+        depths[first:first + len(block.ids)] = block.depths
+        flat += int(block.flat.sum())
+        n_tr = max(0, min(len(block.ids), n_train - first))  # how many of this block are training images
+        at = np.arange(first, first + len(block.ids))
+        if n_tr:
+            tr = slice(0, n_tr)
+            _write_pngs(out / "train" / "images", block.ids[tr], block.images[tr], lambda i, x: image_png(at[i], x))
+            _write_pngs(out / "train" / "masks", block.ids[tr], block.masks[tr], lambda i, x: mask_png(at[i], x))
+            train_rles += rle.encode(block.masks[tr])
+            empty += int((~block.masks[tr].any(axis=(1, 2))).sum())
+            salt_pixels += int(block.masks[tr].sum())
+        if n_tr < len(block.ids):
+            te = slice(n_tr, None)
+            _write_pngs(out / "test" / "images", block.ids[te], block.images[te],
+                        lambda i, x: image_png(at[n_tr + i], x))
 
     with atomic_open(out / "train.csv", "w", newline="") as fh:
-        pd.DataFrame({"id": both.ids[tr], "rle_mask": rle.encode(both.masks[tr])}).to_csv(fh, index=False)
-    order = rng.permutation(n_train + n_test)
+        pd.DataFrame({"id": ids[:n_train], "rle_mask": train_rles}).to_csv(fh, index=False)
+    order = rng.permutation(total)
     with atomic_open(out / "depths.csv", "w", newline="") as fh:
-        pd.DataFrame({"id": both.ids[order], "z": both.depths[order]}).to_csv(fh, index=False)
+        pd.DataFrame({"id": ids[order], "z": depths[order]}).to_csv(fh, index=False)
     with atomic_open(out / "sample_submission.csv", "w", newline="") as fh:
-        pd.DataFrame({"id": both.ids[te], "rle_mask": "1 1"}).to_csv(fh, index=False)
-    train_masks = both.masks[tr]
+        pd.DataFrame({"id": ids[n_train:], "rle_mask": "1 1"}).to_csv(fh, index=False)
+    (out / "train" / "images").mkdir(parents=True, exist_ok=True)
+    (out / "train" / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "test" / "images").mkdir(parents=True, exist_ok=True)
     return {
         "train": n_train,
         "test": n_test,
-        "empty_fraction": float((~train_masks.any(axis=(1, 2))).mean()) if n_train else float("nan"),
-        "flat_images": int(both.flat.sum()),
-        "mean_coverage": float(train_masks.mean()) if n_train else float("nan"),
+        "empty_fraction": empty / n_train if n_train else float("nan"),
+        "flat_images": flat,
+        "mean_coverage": salt_pixels / (n_train * SIZE * SIZE) if n_train else float("nan"),
     }
 
 
