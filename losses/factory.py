@@ -1,0 +1,143 @@
+"""``build_loss(spec, **kwargs)``: a criterion from a name or a weighted combination string.
+
+Spec grammar: terms separated by ``+`` or ``,``; each term is ``name`` (weight 1) or ``name:weight``.
+Examples: ``"deep"``, ``"lovasz"``, ``"bce+dice"`` (= 1 * BCE + 1 * Dice),
+``"lovasz:0.7,bce:0.15,dice:0.15"`` (seed 003's mix). Names are case-insensitive; ``-`` reads as ``_``.
+
+Keyword arguments go to every term whose constructor takes them (``activation`` for the Lovasz losses,
+``smooth`` for Dice, ``image_weight``/``aux_weight``/``final_weight`` for ``deep``); one that no term takes is
+an error, so a typo never passes silently. Mistakes in the spec or the arguments raise
+:class:`tgs.errors.UserError` naming the valid choices.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from typing import Any, Callable
+
+import torch
+
+from losses.base import Criterion
+from losses.basic import BCE, SoftDice
+from losses.deep import DeepSupervisionLoss
+from losses.lovasz import LovaszHinge
+from tgs.errors import UserError
+
+_LOVASZ_KW = ("activation",)
+
+# name -> (constructor, keyword arguments it accepts from build_loss, one-line description)
+LOSSES: dict[str, tuple[Callable[..., Criterion], tuple[str, ...], str]] = {
+    "lovasz": (LovaszHinge, _LOVASZ_KW, "per-image Lovasz hinge, elu+1"),
+    "symmetric_lovasz": (
+        functools.partial(LovaszHinge, symmetric=True),
+        _LOVASZ_KW,
+        "(L(x, y) + L(-x, 1-y)) / 2",
+    ),
+    "lovasz_ignore_empty": (
+        functools.partial(LovaszHinge, ignore_empty=True),
+        _LOVASZ_KW,
+        "Lovasz hinge, mean over non-empty images only",
+    ),
+    "symmetric_lovasz_ignore_empty": (
+        functools.partial(LovaszHinge, symmetric=True, ignore_empty=True),
+        _LOVASZ_KW,
+        "symmetric Lovasz, mean over non-empty images only",
+    ),
+    "bce": (BCE, (), "pixel binary cross-entropy with logits"),
+    "dice": (SoftDice, ("smooth",), "per-image soft Dice"),
+    "deep": (
+        DeepSupervisionLoss,
+        ("image_weight", "aux_weight", "final_weight"),
+        "0.05*BCE(image) + 0.1*sum SymLovasz_nonempty(aux) + 1*SymLovasz(final)",
+    ),
+}
+
+
+class WeightedSum(Criterion):
+    """``sum_i weight_i * term_i(out, target)``.
+
+    ``components`` gives each term's unweighted value under its name (a term with parts of its own, e.g.
+    ``deep``, also adds them as ``name/part``) and the weighted total under ``"loss"``.
+    """
+
+    def __init__(self, terms: list[tuple[str, float, Criterion]]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("a weighted sum needs at least one term")
+        self.names = [name for name, _, _ in terms]
+        self.weights = [float(w) for _, w, _ in terms]
+        self.terms = torch.nn.ModuleDict({name: module for name, _, module in terms})
+
+    def components(self, out: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts: dict[str, torch.Tensor] = {}
+        total = None
+        for name, weight in zip(self.names, self.weights):
+            sub = self.terms[name].components(out, target)
+            parts[name] = sub["loss"]
+            parts.update({f"{name}/{k}": v for k, v in sub.items() if k != "loss"})
+            total = weight * sub["loss"] if total is None else total + weight * sub["loss"]
+        parts["loss"] = total
+        return parts
+
+    def extra_repr(self) -> str:
+        return " + ".join(f"{w:g}*{n}" for n, w in zip(self.names, self.weights))
+
+
+def _valid() -> str:
+    return ", ".join(LOSSES)
+
+
+def _lookup(raw: str) -> str:
+    name = raw.strip().lower().replace("-", "_")
+    if name in LOSSES:
+        return name
+    close = difflib.get_close_matches(name, list(LOSSES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UserError(f"unknown loss {raw.strip()!r}{hint}; valid losses: {_valid()}")
+
+
+def parse_spec(spec: str) -> list[tuple[str, float]]:
+    """``"lovasz:0.7,bce:0.15"`` -> ``[("lovasz", 0.7), ("bce", 0.15)]``; raises UserError on any mistake."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"empty loss spec; give a name or e.g. 'lovasz:0.7,bce:0.15,dice:0.15' ({_valid()})")
+    terms: list[tuple[str, float]] = []
+    for raw in re.split(r"[+,]", spec):
+        if not raw.strip():
+            raise UserError(f"loss spec {spec!r} has an empty term")
+        name_part, sep, weight_part = raw.partition(":")
+        name = _lookup(name_part)
+        weight = 1.0
+        if sep:
+            try:
+                weight = float(weight_part)
+            except ValueError:
+                raise UserError(f"loss weight {weight_part.strip()!r} in {spec!r} is not a number") from None
+            if not (math.isfinite(weight) and weight >= 0):
+                raise UserError(f"loss weight {weight_part.strip()!r} in {spec!r} must be finite and >= 0")
+        if any(name == n for n, _ in terms):
+            raise UserError(f"loss {name!r} appears twice in {spec!r}")
+        terms.append((name, weight))
+    return terms
+
+
+def build_loss(spec: str, **kwargs: Any) -> Criterion:
+    """A criterion for ``spec`` (see the module docstring); a single unweighted name gives the bare criterion."""
+    terms = parse_spec(spec)
+    accepted = {k for name, _ in terms for k in LOSSES[name][1]}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        took = ", ".join(sorted(accepted)) or "none"
+        raise UserError(f"loss {spec!r} takes no argument {', '.join(unknown)} (it takes: {took})")
+    built = []
+    for name, weight in terms:
+        make, keys, _ = LOSSES[name]
+        try:
+            module = make(**{k: v for k, v in kwargs.items() if k in keys})
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"loss {name!r}: {exc}") from None
+        built.append((name, weight, module))
+    if len(built) == 1 and built[0][1] == 1.0:
+        return built[0][2]
+    return WeightedSum(built)
