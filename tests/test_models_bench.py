@@ -1,0 +1,37 @@
+"""bench/bench_models.py runs (a smoke test: one tiny measurement, no timing asserted)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster when the cores are shared (no OMP spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_worker_measures_both_modes(bench, capsys):
+    spec = dict(model="resnet18", device="cpu", dtype="bf16", channels_last=True, batch_size=2, size=32,
+                iters=1, warmup=0, threads=0)
+    rows = bench.worker(spec)["rows"]
+    assert [r["mode"] for r in rows] == ["fwd", "fwd+bwd"]
+    assert all(r["images_s"] > 0 and r["encoder"] == "resnet18" and r["peak_mib"] >= 0 for r in rows)
+    bench._print_table(rows, "test")
+    out = capsys.readouterr().out
+    assert "img/s" in out and "fwd+bwd" in out
