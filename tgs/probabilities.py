@@ -1,0 +1,113 @@
+"""Saved predictions: per-id 101x101 salt probabilities in a compact ``.npz`` (never a pickle).
+
+Arrays in the file (read with ``np.load(..., allow_pickle=False)``):
+
+- ``ids``: (N,) unicode strings;
+- ``probs``: (N, 101, 101) uint8, the probability times 255, rounded (error at most 0.002);
+- ``image_probs``: (N,) float32, the image-level "has salt" probability (NaN where unknown);
+- ``models``: (M,) unicode strings, the checkpoints averaged into it (may be empty);
+- ``split``: 0-d unicode string, ``test`` or ``valid`` (out-of-fold predictions of train images).
+
+Writing is atomic. :class:`RunningMean` averages any number of prediction sets with memory that does not grow
+with the number of models.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tgs.errors import DataError, UserError
+from tgs.io import atomic_path
+
+SCALE = 255.0
+
+
+@dataclass
+class Probabilities:
+    ids: np.ndarray  # (N,) str
+    probs: np.ndarray  # (N, 101, 101) float32 in [0, 1]
+    image_probs: np.ndarray  # (N,) float32
+    models: list[str] = field(default_factory=list)
+    split: str = "test"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def quantize(probs: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(probs, dtype=np.float32) * SCALE), 0, SCALE).astype(np.uint8)
+
+
+def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
+         models: Sequence[str] = (), split: str = "test") -> Path:
+    """Write predictions atomically; ``probs`` float in [0, 1] (or already-quantised uint8)."""
+    ids = np.asarray(ids, dtype=str)
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or len(probs) != len(ids):
+        raise ValueError(f"expected probs of shape ({len(ids)}, H, W), got {probs.shape}")
+    q = probs if probs.dtype == np.uint8 else quantize(probs)
+    img = (np.full(len(ids), np.nan, np.float32) if image_probs is None
+           else np.asarray(image_probs, dtype=np.float32).reshape(len(ids)))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, ids=ids, probs=q, image_probs=img, models=np.asarray(list(models), dtype=str),
+                                split=np.asarray(split))
+    return path
+
+
+def load(path: str | os.PathLike) -> Probabilities:
+    """Read a predictions file; a file that is not one gives a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"probabilities file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("ids", "probs") if k not in z.files]
+            if missing:
+                raise DataError(f"{path} is not a probabilities file (no {missing[0]!r} array)")
+            ids, q = z["ids"], z["probs"]
+            img = z["image_probs"] if "image_probs" in z.files else np.full(len(ids), np.nan, np.float32)
+            models = z["models"].tolist() if "models" in z.files else []
+            split = str(z["split"]) if "split" in z.files else "test"
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz probabilities file ({exc})") from None
+    if q.dtype != np.uint8 or q.ndim != 3 or len(q) != len(ids):
+        raise DataError(f"{path}: 'probs' must be uint8 (N, H, W) matching {len(ids)} ids, got {q.dtype} {q.shape}")
+    return Probabilities(ids.astype(str), q.astype(np.float32) / SCALE, img.astype(np.float32), list(models), split)
+
+
+class RunningMean:
+    """Average of prediction sets for the same ids, one at a time: memory of one float32 sum."""
+
+    def __init__(self):
+        self.ids: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self.image_sum: np.ndarray | None = None
+        self.count = 0
+        self.models: list[str] = []
+
+    def add(self, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
+            source: str = "") -> None:
+        ids = np.asarray(ids, dtype=str)
+        if self.ids is None:
+            self.ids = ids
+            self.sum = np.zeros(probs.shape, np.float32)
+            self.image_sum = np.zeros(len(ids), np.float32)
+        elif not np.array_equal(ids, self.ids):
+            raise UserError(f"{source or 'predictions'}: its ids differ from the first set's "
+                            f"({len(ids)} vs {len(self.ids)} ids); only predictions of the same images can be averaged")
+        self.sum += probs
+        self.image_sum += np.nan_to_num(image_probs, nan=0.0) if image_probs is not None else 0.0
+        self.count += 1
+        if source:
+            self.models.append(source)
+
+    def mean(self) -> Probabilities:
+        if self.count == 0:
+            raise UserError("nothing to average")
+        return Probabilities(self.ids, self.sum / self.count, self.image_sum / self.count, list(self.models))
