@@ -206,3 +206,18 @@ def test_synthetic_data_is_learnable(tmp_path):
     baseline = (~train_set.masks[va].any(axis=(1, 2))).mean()  # the all-empty prediction's score
     best = pd.read_csv(log / "metrics.csv")["val_metric"].max()
     assert best > baseline + 0.2, (best, baseline)
+
+
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 is emulated on CPUs: slow
+def test_amp_channels_last_accumulation_and_snapshots(tiny_data, tmp_path, amp):
+    log = tmp_path / amp
+    assert run_train(tiny_data, log, "--max-epochs", "2", "--amp", amp, "--channels-last",
+                     "--gradient-accumulation", "2", "--lr-scheduler", "cos", "--cycle-epochs", "1",
+                     "--optim", "sgd", "--loss", "lovasz:0.7,bce:0.15,dice:0.15") == 0
+    assert sorted(p.name for p in (log / "models").glob("snapshot-*")) == ["snapshot-e000-fold0.pth",
+                                                                          "snapshot-e001-fold0.pth"]
+    m = pd.read_csv(log / "metrics.csv")
+    assert np.isfinite(m[["train_loss", "val_loss", "val_metric"]].to_numpy()).all()
+    ck = models.read_checkpoint(log / "checkpoints" / "last-checkpoint-fold0.pth")
+    assert ck["extra"]["state"]["step"] == 4  # 4 batches an epoch, 2 per optimiser step, 2 epochs
+    assert (ck["extra"]["scaler"] is not None) == (amp == "fp16")
