@@ -64,3 +64,15 @@ def test_torchvision_and_timm_import():
     assert isinstance(tgs.compat.DEFINED_HERE, list)
     m = timm.create_model("resnet18", features_only=True, pretrained=False)
     assert m.feature_info.reduction() == [2, 4, 8, 16, 32]
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "f.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
