@@ -47,9 +47,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tgs-bench-train-") as tmp:
         n_total = int(a.images / 0.9) + 1
         write_dataset(Path(tmp) / "data", n_train=n_total, n_test=1, seed=0)
+        light = [f for f in LIGHT if not ("--resize" in extra and f == "--loss-on-center")]
         args = options.parse(["--data-dir", str(Path(tmp) / "data"), "--log-dir", str(Path(tmp) / "run"),
                               "--batch-size", str(a.batch_size), "--dataload-workers-nums", str(a.workers),
-                              "--device", a.device, "--max-epochs", "1", *LIGHT, *extra])
+                              "--device", a.device, "--max-epochs", "1", *light, *extra])
         info = distributed.setup(args.device)
         ctx = trainer.setup(args, info)
         batches = len(ctx.train_loader)
