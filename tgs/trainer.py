@@ -16,7 +16,9 @@ run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import operator
 import random
 import sys
 import time
@@ -37,7 +39,7 @@ from tgs.errors import UserError
 from tgs.inputs import InputSpec
 from tgs.io import atomic_open
 
-KINDS = {"metric": max, "loss": min, "accuracy": max}  # what "best" means for each tracked value
+KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 
 
 class TrainingError(UserError):
@@ -258,8 +260,8 @@ def train_one_epoch(ctx: Context, epoch: int) -> dict:
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         stepping = (i + 1) % accum == 0 or i + 1 == n_batches
-        sync = ctx.model.no_sync() if (info.enabled and not stepping and hasattr(ctx.model, "no_sync")) else None
-        with sync if sync is not None else _null():
+        skip_sync = info.enabled and not stepping and hasattr(ctx.model, "no_sync")
+        with ctx.model.no_sync() if skip_sync else contextlib.nullcontext():  # all-reduce only when stepping
             with predict.autocast(info.device, args.amp):
                 out = ctx.model(x)
             out, y = to_model_targets(ctx, out, masks)
@@ -281,14 +283,6 @@ def train_one_epoch(ctx: Context, epoch: int) -> dict:
     return {"train_loss": sum(s for s, _ in sums) / max(1, sum(c for _, c in sums))}
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 @torch.no_grad()
 def evaluate(ctx: Context, epoch: int) -> dict:
     """Validation loss, competition metric and pixel accuracy on the fold's images, at 101x101."""
@@ -308,7 +302,9 @@ def evaluate(ctx: Context, epoch: int) -> dict:
         hard = (pred.probs > 0.5)[:, 0].cpu().numpy()
         truth = masks[:, 0].cpu().numpy()
         i, u = metric.intersection_union(hard, truth)
-        inter.append(i), union.append(u), area.append(truth.reshape(len(truth), -1).sum(axis=1))
+        inter.append(i)
+        union.append(u)
+        area.append(truth.reshape(len(truth), -1).sum(axis=1))
         correct += int((hard == truth).sum())
         if grid is None:
             grid = (images[:8].float().cpu() / 255, masks[:8].float().cpu(), pred.probs[:8].cpu())
@@ -383,7 +379,7 @@ def fit(ctx: Context) -> RunState:
         improved = []
         for kind, better in KINDS.items():
             value = row[f"val_{kind}"]
-            if better(value, state.best[kind]) != state.best[kind] and value != state.best[kind]:
+            if better(value, state.best[kind]):
                 state.best[kind], state.best_epoch[kind] = value, epoch
                 improved.append(kind)
         state.since_best_metric = 0 if "metric" in improved else state.since_best_metric + 1
