@@ -4,6 +4,7 @@
     python score.py SUBMISSION.csv --truth DATA/train.csv        # or --truth DATA/train/masks
     python score.py SUBMISSION.csv --truth DATA/train.csv --per-image scores.csv
     python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
+    python score.py --search OOF.npz --truth DATA/train.csv       # best post-processing on out-of-fold predictions
 
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py).
 """
@@ -23,14 +24,23 @@ from tgs.io import atomic_open
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("submission", help="CSV with header id,rle_mask")
+    p.add_argument("submission", nargs="?", help="CSV with header id,rle_mask")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--truth", help="train.csv (id,rle_mask) or a folder of true mask PNGs")
     mode.add_argument("--check", metavar="DATA", help="validate a test-set submission against DATA/sample_submission.csv")
     p.add_argument("--per-image", metavar="FILE", help="write id,score,iou per image to this CSV")
     p.add_argument("--subset", action="store_true",
                    help="score only the truth ids the submission has (e.g. one fold's validation images)")
-    return p.parse_args(argv)
+    p.add_argument("--search", metavar="OOF.npz",
+                   help="grid-search threshold, minimum area, gating (and the flat-image rule) on out-of-fold "
+                        "probabilities (test.py --split valid / --merge-oof) against --truth")
+    args = p.parse_args(argv)
+    if args.search:
+        if args.submission or not args.truth or args.per_image or args.subset:
+            raise UserError("--search OOF.npz goes with --truth only (no submission, --check, --per-image, --subset)")
+    elif not args.submission:
+        raise UserError("give a SUBMISSION.csv to score or check (or --search OOF.npz --truth ...)")
+    return args
 
 
 def check(path: str, data: str) -> int:
@@ -65,9 +75,39 @@ def score(path: str, truth: str, per_image: str | None, subset: bool) -> int:
     return 0
 
 
+def search(path: str, truth: str) -> int:
+    """Best post-processing on out-of-fold probabilities; the flat-image rule is searched when the training
+    images lie next to the truth (DATA/train.csv -> DATA/train/images, DATA/train/masks -> DATA/train/images)."""
+    from pathlib import Path
+
+    from datasets.kaggle import load_truth, read_pngs
+    from tgs import postprocess, probabilities
+
+    oof = probabilities.load(path)
+    if oof.split != "valid":
+        print(f"note: {path} holds {oof.split!r} predictions; a search is meaningful on out-of-fold ones")
+    truth_ids, truth_masks = load_truth(truth)
+    index = pd.Index(truth_ids).get_indexer(oof.ids)
+    if (index < 0).any():
+        missing = oof.ids[index < 0]
+        raise UserError(f"{path}: {len(missing)} of its ids are not in {truth}, first {missing[0]}")
+    t = Path(truth)
+    images_dir = t.parent / "images" if t.is_dir() else t.parent / "train" / "images"
+    flat = None
+    if images_dir.is_dir():
+        flat = postprocess.flat_images(read_pngs(images_dir, oof.ids, "image"))
+    else:
+        print(f"note: no {images_dir}: the flat-image rule is not searched")
+    result = postprocess.search(probabilities.quantize(oof.probs), truth_masks[index], oof.image_probs, flat)
+    print("\n".join(result.lines()))
+    return 0
+
+
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.search:
+        return search(args.search, args.truth)
     if args.check:
         if args.per_image or args.subset:
             raise UserError("--per-image and --subset go with --truth, not --check")

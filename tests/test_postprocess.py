@@ -1,0 +1,165 @@
+"""tgs/postprocess.py: the post-processing steps by hand, against a per-image reference, and the OOF search."""
+import numpy as np
+import pytest
+
+from tgs import metric, postprocess
+from tgs import probabilities as P
+from tgs.errors import UserError
+from tgs.postprocess import PostProcess
+
+
+def blob(n_pixels_side: int, at=(10, 10), shape=(101, 101)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[at[0]:at[0] + n_pixels_side, at[1]:at[1] + n_pixels_side] = True
+    return m
+
+
+def textured(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 101, 101), dtype=np.uint8)
+
+
+def test_threshold_is_strict_and_defaults_are_neutral():
+    probs = np.zeros((1, 101, 101), np.float32)
+    probs[0, 0, :3] = [0.5, 0.5000001, 0.9]
+    masks = postprocess.apply(probs, images=textured(1))
+    assert masks[0, 0, :3].tolist() == [False, True, True] and masks.sum() == 2
+    assert postprocess.DEFAULTS == PostProcess(0.5, 0, None, True)
+    # (N, 1, H, W) is accepted as well
+    assert np.array_equal(postprocess.apply(probs[:, None]), masks)
+
+
+def test_min_area_empties_small_predictions_only():
+    probs = np.stack([blob(2), blob(3), np.zeros((101, 101))]).astype(np.float32)  # areas 4, 9, 0
+    for min_area, kept in [(0, [4, 9, 0]), (4, [4, 9, 0]), (5, [0, 9, 0]), (10, [0, 0, 0])]:
+        masks = postprocess.apply(probs, params=PostProcess(min_area=min_area))
+        assert masks.reshape(3, -1).sum(axis=1).tolist() == kept, min_area
+
+
+def test_gating_by_the_image_head():
+    probs = np.stack([blob(5)] * 4).astype(np.float32)
+    image_probs = np.array([0.1, 0.29, 0.3, np.nan], np.float32)
+    gated = postprocess.apply(probs, image_probs, params=PostProcess(gate=0.3))
+    assert gated.any(axis=(1, 2)).tolist() == [False, False, True, True]  # NaN: unknown, never gated
+    off = postprocess.apply(probs, image_probs, params=PostProcess(gate=None))
+    assert off.any(axis=(1, 2)).all()
+    assert postprocess.parse_gate("none") is None and postprocess.parse_gate("0.4") == 0.4
+    with pytest.raises(UserError, match="--gate 'x'"):
+        postprocess.parse_gate("x")
+
+
+def test_flat_images_get_empty_masks():
+    images = textured(3)
+    images[1] = 77  # one value everywhere
+    images[2, :50] = 0  # two values: not flat
+    probs = np.ones((3, 101, 101), np.float32)
+    assert postprocess.flat_images(images).tolist() == [False, True, False]
+    masks = postprocess.apply(probs, images=images)
+    assert masks.any(axis=(1, 2)).tolist() == [True, False, True]
+    kept = postprocess.apply(probs, images=images, params=PostProcess(flat=False))
+    assert kept.all()
+    assert postprocess.apply(probs).all()  # no images: the rule cannot apply
+
+
+def test_bad_settings_are_user_errors():
+    for kwargs, fragment in [(dict(threshold=1.5), "--threshold"), (dict(min_area=-1), "--min-area"),
+                             (dict(gate=2.0), "--gate")]:
+        with pytest.raises(UserError, match=fragment):
+            PostProcess(**kwargs)
+
+
+def reference(probs, image_probs, images, p: PostProcess) -> np.ndarray:
+    """The same rules, one image at a time."""
+    out = np.zeros(probs.shape, bool)
+    for i in range(len(probs)):
+        m = probs[i] > p.threshold
+        if m.sum() < p.min_area:
+            continue
+        if p.gate is not None and image_probs[i] < p.gate:
+            continue
+        if p.flat and images[i].min() == images[i].max():
+            continue
+        out[i] = m
+    return out
+
+
+def test_batch_equals_per_image_reference():
+    rng = np.random.default_rng(1)
+    n = 700  # more than one internal block
+    probs = rng.random((n, 101, 101), dtype=np.float32) ** 6  # small areas above most thresholds
+    image_probs = rng.random(n).astype(np.float32)
+    images = textured(n, 2)
+    images[::13] = 5
+    for p in [PostProcess(), PostProcess(0.3, 200, 0.4, True), PostProcess(0.7, 50, None, False)]:
+        np.testing.assert_array_equal(postprocess.apply(probs, image_probs, images, p),
+                                      reference(probs, image_probs, images, p))
+
+
+# -- search ---------------------------------------------------------------------------------------------------------
+def planted(n=40, seed=0):
+    """Half the images have a salt square (various sizes), half are empty."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, 101, 101), bool)
+    for i in range(0, n, 2):
+        s = int(rng.integers(12, 40))
+        truth[i] = blob(s, at=(int(rng.integers(0, 60)), int(rng.integers(0, 60))))
+    return truth
+
+
+def test_search_finds_a_planted_better_threshold():
+    truth = planted()
+    probs = np.where(truth, 0.36, 0.05).astype(np.float32)  # confident in shape, not in level: 0.5 misses all salt
+    res = postprocess.search(P.quantize(probs), truth)
+    assert res.default == postprocess.DEFAULTS
+    assert res.default_score == pytest.approx(0.5)  # only the empty truths score
+    assert res.best_score == pytest.approx(1.0) and res.gain == pytest.approx(0.5)
+    assert 0.05 <= res.best.threshold < 0.36
+    lines = "\n".join(res.lines())
+    assert "gain     +0.500000" in lines and f"--threshold {res.best.threshold:g}" in lines
+
+
+def test_search_finds_min_area_and_gate():
+    truth = planted()
+    probs = np.where(truth, 0.9, 0.0).astype(np.float32)
+    noisy = probs.copy()
+    noisy[1::2, 90:93, 90:93] = 0.9  # 9-pixel false alarms on every empty image
+    res = postprocess.search(P.quantize(noisy), truth)
+    assert res.default_score == pytest.approx(0.5)
+    assert res.best_score == pytest.approx(1.0) and 9 < res.best.min_area <= 144
+    # large false alarms, but the image head knows: only gating fixes them
+    noisy[1::2, 50:90, 50:90] = 0.9
+    image_probs = np.where(truth.any(axis=(1, 2)), 0.8, 0.2).astype(np.float32)
+    res = postprocess.search(P.quantize(noisy), truth, image_probs)
+    assert res.best_score == pytest.approx(1.0) and 0.2 < res.best.gate <= 0.8
+    # unknown image probabilities: gating is not searched
+    res = postprocess.search(P.quantize(noisy), truth, np.full(len(truth), np.nan, np.float32))
+    assert res.best.gate is None and res.best_score < 1.0
+
+
+def test_search_scores_equal_apply_then_metric():
+    rng = np.random.default_rng(3)
+    truth = planted(30, 1)
+    noise = rng.normal(0, 0.25, truth.shape)
+    q = P.quantize(np.clip(truth * 0.6 + 0.2 + noise, 0, 1))
+    probs = q.astype(np.float32) / np.float32(255.0)  # what tgs.probabilities.load gives
+    image_probs = rng.random(len(truth)).astype(np.float32)
+    images = textured(len(truth), 4)
+    images[3] = 9
+    truth[3] = False
+    flat = postprocess.flat_images(images)
+    thresholds, areas, gates = [0.3, 0.5, 0.62], [0, 40, 400], [0.25, 0.6]
+    res = postprocess.search(q, truth, image_probs, flat, thresholds, areas, gates)
+    best_direct = -1.0
+    for t in thresholds:
+        for a in areas:
+            for g in [None, *gates]:
+                for f in (False, True):
+                    p = PostProcess(t, a, g, f)
+                    s = metric.score(postprocess.apply(probs, image_probs, images, p), truth)
+                    best_direct = max(best_direct, s)
+                    if p == res.default:
+                        assert res.default_score == pytest.approx(s, abs=1e-12)
+    assert res.best_score == pytest.approx(best_direct, abs=1e-12)
+    direct = metric.score(postprocess.apply(probs, image_probs, images, res.best), truth)
+    assert res.best_score == pytest.approx(direct, abs=1e-12)
+    for p, s in res.table:
+        assert s == pytest.approx(metric.score(postprocess.apply(probs, image_probs, images, p), truth), abs=1e-12)

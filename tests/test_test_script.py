@@ -1,0 +1,292 @@
+"""test.py: submission format and order, TTA, mixed pad/resize ensembles, saved-probability averaging,
+out-of-fold predictions and their merge, post-processing flags, one-line errors and atomic outputs."""
+import importlib.util
+import re
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import models
+from datasets import folds, kaggle
+from tgs import metric, postprocess, rle, submission
+from tgs import probabilities as P
+from tgs.inputs import InputSpec
+from tgs.postprocess import PostProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(encoder="unet", encoder_width=4, decoder_channels=8, center_channels=16, input_upsample=1,
+             oc_decoder=False, fuse_channels=8, image_channels=8)
+RESIZE, PAD = InputSpec("resize", 32), InputSpec("pad", 128)
+LEVEL = 1 / 255 + 1e-6  # one quantisation level of the .npz files
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("tgs_test_script", ROOT / "test.py")  # `test` is a stdlib name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(seed: int, spec: InputSpec, images: np.ndarray) -> models.SaltUNet:
+    """A random model whose pixel and image logits are rescaled to mean 0, std 2 on ``images``: probabilities
+    spread over (0, 1), so thresholds, gates and flips all matter."""
+    torch.manual_seed(seed)
+    model = models.build_model(**SMALL).train()
+    with torch.no_grad():
+        model(torch.rand(4, 1, 32, 32))
+        model.eval()
+        out = model(spec.encode_images(torch.from_numpy(images)[:, None]))
+        for layer, logits in ((model.logit[-1], out["logits"]), (model.image_head.classify, out["image_logit"])):
+            k = 2.0 / float(logits.std())
+            layer.weight.mul_(k)
+            layer.bias.copy_(k * (layer.bias - float(logits.mean())))
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpts(synthetic_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    meta = {"data_dir": str(synthetic_root), "folds_file": None}
+    images = kaggle.load_test(synthetic_root).images[:16]
+    return {
+        "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, {**meta, "fold": "fold0"}),
+        "a1": models.save_checkpoint(d / "a1.pth", tiny(1, RESIZE, images), RESIZE, {**meta, "fold": "fold1"}),
+        "b": models.save_checkpoint(d / "b.pth", tiny(2, PAD, images), PAD, {**meta, "fold": "fold0"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def test_images(synthetic_root):
+    t = kaggle.load_test(synthetic_root)
+    return t.ids, t.images
+
+
+def run(argv, capsys):
+    code = script.main([str(a) for a in argv] + ["--threads", "1", "--device", "cpu"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def direct(path, images, tta=False):
+    """Probabilities straight from the model, by hand (no tgs.predict). TTA: the model's input mirrored, its
+    output mirrored back (at the model's resolution: with 101 -> 128 reflect padding, 13 + 14 pixels, the mirror
+    of the padded input is what the model sees), averaged, then restored to 101x101."""
+    loaded = models.load(path)
+    spec, model = loaded.input_spec, loaded.model
+    x = spec.encode_images(torch.from_numpy(images)[:, None])
+    with torch.no_grad():
+        out = model(x)
+        p = torch.sigmoid(out["logits"])
+        img = torch.sigmoid(out["image_logit"])
+        if tta:
+            f = model(torch.flip(x, dims=[3]))
+            p = 0.5 * (p + torch.flip(torch.sigmoid(f["logits"]), dims=[3]))
+            img = 0.5 * (img + torch.sigmoid(f["image_logit"]))
+    return spec.decode(p)[:, 0].numpy(), img.numpy()
+
+
+def csv_masks(path, ids):
+    df = submission.read(path)
+    assert df["id"].tolist() == list(ids)
+    return rle.decode(df["rle_mask"].tolist(), df["id"].tolist())
+
+
+def test_submission_format_order_empty_fields_and_kaggle_line(ckpts, synthetic_root, test_images, tmp_path, capsys):
+    ids, images = test_images
+    probs, image_probs = direct(ckpts["a"], images)
+    # a threshold between the images' maxima: some predictions empty, some not
+    threshold = float(np.median(probs.reshape(len(probs), -1).max(axis=1)))
+    code, out, err = run([ckpts["a"], "--output-prefix", tmp_path / "a", "--threshold", threshold], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-probabilities.npz", "a-submission.csv"]  # no temp files
+    lines = (tmp_path / "a-submission.csv").read_text().splitlines()
+    assert lines[0] == "id,rle_mask" and len(lines) == len(ids) + 1
+    assert [line.split(",")[0] for line in lines[1:]] == kaggle.read_sample_submission(
+        synthetic_root / "sample_submission.csv").tolist()
+    expected = postprocess.apply(probs, image_probs, images, PostProcess(threshold=threshold))
+    got = csv_masks(tmp_path / "a-submission.csv", ids)
+    np.testing.assert_array_equal(got, expected)
+    empty = ~expected.any(axis=(1, 2))
+    assert 0 < empty.sum() < len(ids)
+    assert all(line.endswith(",") == e for line, e in zip(lines[1:], empty))  # an empty mask is an empty field
+    assert f"empty predictions: {empty.mean():.1%} ({int(empty.sum())} of {len(ids)})" in out
+    submit = f"kaggle competitions submit -c tgs-salt-identification-challenge -f {tmp_path / 'a-submission.csv'} -m"
+    assert submit in out
+    saved = P.load(tmp_path / "a-probabilities.npz")
+    assert saved.split == "test" and saved.models == [str(ckpts["a"])] and list(saved.ids) == list(ids)
+    assert np.abs(saved.probs - probs).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_allclose(saved.image_probs, image_probs, rtol=1e-5)
+
+
+def test_post_processing_flags_reach_the_submission(ckpts, test_images, tmp_path, capsys):
+    ids, images = test_images
+    probs, image_probs = direct(ckpts["a"], images)
+    gate = float(np.median(image_probs))
+    p = PostProcess(threshold=0.45, min_area=300, gate=gate, flat=False)
+    code, out, _ = run([ckpts["a"], "--output-prefix", tmp_path / "p", "--threshold", "0.45", "--min-area", "300",
+                        "--gate", gate, "--no-flat"], capsys)
+    assert code == 0 and p.describe() in out
+    np.testing.assert_array_equal(csv_masks(tmp_path / "p-submission.csv", ids),
+                                  postprocess.apply(probs, image_probs, images, p))
+
+
+def test_tta_is_the_flip_average(ckpts, test_images, tmp_path, capsys):
+    ids, images = test_images
+    assert run([ckpts["a"], "--tta", "--output-prefix", tmp_path / "t"], capsys)[0] == 0
+    got = P.load(tmp_path / "t-probabilities.npz")
+    manual, manual_img = direct(ckpts["a"], images, tta=True)
+    plain, _ = direct(ckpts["a"], images, tta=False)
+    assert np.abs(got.probs - manual).max() <= LEVEL
+    np.testing.assert_allclose(got.image_probs, manual_img, rtol=1e-5)
+    assert np.abs(got.probs - plain).max() > 5 * LEVEL  # the flip really changes the prediction
+
+
+def test_mixed_pad_and_resize_ensemble_is_the_mean_of_single_runs(ckpts, test_images, tmp_path, capsys, monkeypatch):
+    ids, images = test_images
+    for name in ("a", "b"):
+        assert run([ckpts[name], "--tta", "--output-prefix", tmp_path / name], capsys)[0] == 0
+    # the pad model's run pads and crops: equal to the manual forward with its own input spec
+    pb, _ = direct(ckpts["b"], images, tta=True)
+    assert np.abs(P.load(tmp_path / "b-probabilities.npz").probs - pb).max() <= LEVEL
+
+    alive = []  # one model in memory at a time: every earlier model is freed when the next one loads
+    real_load = models.load
+
+    def watched(path, device="cpu"):
+        assert all(ref() is None for ref in alive), "the previous model is still alive"
+        loaded = real_load(path, device)
+        alive.append(weakref.ref(loaded.model))
+        return loaded
+
+    monkeypatch.setattr(models, "load", watched)
+    code, out, err = run([ckpts["a"], ckpts["b"], "--tta", "--output-prefix", tmp_path / "ab"], capsys)
+    assert code == 0, err
+    assert "(resize 101->32" in out and "(pad 101->128" in out and len(alive) == 2
+    a, b, ab = (P.load(tmp_path / f"{n}-probabilities.npz") for n in ("a", "b", "ab"))
+    assert np.abs(ab.probs - (a.probs + b.probs) / 2).max() <= LEVEL
+    np.testing.assert_allclose(ab.image_probs, (a.image_probs + b.image_probs) / 2, rtol=1e-5)
+    assert ab.models == [str(ckpts["a"]), str(ckpts["b"])]
+
+    # --from-probabilities: exactly the average of the saved files
+    code, out, err = run(["--from-probabilities", tmp_path / "a-probabilities.npz", tmp_path / "b-probabilities.npz",
+                          "--output-prefix", tmp_path / "fp", "--data-dir", data_root(ckpts)], capsys)
+    assert code == 0, err
+    fp = P.load(tmp_path / "fp-probabilities.npz")
+    mean = (a.probs + b.probs) / np.float32(2)
+    np.testing.assert_array_equal(P.quantize(fp.probs), P.quantize(mean))
+    np.testing.assert_array_equal(csv_masks(tmp_path / "fp-submission.csv", ids),
+                                  postprocess.apply(mean, (a.image_probs + b.image_probs) / 2, images))
+    assert fp.models == [str(tmp_path / "a-probabilities.npz"), str(tmp_path / "b-probabilities.npz")]
+
+
+def data_root(ckpts):
+    return models.read_checkpoint(ckpts["a"])["meta"]["data_dir"]
+
+
+
+
+def test_out_of_fold_predictions_and_merge(ckpts, synthetic_root, tmp_path, capsys):
+    train = kaggle.load_train(synthetic_root)
+    fold_ids = {}
+    for name, fold in (("a", "fold0"), ("a1", "fold1")):
+        args = [ckpts[name], "--split", "valid", "--tta", "--output-prefix", tmp_path / fold]
+        code, out, err = run(args, capsys)  # the fold comes from the checkpoint
+        assert code == 0, err
+        _, va = folds.split(train.ids, fold)
+        oof = P.load(tmp_path / f"{fold}-probabilities.npz")
+        assert oof.split == "valid" and list(oof.ids) == list(train.ids[va])
+        fold_ids[fold] = train.ids[va]
+        masks = csv_masks(tmp_path / f"{fold}-submission.csv", train.ids[va])
+        printed = float(re.search(r"^score\s+([0-9.]+)", out, re.M).group(1))
+        assert printed == pytest.approx(metric.score(masks, train.masks[va]), abs=1e-6)
+        assert f"{len(va)} images of {fold}" in out and "kaggle competitions submit" not in out
+    # a model is only scored on its own fold's validation images
+    code, _, err = run([ckpts["a1"], "--split", "valid", "--data-fold", "fold0", "--output-prefix", tmp_path / "x"],
+                       capsys)
+    assert code == 2 and "trained on fold1, not fold0" in err and err.count("\n") == 1
+
+    code, out, err = run(["--merge-oof", tmp_path / "fold1-probabilities.npz", tmp_path / "fold0-probabilities.npz",
+                          "--output-prefix", tmp_path / "oof", "--data-dir", synthetic_root], capsys)
+    assert code == 0, err
+    merged = P.load(tmp_path / "oof-probabilities.npz")
+    n = len(fold_ids["fold0"]) + len(fold_ids["fold1"])
+    assert merged.split == "valid" and list(merged.ids) == list(train.ids[:n])  # train.csv order
+    assert f"covers {n} of the {len(train)} training images" in out
+    f0, f1 = (P.load(tmp_path / f"{f}-probabilities.npz") for f in ("fold0", "fold1"))
+    np.testing.assert_array_equal(merged.probs, np.concatenate([f0.probs, f1.probs]))
+    masks = postprocess.apply(merged.probs, merged.image_probs, train.images[:n])
+    printed = float(re.search(r"^score\s+([0-9.]+)", out, re.M).group(1))
+    assert printed == pytest.approx(metric.score(masks, train.masks[:n]), abs=1e-6)
+
+    (tmp_path / "again.npz").write_bytes((tmp_path / "fold0-probabilities.npz").read_bytes())
+    code, _, err = run(["--merge-oof", tmp_path / "fold0-probabilities.npz", tmp_path / "again.npz",
+                        "--output-prefix", tmp_path / "m"], capsys)
+    assert code == 2 and "disjoint" in err
+    P.save(tmp_path / "test.npz", ["x"], np.zeros((1, 101, 101), np.float32))
+    code, _, err = run(["--merge-oof", tmp_path / "test.npz", "--output-prefix", tmp_path / "m"], capsys)
+    assert code == 2 and "not out-of-fold" in err
+    code, _, err = run(["--from-probabilities", tmp_path / "fold0-probabilities.npz", tmp_path / "test.npz",
+                        "--output-prefix", tmp_path / "m", "--data-dir", synthetic_root], capsys)
+    assert code == 2 and "cannot be averaged together" in err
+
+
+def test_missing_test_image_names_the_id(ckpts, data_copy, tmp_path, capsys):
+    ids = kaggle.read_sample_submission(data_copy / "sample_submission.csv")
+    (data_copy / "test" / "images" / f"{ids[3]}.png").unlink()
+    code, _, err = run([ckpts["a"], "--data-dir", data_copy, "--output-prefix", tmp_path / "m"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"id {ids[3]}" in err
+    assert not list(tmp_path.glob("m-*"))
+    r = subprocess.run([sys.executable, str(ROOT / "test.py"), str(ckpts["a"]), "--data-dir", str(data_copy),
+                        "--output-prefix", str(tmp_path / "m"), "--device", "cpu"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f"id {ids[3]}" in r.stderr
+
+
+def test_bad_inputs_are_one_line_errors(ckpts, tmp_path, capsys):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00" * 100)
+    cases = [
+        ([junk], "junk.pth"),
+        ([], "give model files"),
+        ([ckpts["a"], "--from-probabilities", junk], "exactly one"),
+        ([ckpts["a"], ckpts["a"]], "listed twice"),
+        ([tmp_path / "none.pth"], "none.pth does not exist"),
+        ([ckpts["a"], "--data-fold", "fold0"], "--data-fold goes with --split valid"),
+        ([ckpts["a"], "--threshold", "1.5"], "--threshold 1.5"),
+    ]
+    for argv, fragment in cases:
+        code, _, err = run([*argv, "--output-prefix", tmp_path / "j"], capsys)
+        assert code == 2 and err.count("\n") == 1 and fragment in err, (argv, err)
+    assert not list(tmp_path.glob("j-*"))
+
+
+def test_an_interrupted_write_keeps_the_previous_file(ckpts, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "i-submission.csv"
+    target.write_text("id,rle_mask\nold,\n")
+
+    def broken(self, fh, *args, **kwargs):
+        fh.write("id,rle_mask\nhalf")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
+    with pytest.raises(OSError, match="disk full"):
+        script.main([str(ckpts["a"]), "--output-prefix", str(tmp_path / "i"), "--device", "cpu"])
+    assert target.read_text() == "id,rle_mask\nold,\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-probabilities.npz", "i-submission.csv"]

@@ -1,0 +1,196 @@
+"""Stochastic weight averaging of one fold's checkpoints, with BatchNorm statistics recomputed on its data.
+
+1. Sources: model files, or folders whose ``*.pth`` / ``*.pt`` files are all taken (``runs/fold0/models``:
+   last, best-metric, best-loss, best-accuracy and the cosine-cycle snapshots). A path named twice counts once,
+   and files holding the *same weights* (train.py saves best-metric, best-loss and last from the same epoch when
+   that epoch improved all three) count once: the average is over distinct points of the trajectory, each with
+   weight 1. Every source must have the same model config and the same input spec (pad/resize, size, border);
+   the first pair that differs is refused with one line naming the two files.
+2. Equal average of every floating-point tensor of the state dicts (parameters and buffers), accumulated in
+   float64 one file at a time (memory: one checkpoint and one sum). Integer buffers (BatchNorm's
+   ``num_batches_tracked``) are reset by step 3.
+3. BatchNorm statistics are recomputed: every BN layer's running mean/var are reset and re-estimated over the
+   fold's training images (the images train.py trained on: data dir, fold, folds file and drop-mask threshold
+   from the checkpoint meta unless given), without augmentation, through the model's own input mode
+   (``InputSpec.encode_images``). Only the BN layers are in training mode (dropout stays off, as at prediction
+   time, so the statistics are those of the activations the model sees when it predicts); each batch updates
+   the running statistics with momentum ``b / (seen + b)``, so the result is the average over *images* of the
+   batch statistics (equal to torch's ``momentum=None`` cumulative average when all batches have the same
+   size, and exact, without the last small batch weighing as much as a full one, when they do not).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tgs.errors import UserError
+
+SUFFIXES = (".pth", ".pt")
+
+
+@dataclass
+class Source:
+    path: Path
+    epoch: object = None
+    kind: object = None
+    fold: object = None
+
+
+@dataclass
+class Averaged:
+    model: nn.Module
+    input_spec: object
+    sources: list[Source]
+    skipped: list[tuple[Path, Path]] = field(default_factory=list)  # (duplicate, the file it repeats)
+    meta: dict = field(default_factory=dict)  # the first source's meta
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Files from files and folders (a folder: its *.pth/*.pt files, sorted), each resolved path once."""
+    out: list[Path] = []
+    seen: set[Path] = {Path(p).resolve() for p in exclude}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+            if not files:
+                raise UserError(f"--input {path}: no .pth model files in this folder")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UserError(f"--input {path} does not exist")
+        for f in files:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    if not out:
+        raise UserError("--input: no model files to average")
+    return out
+
+
+def digest(state_dict: dict) -> str:
+    """A hash of the weights (names, dtypes, shapes and bytes of every tensor)."""
+    h = hashlib.sha1()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _comparable_config(raw: dict) -> dict:
+    return {k: v for k, v in raw["model_config"].items() if k != "pretrained"}
+
+
+def _difference(a: dict, b: dict) -> str:
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:3])
+
+
+def average(paths: Sequence[Path], log: Callable[[str], None] = print, allow_mixed_folds: bool = False) -> Averaged:
+    """Equal average of the distinct checkpoints ``paths`` (see the module docstring).
+
+    Checkpoints of different folds are refused unless ``allow_mixed_folds`` (swa.py: an explicit --data-fold).
+    """
+    import models
+
+    first_raw = None
+    total: dict[str, torch.Tensor] = {}
+    sources: list[Source] = []
+    skipped: list[tuple[Path, Path]] = []
+    digests: dict[str, Path] = {}
+    for path in paths:
+        raw = models.read_checkpoint(path)
+        if first_raw is None:
+            first_raw, first_path = raw, path
+        else:
+            if _comparable_config(raw) != _comparable_config(first_raw):
+                raise UserError(f"cannot average {first_path} and {path}: different architectures "
+                                f"({_difference(_comparable_config(first_raw), _comparable_config(raw))})")
+            if raw["input_spec"] != first_raw["input_spec"]:
+                raise UserError(f"cannot average {first_path} and {path}: different input modes "
+                                f"({_difference(first_raw['input_spec'], raw['input_spec'])})")
+            if set(raw["state_dict"]) != set(first_raw["state_dict"]):
+                raise UserError(f"cannot average {first_path} and {path}: their state dicts have different keys")
+            fold_a, fold_b = first_raw["meta"].get("fold"), raw["meta"].get("fold")
+            if fold_a != fold_b and not allow_mixed_folds:
+                raise UserError(f"cannot average {first_path} and {path}: different folds ({fold_a} vs {fold_b}); "
+                                "average one fold's models (or name the fold for BatchNorm with --data-fold)")
+        key = digest(raw["state_dict"])
+        if key in digests:
+            skipped.append((Path(path), digests[key]))
+            log(f"skip {path}: same weights as {digests[key]}")
+            continue
+        digests[key] = Path(path)
+        for name, t in raw["state_dict"].items():
+            if t.is_floating_point():
+                if name in total and total[name].shape != t.shape:
+                    raise UserError(f"cannot average {first_path} and {path}: {name} has shape "
+                                    f"{tuple(total[name].shape)} vs {tuple(t.shape)}")
+                if name in total:
+                    total[name].add_(t.double())
+                else:
+                    total[name] = t.double().clone()
+        meta = raw["meta"]
+        sources.append(Source(Path(path), meta.get("epoch"), meta.get("kind"), meta.get("fold")))
+        log(f"average {path} (epoch {meta.get('epoch', '?')}, {meta.get('kind', 'model')})")
+        if raw is not first_raw:
+            del raw
+    n = len(sources)
+    model = models.model_from_checkpoint(first_raw, first_path)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, t in total.items():
+            state[name].copy_((t / n).to(state[name].dtype))
+    from tgs.inputs import InputSpec
+
+    return Averaged(model, InputSpec.from_dict(first_raw["input_spec"]), sources, skipped, dict(first_raw["meta"]))
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, batch_size: int = 32,
+              amp: str = "none") -> int:
+    """Recompute every BatchNorm layer's running statistics over ``images`` (N, 101, 101) uint8, in order,
+    with the BN layers alone in training mode; returns the number of batches. The model ends in eval mode."""
+    from tgs import predict
+
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    if len(images) == 0:
+        raise UserError("no training images to recompute the BatchNorm statistics with")
+    momenta = [m.momentum for m in layers]
+    model.to(device).eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.train()
+    seen = batches = 0
+    try:
+        for first in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[first:first + batch_size])[:, None].to(device)
+            b = len(batch)
+            for m in layers:
+                m.momentum = b / (seen + b)
+            x = spec.encode_images(batch)
+            with predict.autocast(device, amp):
+                model(x)
+            seen += b
+            batches += 1
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.eval()
+    return batches
