@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a small synthetic dataset in Kaggle's layout (or DATA=/path/to/kaggle),
-# then the pipeline on it. Called by `make demo`; PY, DATA and DEMO_DIR come from the Makefile.
+# then the whole pipeline on it with a small model and two folds:
+#   train -> swa -> test (flip TTA, fold averaging) -> submission -> score.py --check -> out-of-fold score -> reports.
+# Called by `make demo`; PY, DATA and DEMO_DIR come from the Makefile. A second run reuses finished folds.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-runs/demo}
 DATA=${DATA:-}
+ENS="$DEMO_DIR/ens"
 mkdir -p "$DEMO_DIR"
 
 if [ -z "$DATA" ]; then
@@ -18,16 +21,34 @@ if [ -z "$DATA" ]; then
   fi
 fi
 
-echo "== baseline submissions for the training set"
-"$PY" -m tgs.submission --empty --ids "$DATA/train.csv" --out "$DEMO_DIR/empty-submission.csv"
+echo "== sanity: a submission encoded from the mask PNGs must score 1.000000 (PNG decoding + RLE vs train.csv)"
 "$PY" -m tgs.submission --masks "$DATA/train/masks" --out "$DEMO_DIR/perfect-submission.csv"
+"$PY" score.py "$DEMO_DIR/perfect-submission.csv" --truth "$DATA/train.csv" | head -1
 
-echo "== score: all-empty submission (the baseline every model must beat)"
-"$PY" score.py "$DEMO_DIR/empty-submission.csv" --truth "$DATA/train.csv"
-echo "== score: submission encoded from the mask PNGs (must be 1.000000: checks PNG decoding and RLE)"
-"$PY" score.py "$DEMO_DIR/perfect-submission.csv" --truth "$DATA/train.csv" --per-image "$DEMO_DIR/perfect-per-image.csv"
+echo "== train, average (SWA) and ensemble two folds of a small model (a few minutes on 2 cores)"
+"$PY" ensemble.py --data-dir "$DATA" --run-dir "$ENS" --folds fold0,fold1 --modes resize --resize-size 64 -- \
+  --basenet unet --encoder-width 8 --decoder-channels 16 --center-channels 32 --input-upsample 1 --oc center \
+  --batch-size 16 --learning-rate 3e-3 --warmup-epochs 2 --max-epochs 6 --dataload-workers-nums 1 --device cpu
 
-echo "== check: an all-empty test-set submission against sample_submission.csv"
-"$PY" -m tgs.submission --empty --ids "$DATA/sample_submission.csv" --out "$DEMO_DIR/fold0-submission.csv"
+echo "== one fold alone: test.py with flip TTA on fold0's SWA model"
+"$PY" test.py --tta "$ENS/resize/fold0_swa.pth" --output-prefix "$DEMO_DIR/fold0" --device cpu
 "$PY" score.py "$DEMO_DIR/fold0-submission.csv" --check "$DATA"
-echo "== demo done: files in $DEMO_DIR"
+
+echo "== the all-empty baseline on the same out-of-fold images, to compare with the out-of-fold score above"
+"$PY" -m tgs.submission --empty --ids "$DATA/train.csv" --out "$DEMO_DIR/empty-submission.csv"
+"$PY" -c "
+import numpy as np, sys
+from tgs import probabilities
+from datasets.kaggle import load_truth
+oof = probabilities.load('$ENS/oof-probabilities.npz')
+ids, masks = load_truth('$DATA/train.csv')
+empty = ~masks.reshape(len(masks), -1).any(axis=1)
+keep = np.isin(ids, oof.ids)
+print(f'all-empty baseline on the {keep.sum()} out-of-fold images: {empty[keep].mean():.6f}')
+"
+
+echo "== reports (PNG plots and CSV tables)"
+"$PY" report.py "$ENS/resize/fold0"
+"$PY" report.py --probabilities "$ENS/oof-probabilities.npz" --truth "$DATA/train.csv"
+
+echo "== demo done: submissions $ENS/ensemble-submission.csv and $DEMO_DIR/fold0-submission.csv; reports in $ENS"

@@ -153,6 +153,7 @@ def test_noam_and_other_schedules():
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
         schedulers.step(sch, 0.0)
     assert lrs == pytest.approx([0.5 * math.sqrt(2) * 2 ** -1.5, 0.5, 0.5 * math.sqrt(2 / 3), 0.5 * math.sqrt(2 / 4)])
 
