@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tgs.errors import DataError
-from tgs.io import atomic_path
+from tgs.io import atomic_path, read_csv_strings
 
 SIZE = 101
 CACHE_DIR = ".cache"
@@ -111,16 +111,7 @@ class TestSet:
 # -- CSV files ------------------------------------------------------------------------------------------------------
 def read_csv(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
     """Read a CSV of strings whose header must be exactly ``columns``; empty fields stay empty strings."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} is missing; {LAYOUT_HELP}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    if list(df.columns) != list(columns):
-        raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected {','.join(columns)!r}")
-    return df
+    return read_csv_strings(path, columns, missing=f"is missing; {LAYOUT_HELP}")
 
 
 def unique_ids(df: pd.DataFrame, path) -> np.ndarray:

@@ -7,6 +7,16 @@ import tgs.compat  # noqa: E402,F401  (before anything imports torchvision or ti
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny tensors: one intra-op thread is as fast, and immune to OpenMP spin-waits on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

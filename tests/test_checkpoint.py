@@ -19,13 +19,6 @@ SMALL = dict(input_upsample=1, encoder_width=4, center_channels=16, decoder_chan
 SPEC = InputSpec(mode="resize", size=64, border="replicate")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when the cores are shared (no OMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**kw) -> models.SaltUNet:

@@ -16,13 +16,6 @@ from tgs.errors import UserError
 SMALL = dict(center_channels=16, decoder_channels=8, fuse_channels=8, image_channels=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when the cores are shared (no OMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(encoder: str = "unet_nopool", **kw) -> models.SaltUNet:

@@ -15,12 +15,6 @@ SPEC = InputSpec(mode="resize", size=32)
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(seed: int, **kw) -> models.SaltUNet:

@@ -36,12 +36,6 @@ def _load_script():
 script = _load_script()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(seed: int, spec: InputSpec, images: np.ndarray) -> models.SaltUNet:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from tgs import rle
 from tgs.errors import DataError, UserError, cli
-from tgs.io import atomic_open
+from tgs.io import atomic_open, read_csv_strings
 
 HEADER = ("id", "rle_mask")
 
@@ -47,12 +47,7 @@ def read(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"submission {path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    if tuple(df.columns) != HEADER:
-        raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected 'id,rle_mask'")
+    df = read_csv_strings(path, HEADER)
     ids = df["id"].to_numpy(str)
     if (ids == "").any():
         raise DataError(f"{path}: row {int(np.argmax(ids == '')) + 2} has an empty id")
