@@ -86,8 +86,10 @@ def small_models(folder: Path, count: int, width: int, mode: str, size: int, nam
 
 
 @torch.inference_mode()
+@torch.inference_mode()
 def pure_forward(path: Path, images: np.ndarray, args) -> float:
-    """Seconds of model(x) + model(flip(x)) over all images (inputs prepared outside the timed region)."""
+    """Seconds of model(x) + model(flip(x)) over all images (inputs prepared outside the timed region), without
+    autograd, as in test.py."""
     import models
 
     device = torch.device(args.device)
