@@ -40,6 +40,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_foundation.py
+	$(PY) bench/bench_lovasz.py
+	$(PY) bench/bench_models.py --batch-size 4 --iters 1
+	$(PY) bench/bench_train.py --images 256 --workers 2 -- --basenet unet --encoder-width 8 --decoder-channels 16 --center-channels 32 --resize --input-size 64
+	$(PY) bench/bench_test.py --images 2000 --models 3
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
