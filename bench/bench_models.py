@@ -104,7 +104,9 @@ def worker(spec: dict) -> dict:
             step()
         sync()
         elapsed = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else _peak_rss_mib() - base_rss)
+        # ru_maxrss is a high-water mark the kernel updates lazily: it can trail the current RSS a little
+        peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda
+                else max(0.0, max(_peak_rss_mib(), _rss_mib()) - base_rss))
         rows.append(dict(model=spec["model"], encoder=model.config.encoder, device=device.type,
                          dtype=spec["dtype"], channels_last=spec["channels_last"], mode=mode, batch=n, size=size,
                          iters=spec["iters"], params_m=params / 1e6, images_s=n * spec["iters"] / elapsed,
