@@ -170,7 +170,13 @@ def test_early_stopping(tiny_data, tmp_path, capsys):
 def test_ddp_two_gloo_processes_validate_like_one(tiny_data, tmp_path):
     log = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    import socket
+
+    with socket.socket() as sock:  # a free local port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "--master_addr=127.0.0.1",
            str(ROOT / "train.py"), "--data-dir", str(tiny_data), "--log-dir", str(log), *TINY,
            "--max-epochs", "1", "--data-fold", "fold01"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
