@@ -186,7 +186,7 @@ def merge(args, timer) -> int:
     if args.data_dir:
         data = inference.train_set(args.data_dir, cache=not args.no_cache, workers=args.dataload_workers_nums or None)
     merged = inference.merge_oof(args.merge_oof, data.ids if data is not None else None)
-    npz = probabilities.save(f"{args.output_prefix}-probabilities.npz", merged.ids, inference.quantize(merged.probs),
+    npz = probabilities.save(f"{args.output_prefix}-probabilities.npz", merged.ids, merged.probs,
                              merged.image_probs, merged.models, "valid")
     print(f"merged {len(args.merge_oof)} out-of-fold files: {len(merged)} images -> {npz}")
     if data is None:

@@ -247,24 +247,13 @@ def _positions(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return pd.Index(reference).get_indexer(ids)
 
 
-def quantize(probs: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """uint8 probabilities, block by block (no float temporaries of the whole set)."""
-    probs = np.asarray(probs)
-    if probs.dtype == np.uint8:
-        return probs
-    out = np.empty(probs.shape, np.uint8)
-    for first in range(0, len(probs), chunk):
-        out[first:first + chunk] = P.quantize(probs[first:first + chunk])
-    return out
-
-
 def write(prefix: str, ids: np.ndarray, probs: np.ndarray, image_probs: np.ndarray, masks: np.ndarray | None,
           models: Sequence[str], split: str) -> tuple[Path | None, Path]:
     """``PREFIX-submission.csv`` (when masks are given) and ``PREFIX-probabilities.npz``, both atomic."""
     from tgs import submission
 
     npz = Path(f"{prefix}-probabilities.npz")
-    P.save(npz, ids, quantize(probs), image_probs, models, split)
+    P.save(npz, ids, probs, image_probs, models, split)
     csv = None
     if masks is not None:
         csv = Path(f"{prefix}-submission.csv")

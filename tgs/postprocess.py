@@ -191,7 +191,7 @@ def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = No
     from tgs.probabilities import quantize
 
     q = np.asarray(q)
-    q = q if q.dtype == np.uint8 else quantize(q)
+    q = quantize(q)
     truth = np.asarray(truth, dtype=bool)
     if q.shape != truth.shape:
         raise ValueError(f"probabilities {q.shape} and truth {truth.shape} differ in shape")

@@ -38,8 +38,22 @@ class Probabilities:
         return len(self.ids)
 
 
+_CHUNK = 1024  # images per block: float temporaries stay small whatever the set's size
+
+
 def quantize(probs: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(probs, dtype=np.float32) * SCALE), 0, SCALE).astype(np.uint8)
+    """uint8 levels (probability x 255, rounded), block by block along the first axis so that the float
+    temporaries stay small whatever the set's size; uint8 input is returned as it is."""
+    probs = np.asarray(probs)
+    if probs.dtype == np.uint8:
+        return probs
+    if probs.ndim == 0:
+        return quantize(probs[None])[0]
+    out = np.empty(probs.shape, np.uint8)
+    for first in range(0, len(probs), _CHUNK):
+        block = probs[first:first + _CHUNK].astype(np.float32, copy=False) * SCALE
+        out[first:first + _CHUNK] = np.clip(np.rint(block), 0, SCALE)
+    return out
 
 
 def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
@@ -49,7 +63,7 @@ def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_p
     probs = np.asarray(probs)
     if probs.ndim != 3 or len(probs) != len(ids):
         raise ValueError(f"expected probs of shape ({len(ids)}, H, W), got {probs.shape}")
-    q = probs if probs.dtype == np.uint8 else quantize(probs)
+    q = quantize(probs)
     img = (np.full(len(ids), np.nan, np.float32) if image_probs is None
            else np.asarray(image_probs, dtype=np.float32).reshape(len(ids)))
     path = Path(path)

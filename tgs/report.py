@@ -55,7 +55,7 @@ _BLOCK = 256  # images per bincount block (bounds the int64 index array to ~2.6M
 def as_levels(probs) -> np.ndarray:
     """uint8 levels of probabilities: uint8 passes through, floats in [0, 1] are quantised like the .npz files."""
     probs = np.asarray(probs)
-    return probs if probs.dtype == np.uint8 else quantize(probs)
+    return quantize(probs)
 
 
 def cut_for(threshold: float) -> int:
