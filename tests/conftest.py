@@ -35,3 +35,24 @@ def data_copy(synthetic_root, tmp_path):
     dst = tmp_path / "data"
     shutil.copytree(synthetic_root, dst, ignore=shutil.ignore_patterns(".cache"))
     return dst
+
+
+@pytest.fixture(scope="session")
+def truth(synthetic_root):
+    """(ids, masks) of the shared synthetic training set, from its train.csv."""
+    from datasets import kaggle
+
+    return kaggle.load_truth(synthetic_root / "train.csv")
+
+
+@pytest.fixture
+def run_score(capsys):
+    """Call score.py's main in-process: ``run_score(argv) -> (exit code, stdout, stderr)``."""
+    import score
+
+    def run(argv):
+        code = score.main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

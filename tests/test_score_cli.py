@@ -7,32 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import score
 from datasets import kaggle
 from tgs import rle, submission
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def truth(synthetic_root):
-    return kaggle.load_truth(synthetic_root / "train.csv")
-
-
-def run(argv, capsys):
-    code = score.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_perfect_and_empty(synthetic_root, truth, tmp_path, capsys):
+def test_perfect_and_empty(synthetic_root, truth, tmp_path, run_score):
     ids, masks = truth
     submission.write(tmp_path / "p.csv", ids, masks=masks)
-    code, out, _ = run([tmp_path / "p.csv", "--truth", synthetic_root / "train.csv"], capsys)
+    code, out, _ = run_score([tmp_path / "p.csv", "--truth", synthetic_root / "train.csv"])
     assert code == 0 and "score         1.000000" in out
     submission.write(tmp_path / "e.csv", ids, rles=[""] * len(ids))
     per = tmp_path / "per.csv"
-    code, out, _ = run([tmp_path / "e.csv", "--truth", synthetic_root / "train/masks", "--per-image", per], capsys)
+    code, out, _ = run_score([tmp_path / "e.csv", "--truth", synthetic_root / "train/masks", "--per-image", per])
     empty_frac = (~masks.any(axis=(1, 2))).mean()
     assert code == 0 and f"score         {empty_frac:.6f}" in out
     df = pd.read_csv(per, dtype={"id": str})
@@ -40,15 +28,15 @@ def test_perfect_and_empty(synthetic_root, truth, tmp_path, capsys):
     assert df["score"].mean() == pytest.approx(empty_frac)
 
 
-def test_rows_in_any_order_and_subset(synthetic_root, truth, tmp_path, capsys):
+def test_rows_in_any_order_and_subset(synthetic_root, truth, tmp_path, run_score):
     ids, masks = truth
     order = np.random.default_rng(0).permutation(len(ids))
     submission.write(tmp_path / "s.csv", ids[order], masks=masks[order])
-    assert run([tmp_path / "s.csv", "--truth", synthetic_root / "train.csv"], capsys)[0] == 0
+    assert run_score([tmp_path / "s.csv", "--truth", synthetic_root / "train.csv"])[0] == 0
     submission.write(tmp_path / "half.csv", ids[:30], masks=np.zeros((30, 101, 101), bool))
-    code, _, err = run([tmp_path / "half.csv", "--truth", synthetic_root / "train.csv"], capsys)
+    code, _, err = run_score([tmp_path / "half.csv", "--truth", synthetic_root / "train.csv"])
     assert code == 2 and "90 of the 120 ids" in err and "are missing" in err
-    code, out, _ = run([tmp_path / "half.csv", "--truth", synthetic_root / "train.csv", "--subset"], capsys)
+    code, out, _ = run_score([tmp_path / "half.csv", "--truth", synthetic_root / "train.csv", "--subset"])
     assert code == 0 and "images        30" in out
 
 
@@ -58,24 +46,24 @@ def test_rows_in_any_order_and_subset(synthetic_root, truth, tmp_path, capsys):
     ("id,rle_mask\n{0},1 x\n", "id {0}: RLE value 'x'"),
     ("id,rle_mask\nzzzzzzzzzz,\n", "1 ids are not in"),
 ])
-def test_bad_submissions(synthetic_root, truth, tmp_path, capsys, content, fragment):
+def test_bad_submissions(synthetic_root, truth, tmp_path, run_score, content, fragment):
     ident = truth[0][0]
     (tmp_path / "bad.csv").write_text(content.format(ident))
-    code, _, err = run([tmp_path / "bad.csv", "--truth", synthetic_root / "train.csv", "--subset"], capsys)
+    code, _, err = run_score([tmp_path / "bad.csv", "--truth", synthetic_root / "train.csv", "--subset"])
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert fragment.format(ident) in err
 
 
-def test_check_test_submission(synthetic_root, tmp_path, capsys):
+def test_check_test_submission(synthetic_root, tmp_path, run_score):
     ids = kaggle.read_sample_submission(synthetic_root / "sample_submission.csv")
     masks = np.zeros((len(ids), 101, 101), bool)
     masks[::2, 10:20, 10:20] = True
     submission.write(tmp_path / "t.csv", ids, masks=masks)
-    code, out, _ = run([tmp_path / "t.csv", "--check", synthetic_root], capsys)
+    code, out, _ = run_score([tmp_path / "t.csv", "--check", synthetic_root])
     assert code == 0 and "valid submission of 40 ids (50.0% empty masks)" in out
     submission.write(tmp_path / "short.csv", ids[:-3], masks=masks[:-3])
-    code, _, err = run([tmp_path / "short.csv", "--check", synthetic_root], capsys)
+    code, _, err = run_score([tmp_path / "short.csv", "--check", synthetic_root])
     assert code == 2 and "3 of the 40 ids" in err and ids[-1] in err
 
 

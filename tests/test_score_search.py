@@ -4,28 +4,16 @@ import re
 import numpy as np
 import pytest
 
-import score
 from datasets import kaggle
 from tgs import postprocess, submission
 from tgs import probabilities as P
-
-
-@pytest.fixture(scope="module")
-def truth(synthetic_root):
-    return kaggle.load_truth(synthetic_root / "train.csv")
-
-
-def run(argv, capsys):
-    code = score.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def value(out: str, label: str) -> float:
     return float(re.search(rf"^{label}\s+score ([0-9.]+)", out, re.M).group(1))
 
 
-def test_search_finds_planted_threshold_and_matches_a_scored_submission(synthetic_root, truth, tmp_path, capsys):
+def test_search_finds_planted_threshold_and_matches_a_scored_submission(synthetic_root, truth, tmp_path, run_score):
     ids, masks = truth
     ids, masks = ids[:60], masks[:60]
     assert masks.any(axis=(1, 2)).sum() >= 10  # the planted threshold matters on salt images
@@ -33,7 +21,7 @@ def test_search_finds_planted_threshold_and_matches_a_scored_submission(syntheti
     rng = np.random.default_rng(0)
     probs[rng.random(probs.shape) < 0.002] = 0.45  # salt-and-pepper just above the best threshold band
     npz = P.save(tmp_path / "oof.npz", ids, probs, np.full(len(ids), 0.5, np.float32), split="valid")
-    code, out, err = run(["--search", npz, "--truth", synthetic_root / "train.csv"], capsys)
+    code, out, err = run_score(["--search", npz, "--truth", synthetic_root / "train.csv"])
     assert code == 0, err
     assert "searched 60 images" in out and "flat" in out
     best = re.search(r"test.py flags: --threshold ([0-9.]+) --min-area (\d+)", out)
@@ -45,23 +33,23 @@ def test_search_finds_planted_threshold_and_matches_a_scored_submission(syntheti
     images = kaggle.read_pngs(synthetic_root / "train" / "images", ids)
     sub = postprocess.apply(loaded.probs, loaded.image_probs, images)
     submission.write(tmp_path / "default.csv", ids, masks=sub)
-    code, scored, _ = run([tmp_path / "default.csv", "--truth", synthetic_root / "train.csv", "--subset"], capsys)
+    code, scored, _ = run_score([tmp_path / "default.csv", "--truth", synthetic_root / "train.csv", "--subset"])
     assert code == 0
     assert float(re.search(r"^score\s+([0-9.]+)", scored, re.M).group(1)) == pytest.approx(value(out, "default"),
                                                                                            abs=2e-6)
 
 
-def test_search_with_a_mask_folder_and_errors(synthetic_root, truth, tmp_path, capsys):
+def test_search_with_a_mask_folder_and_errors(synthetic_root, truth, tmp_path, run_score):
     ids, masks = truth
     npz = P.save(tmp_path / "oof.npz", ids[:20], masks[:20].astype(np.float32), split="valid")
-    code, out, _ = run(["--search", npz, "--truth", synthetic_root / "train" / "masks"], capsys)
+    code, out, _ = run_score(["--search", npz, "--truth", synthetic_root / "train" / "masks"])
     assert code == 0 and "best     score 1.000000" in out  # perfect predictions stay perfect
     bad = P.save(tmp_path / "bad.npz", ["zzzzzzzzzz", *ids[:3]], np.zeros((4, 101, 101), np.float32), split="valid")
-    code, _, err = run(["--search", bad, "--truth", synthetic_root / "train.csv"], capsys)
+    code, _, err = run_score(["--search", bad, "--truth", synthetic_root / "train.csv"])
     assert code == 2 and "zzzzzzzzzz" in err and err.count("\n") == 1
-    code, _, err = run(["x.csv", "--search", npz, "--truth", synthetic_root / "train.csv"], capsys)
+    code, _, err = run_score(["x.csv", "--search", npz, "--truth", synthetic_root / "train.csv"])
     assert code == 2 and "--search OOF.npz goes with --truth only" in err
-    code, _, err = run(["--truth", synthetic_root / "train.csv"], capsys)
+    code, _, err = run_score(["--truth", synthetic_root / "train.csv"])
     assert code == 2 and "give a SUBMISSION.csv" in err
-    code, _, err = run(["--search", tmp_path / "none.npz", "--truth", synthetic_root / "train.csv"], capsys)
+    code, _, err = run_score(["--search", tmp_path / "none.npz", "--truth", synthetic_root / "train.csv"])
     assert code == 2 and "none.npz does not exist" in err
