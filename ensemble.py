@@ -6,7 +6,8 @@
         -- --basenet unet --encoder-width 4 --max-epochs 3 --device cpu
 
 For every mode (pad: reflect-pad 101 -> --pad-size; resize: 101 -> --resize-size) and every fold, one after
-another (or one process per GPU when several are visible, each with its own CUDA_VISIBLE_DEVICES):
+another, or --parallel folds at a time: by default one process per GPU when several are visible (each with its
+own CUDA_VISIBLE_DEVICES); on the CPU, --parallel N runs N folds at once with the cores shared between them:
 
 1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes
    from ``checkpoints/last-checkpoint-FOLD.pth``;
@@ -136,7 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="extra options for test.py, out-of-fold and test (e.g. '--batch-size 256 --threshold 0.45')")
     p.add_argument("--no-tta", dest="tta", action="store_false", help="no flip TTA in test.py")
     p.add_argument("--gpus", default="auto",
-                   help="GPUs for parallel folds (one process each): auto (the visible ones), none, or e.g. 0,1")
+                   help="GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1")
+    p.add_argument("--parallel", type=int, default=0,
+                   help="folds trained at the same time (default: one per GPU with 2+ GPUs, else 1); on the CPU "
+                        "each gets cores/N threads unless --threads is given")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
     args = p.parse_args(argv)
     args.train_args = shlex.split(args.train_args) + passthrough
@@ -146,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.fold_list:
         raise UserError("--folds: no fold given")
+    if args.parallel < 0:
+        raise UserError(f"--parallel must be >= 0 (0: automatic), got {args.parallel}")
     bad = [m for m in args.mode_list if m not in MODES]
     if bad or not args.mode_list:
         raise UserError(f"--modes {args.modes!r}: use pad, resize or pad,resize")
@@ -248,32 +254,44 @@ def _shared_flags(args, skip=()) -> list[str]:
     return out
 
 
-def train_and_average(job: Job, args, env=None, device: str | None = None, procs=None) -> str:
+@dataclass
+class Slot:
+    """Where a fold runs: its environment, ``--device`` and extra options for train.py and swa.py."""
+
+    name: str
+    env: dict | None = None
+    device: str | None = None
+    flags: tuple = ()
+
+
+def train_and_average(job: Job, args, slot: Slot | None = None, procs=None) -> str:
     """Train (or resume) and average one fold; returns what was done."""
     if job.swa.is_file():
         print(f"[{job.label}] finished: {job.swa} exists, skipped")
         return "skipped"
+    slot = slot or Slot("this process")
     size = args.pad_size if job.mode == "pad" else args.resize_size
     cmd = [*args.train_args, "--data-dir", str(args.data_dir), "--data-fold", job.fold, "--log-dir", str(job.log_dir),
            "--input-size", str(size)]
     cmd += ["--resize"] if job.mode == "resize" else []
     cmd += ["--folds-file", args.folds_file] if args.folds_file else []
-    cmd += ["--device", device] if device else []
+    cmd += ["--device", slot.device] if slot.device else []
+    cmd += list(slot.flags)
     resumed = job.last_checkpoint.is_file()
     if resumed:
         cmd += ["--resume", str(job.last_checkpoint)]
         print(f"[{job.label}] resuming training from {job.last_checkpoint}")
-    _run("train", cmd, job.label, job.log, env, procs, args.dry_run)
+    _run("train", cmd, job.label, job.log, slot.env, procs, args.dry_run)
     swa = ["--input", str(job.log_dir / "models"), "--output", str(job.swa), "--data-dir", str(args.data_dir),
            "--data-fold", job.fold, *(["--folds-file", args.folds_file] if args.folds_file else []),
-           *_shared_flags(args, skip=("device",) if device else ()), *(["--device", device] if device else []),
-           *args.swa_args]
-    _run("swa", swa, job.label, job.log, env, procs, args.dry_run)
+           *_shared_flags(args, skip=("device",) if slot.device else ()),
+           *(["--device", slot.device] if slot.device else []), *slot.flags, *args.swa_args]
+    _run("swa", swa, job.label, job.log, slot.env, procs, args.dry_run)
     return "resumed" if resumed else "trained"
 
 
 def visible_gpus(spec: str, device: str | None) -> list[str]:
-    """GPU ids to run folds on in parallel (empty: one after another in this environment)."""
+    """GPU ids to run folds on in parallel (empty: none, or the device asked for is not 'auto'/'cuda')."""
     if spec == "none" or (device is not None and device not in ("auto", "cuda")):
         return []
     if spec != "auto":
@@ -289,14 +307,30 @@ def visible_gpus(spec: str, device: str | None) -> list[str]:
     return ids[:count]
 
 
+def slots(args) -> list[Slot]:
+    """Where folds run at the same time: GPUs round-robin when 2+ are used, else CPU processes sharing the cores
+    (empty: one fold after another, in this environment)."""
+    gpus = visible_gpus(args.gpus, args.shared.get("device"))
+    n = args.parallel or (len(gpus) if len(gpus) >= 2 else 1)
+    if n < 2:
+        return []
+    if gpus:
+        return [Slot(f"GPU {gpus[i % len(gpus)]}", {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]},
+                     "cuda") for i in range(n)]
+    threads = args.shared.get("threads") or max(1, (os.cpu_count() or 1) // n)
+    flags = () if "threads" in args.shared else ("--threads", str(threads))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return [Slot(f"process {i + 1} ({threads} thread{'s' if threads != 1 else ''})", env, None, flags)
+            for i in range(n)]
+
+
 def run_folds(jobs: list[Job], args) -> None:
-    device = args.shared.get("device")
-    gpus = visible_gpus(args.gpus, device) if not args.dry_run else []
-    if len(gpus) < 2:
+    places = slots(args) if not args.dry_run else []
+    if not places:
         for job in jobs:
             train_and_average(job, args)
         return
-    print(f"running folds in parallel on GPUs {','.join(gpus)} (one process each)")
+    print(f"running {len(places)} folds at a time: {', '.join(s.name for s in places)}")
     todo: queue.Queue = queue.Queue()
     for job in jobs:
         todo.put(job)
@@ -304,15 +338,14 @@ def run_folds(jobs: list[Job], args) -> None:
     procs: dict = {}
     stop = threading.Event()
 
-    def worker(gpu: str):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    def worker(slot: Slot):
         while not stop.is_set():
             try:
                 job = todo.get_nowait()
             except queue.Empty:
                 return
             try:
-                train_and_average(job, args, env=env, device="cuda", procs=procs)
+                train_and_average(job, args, slot, procs=procs)
             except BaseException as exc:  # noqa: BLE001
                 if not stop.is_set():
                     failures.append(exc)
@@ -323,7 +356,7 @@ def run_folds(jobs: list[Job], args) -> None:
                         proc.terminate()
                 return
 
-    threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in gpus]
+    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in places]
     for t in threads:
         t.start()
     for t in threads:

@@ -5,6 +5,7 @@
     python score.py SUBMISSION.csv --truth DATA/train.csv --per-image scores.csv
     python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
     python score.py --search OOF.npz --truth DATA/train.csv       # best post-processing on out-of-fold predictions
+    python score.py --search OOF.npz --truth DATA/train.csv --save-best post.json   # then test.py --post-config post.json
 
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py).
 """
@@ -34,7 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search", metavar="OOF.npz",
                    help="grid-search threshold, minimum area, gating (and the flat-image rule) on out-of-fold "
                         "probabilities (test.py --split valid / --merge-oof) against --truth")
+    p.add_argument("--save-best", metavar="JSON",
+                   help="with --search: write the best setting here (read by test.py --post-config)")
     args = p.parse_args(argv)
+    if args.save_best and not args.search:
+        raise UserError("--save-best goes with --search")
     if args.search:
         if args.submission or not args.truth or args.per_image or args.subset:
             raise UserError("--search OOF.npz goes with --truth only (no submission, --check, --per-image, --subset)")
@@ -75,7 +80,7 @@ def score(path: str, truth: str, per_image: str | None, subset: bool) -> int:
     return 0
 
 
-def search(path: str, truth: str) -> int:
+def search(path: str, truth: str, save_best: str | None = None) -> int:
     """Best post-processing on out-of-fold probabilities; the flat-image rule is searched when the training
     images lie next to the truth (DATA/train.csv -> DATA/train/images, DATA/train/masks -> DATA/train/images)."""
     from pathlib import Path
@@ -100,6 +105,11 @@ def search(path: str, truth: str) -> int:
         print(f"note: no {images_dir}: the flat-image rule is not searched")
     result = postprocess.search(probabilities.quantize(oof.probs), truth_masks[index], oof.image_probs, flat)
     print("\n".join(result.lines()))
+    if save_best:
+        postprocess.save_setting(save_best, result.best, {
+            "score": round(result.best_score, 6), "default_score": round(result.default_score, 6),
+            "images": result.count, "searched_on": str(path)})
+        print(f"best setting written to {save_best} (test.py --post-config {save_best})")
     return 0
 
 
@@ -107,7 +117,7 @@ def search(path: str, truth: str) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.search:
-        return search(args.search, args.truth)
+        return search(args.search, args.truth, args.save_best)
     if args.check:
         if args.per_image or args.subset:
             raise UserError("--per-image and --subset go with --truth, not --check")

@@ -57,13 +57,10 @@ def _from_meta(flag, meta: dict, key: str, default=None):
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
     import models
-    from tgs import distributed, swa, trainer
+    from tgs import distributed, runtime, swa, trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.setup_cpu(args.threads)
     device = distributed.resolve_device(args.device)
     t0 = time.time()
     paths = swa.expand_inputs(args.input, exclude=[args.output])

@@ -116,13 +116,10 @@ def _describe(args, n_models: int) -> str:
 
 def predict_with_models(args, timer) -> tuple:
     """(image set, probs, image_probs, model names) from checkpoints."""
-    import torch
-
     import models
-    from tgs import distributed, inference
+    from tgs import distributed, inference, runtime
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.setup_cpu(args.threads)
     device = distributed.resolve_device(args.device)
     first = models.read_checkpoint(args.models[0])["meta"]
     data_dir = args.data_dir or _meta_value(first, "data_dir") or "data"

@@ -10,13 +10,13 @@
    data and the checkpoint, encoding, TTA bookkeeping, accumulation, post-processing, RLE, CSV and ``.npz``.
    Measured twice: (a) test.py's ``main()`` run in this process with the model wrapped by a timer, so the forward
    time and the total come from the same run (robust on a shared machine); (b) test.py in a subprocess (wall
-   clock, interpreter start and imports included, PNG cache warm) against the pure forward timed separately in
-   this process (before and after it; the faster of the two).
+   clock, interpreter start and imports included, PNG cache warm) against the pure forward timed in a
+   subprocess of its own (before and after test.py; the faster of the two). Every process sets up the CPU as
+   test.py does (``tgs.runtime.setup_cpu``: threads, and glibc malloc keeping its heap); ``--glibc-defaults``
+   adds both subprocess measurements with ``TGS_MALLOC=default`` to show what that setting is worth.
 3. Memory: peak RSS (``os.wait4``) of ``test.py --tta`` with 1 and with ``--models`` models on the same images
    (an even smaller UNet, ``--memory-width`` / ``--memory-size``, so that 20 of them run quickly on a CPU; the
    models' own weights are a few hundred KiB either way: what is compared is test.py's buffers).
-
-The machine may be shared: the pure forward is measured twice (before and after test.py) and the faster is used.
 
 Targets: overhead at most 15%; peak memory with many models at most 1.2x the one-model peak.
 """
@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="also time (b) with glibc malloc's default settings (TGS_MALLOC=default)")
+    p.add_argument("--forward-only", metavar="MODEL", help=argparse.SUPPRESS)  # (b)'s pure forward subprocess
     return p.parse_args(argv)
 
 
@@ -85,7 +88,6 @@ def small_models(folder: Path, count: int, width: int, mode: str, size: int, nam
     return paths
 
 
-@torch.inference_mode()
 @torch.inference_mode()
 def pure_forward(path: Path, images: np.ndarray, args) -> float:
     """Seconds of model(x) + model(flip(x)) over all images (inputs prepared outside the timed region), without
@@ -166,13 +168,32 @@ def in_process(model_paths, data: Path, prefix: Path, args) -> tuple[float, floa
     return total, sum(m.seconds for m in timed)
 
 
-def run_test(model_paths, data: Path, prefix: Path, args) -> dict:
+def _env(args, malloc: str = "") -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env.pop("TGS_MALLOC", None)
+    if malloc:
+        env["TGS_MALLOC"] = malloc
+    return env
+
+
+def forward_subprocess(model: Path, data: Path, args, malloc: str = "") -> float:
+    """The pure forward (as :func:`pure_forward`) timed in a fresh process set up as test.py sets itself up."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--forward-only", str(model), "--data", str(data),
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(args, malloc))
+    found = re.search(r"^forward: ([0-9.]+) s$", proc.stdout, re.M)
+    if proc.returncode != 0 or not found:
+        sys.exit(f"the forward subprocess failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return float(found.group(1))
+
+
+def run_test(model_paths, data: Path, prefix: Path, args, malloc: str = "") -> dict:
     cmd = [sys.executable, str(ROOT / "test.py"), "--tta", *map(str, model_paths), "--data-dir", str(data),
            "--output-prefix", str(prefix), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
            "--device", args.device]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+                            env=_env(args, malloc))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -186,11 +207,15 @@ def run_test(model_paths, data: Path, prefix: Path, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     from datasets import kaggle
+    from tgs import runtime
 
+    runtime.setup_cpu(args.threads)  # as test.py does
     data = dataset(args)
     images = kaggle.load_test(data).images  # also warms the PNG cache test.py reads
+    if args.forward_only:
+        print(f"forward: {pure_forward(Path(args.forward_only), images, args):.3f} s")
+        return 0
     n = len(images)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -200,10 +225,13 @@ def main(argv=None) -> int:
               f"{args.models} UNets (width {args.memory_width}, resize 101->{args.memory_size}); batch "
               f"{args.batch_size}, {args.threads} thread(s), {args.device}", flush=True)
         total_in, forward_in = in_process(small, data, tmp / "inproc", args)
-        before = pure_forward(small[0], images, args)
+        before = forward_subprocess(small[0], data, args)
         one = run_test(small, data, tmp / "one", args)
-        after = pure_forward(small[0], images, args)
+        after = forward_subprocess(small[0], data, args)
         forward = min(before, after)
+        if args.glibc_defaults:
+            forward_glibc = forward_subprocess(small[0], data, args, malloc="default")
+            one_glibc = run_test(small, data, tmp / "glibc", args, malloc="default")
         mem_one = run_test(tiny[:1], data, tmp / "mem1", args)
         mem_many = run_test(tiny, data, tmp / "memN", args)
 
@@ -214,9 +242,13 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     print(f"| (a) test.py main(), small model: total | {total_in:.1f} | {over_in:+.1%} | |")
     print(f"| (a) of which model forward calls | {forward_in:.1f} | | |")
-    print(f"| (b) pure model forward, separate ({before:.1f} s before, {after:.1f} s after) | {forward:.1f} | | |")
+    print(f"| (b) pure model forward, own process ({before:.1f} s before, {after:.1f} s after) | {forward:.1f} | | |")
     print(f"| (b) test.py subprocess, small model: wall clock | {one['wall']:.1f} | {over_wall:+.1%} | "
           f"{one['rss_mib']:.0f} |")
+    if args.glibc_defaults:
+        print(f"| (b) with glibc malloc defaults: pure model forward | {forward_glibc:.1f} | | |")
+        print(f"| (b) with glibc malloc defaults: test.py wall clock | {one_glibc['wall']:.1f} | "
+              f"{(one_glibc['wall'] - forward_glibc) / forward_glibc:+.1%} | {one_glibc['rss_mib']:.0f} |")
     print(f"| test.py, 1 tiny model | {mem_one['wall']:.1f} | | {mem_one['rss_mib']:.0f} |")
     print(f"| test.py, {args.models} tiny models | {mem_many['wall']:.1f} | | {mem_many['rss_mib']:.0f} |")
     print()

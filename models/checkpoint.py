@@ -58,10 +58,14 @@ class Loaded:
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded in every checkpoint's meta."""
-    import timm
+    """Library versions recorded in every checkpoint's meta (timm's from its package metadata: no import)."""
+    from importlib import metadata
 
-    return {"torch": str(torch.__version__), "timm": str(timm.__version__), "numpy": str(np.__version__),
+    try:
+        timm_version = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        timm_version = "not installed"
+    return {"torch": str(torch.__version__), "timm": timm_version, "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 

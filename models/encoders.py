@@ -10,9 +10,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 
-import tgs.compat  # noqa: F401  (before timm/torchvision)
+import tgs.compat  # noqa: F401  (before timm/torchvision; timm itself is imported when a timm encoder is asked for)
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -32,6 +31,8 @@ def list_encoders(pattern: str = "*") -> list[str]:
 
     Not every timm model supports ``features_only``; the factory says so with a clear error when one does not.
     """
+    import timm
+
     names = list(dict.fromkeys([*SCRATCH_ENCODERS, *sorted(ALIASES), *timm.list_models()]))
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
@@ -41,6 +42,8 @@ def resolve_encoder(name: str) -> str | None:
     matches."""
     if name in SCRATCH_ENCODERS:
         return None
+    import timm
+
     timm_name = ALIASES.get(name, name)
     if timm.is_model(timm_name):
         return timm_name
@@ -57,6 +60,8 @@ class TimmEncoder(nn.Module):
     def __init__(self, timm_name: str, pretrained: bool = False):
         super().__init__()
         self.timm_name = timm_name
+        import timm
+
         try:
             self.model = timm.create_model(timm_name, features_only=True, pretrained=pretrained)
         except Exception as exc:  # noqa: BLE001  (timm raises assorted types; the message says what went wrong)

@@ -170,7 +170,7 @@ def test_folds_run_in_parallel_one_process_per_gpu(tiny_data, tmp_path, monkeypa
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "p"), "--folds", "fold0,fold1",
             "--modes", "pad,resize", "--gpus", "3,5", "--", "--basenet", "unet"]
     assert ensemble.main(argv) == 0
-    assert "in parallel on GPUs 3,5" in capsys.readouterr().out
+    assert "running 2 folds at a time: GPU 3, GPU 5" in capsys.readouterr().out
     fold_steps = [r for r in record if r[0] in ("train", "swa")]
     assert sorted(r[1] for r in fold_steps if r[0] == "train") == ["pad/fold0", "pad/fold1", "resize/fold0",
                                                                    "resize/fold1"]
@@ -194,3 +194,31 @@ def test_folds_run_in_parallel_one_process_per_gpu(tiny_data, tmp_path, monkeypa
     assert ensemble.main(argv) == 2
     assert "pad/fold0 (exit 1): boom" in capsys.readouterr().err
     assert not any(r[0] in ("test", "score") for r in record)  # nothing after a failure
+
+
+def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsys):
+    """--parallel 2 on the CPU: two real train.py/swa.py processes at a time, each given cores/2 threads."""
+    import models
+
+    run = tmp_path / "cpu2"
+    cut = TINY.index("--threads")
+    tiny = TINY[:cut] + TINY[cut + 2:]  # ensemble.py chooses the threads
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(run), "--folds", "fold0,fold1,fold2", "--modes", "resize",
+            "--resize-size", "32", "--parallel", "2", "--", *tiny, "--max-epochs", "1"]
+    args = ensemble.parse_args(argv)
+    jobs = [ensemble.Job("resize", f, run) for f in args.fold_list]
+    ensemble.run_folds(jobs, args)
+    out = capsys.readouterr().out
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"running 2 folds at a time: process 1 ({threads} thread" in out
+    for fold in ("fold0", "fold1", "fold2"):
+        loaded = models.load(run / "resize" / f"{fold}_swa.pth")
+        assert loaded.meta["fold"] == fold and loaded.input_spec.mode == "resize"
+        log = (run / "logs" / f"resize-{fold}.log").read_text()
+        commands = [line for line in log.splitlines() if line.startswith("$ ")]
+        assert len(commands) == 2 and all(f"--threads {threads}" in c for c in commands)  # train.py, swa.py
+    # every echoed line carries its fold's prefix (no lines torn between two processes)
+    lines = [s for s in out.splitlines() if s.strip() and not s.startswith("running ")]
+    assert all(s.startswith("[resize/fold") for s in lines)
+    with pytest.raises(ensemble.UserError, match="--parallel must be >= 0"):
+        ensemble.parse_args(["--data-dir", str(tiny_data), "--parallel", "-1"])

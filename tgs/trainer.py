@@ -34,7 +34,7 @@ import models
 from datasets import augment, folds, kaggle
 from datasets.torchdata import SaltDataset
 from losses import build_loss
-from tgs import distributed, metric, options, predict, schedulers
+from tgs import distributed, metric, options, predict, runtime, schedulers
 from tgs.errors import UserError
 from tgs.inputs import InputSpec
 from tgs.io import atomic_open
@@ -139,8 +139,7 @@ def build_criterion(args):
 
 
 def setup(args: argparse.Namespace, info: distributed.DistInfo) -> Context:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.setup_cpu(args.threads)
     seed_everything(args.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
