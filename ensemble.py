@@ -18,8 +18,9 @@ then, with all the SWA models:
 
 3. out-of-fold predictions of each fold (its models of every mode averaged, ``test.py --split valid``) in
    RUN/oof/FOLD-probabilities.npz, merged into RUN/oof-probabilities.npz and scored;
-4. ``score.py --search`` on them: the best post-processing (printed, not applied: pass it with --test-args);
-5. ``test.py`` with flip TTA over every SWA model: RUN/ensemble-submission.csv (+ probabilities), checked with
+4. ``score.py --search`` on them: the best post-processing, saved in RUN/postprocess.json;
+5. ``test.py`` with flip TTA over every SWA model and that post-processing (``--default-post``: test.py's
+   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked with
    ``score.py --check``.
 
 Arguments after ``--`` (or in --train-args) go to every train.py; the data, fold, log dir, resume, input mode and
@@ -136,6 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-args", default="",
                    help="extra options for test.py, out-of-fold and test (e.g. '--batch-size 256 --threshold 0.45')")
     p.add_argument("--no-tta", dest="tta", action="store_false", help="no flip TTA in test.py")
+    p.add_argument("--default-post", dest="tuned_post", action="store_false",
+                   help="submit with test.py's default post-processing instead of the setting the out-of-fold "
+                        "search found (RUN/postprocess.json); flags in --test-args (--threshold ..., "
+                        "--post-config FILE) override either")
     p.add_argument("--gpus", default="auto",
                    help="GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1")
     p.add_argument("--parallel", type=int, default=0,
@@ -382,17 +387,20 @@ def ensemble_outputs(jobs: list[Job], args) -> dict:
     _run("test", ["--merge-oof", *oof, "--data-dir", str(args.data_dir), "--output-prefix", str(merged),
                   *args.test_args],
          "oof", logs / "oof.log", dry=args.dry_run)
-    _run("score", ["--search", f"{merged}-probabilities.npz", "--truth", str(Path(args.data_dir) / "train.csv")],
+    post = run / "postprocess.json"
+    _run("score", ["--search", f"{merged}-probabilities.npz", "--truth", str(Path(args.data_dir) / "train.csv"),
+                   "--save-best", str(post)],
          "search", logs / "search.log", dry=args.dry_run)
     prefix = run / "ensemble"
+    tuned = ["--post-config", str(post)] if args.tuned_post else []
     _run("test", [*[str(j.swa) for j in jobs], "--data-dir", str(args.data_dir), "--output-prefix", str(prefix),
-                  *common, "--message", f"ensemble of {len(jobs)} models ({','.join(args.mode_list)} x "
+                  *tuned, *common, "--message", f"ensemble of {len(jobs)} models ({','.join(args.mode_list)} x "
                                         f"{len(args.fold_list)} folds)"],
          "test", logs / "test.log", dry=args.dry_run)
     _run("score", [f"{prefix}-submission.csv", "--check", str(args.data_dir)], "check", logs / "test.log",
          dry=args.dry_run)
     return {"submission": Path(f"{prefix}-submission.csv"), "probabilities": Path(f"{prefix}-probabilities.npz"),
-            "oof": Path(f"{merged}-probabilities.npz")}
+            "oof": Path(f"{merged}-probabilities.npz"), "postprocess": post}
 
 
 @cli

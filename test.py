@@ -57,14 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataload-workers-nums", type=int, default=0, help="PNG decoding threads (0: automatic)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the decoded-PNG cache")
     g.add_argument("--message", help="the -m text of the printed kaggle command")
-    pp = p.add_argument_group("post-processing (defaults: tgs/postprocess.py)")
-    pp.add_argument("--threshold", type=float, default=d.threshold, help="salt where probability > this")
-    pp.add_argument("--min-area", type=int, default=d.min_area, help="predictions with fewer salt pixels become empty")
-    pp.add_argument("--gate", type=postprocess.parse_gate, default=d.gate,
-                    help="empty where the image-level salt probability < this (none: off)")
-    pp.add_argument("--no-flat", dest="flat", action="store_false", default=d.flat,
+    pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
+    pp.add_argument("--post-config", metavar="JSON",
+                    help="the setting of score.py --search --save-best JSON; the flags below override its values")
+    pp.add_argument("--threshold", type=float, help=f"salt where probability > this (default {d.threshold:g})")
+    pp.add_argument("--min-area", type=int,
+                    help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
+    pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
+                    help="empty where the image-level salt probability < this (none: off; default off)")
+    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False,
                     help="keep predictions on flat single-valued images (default: empty)")
     return p
+
+
+def post_setting(args: argparse.Namespace) -> tuple:
+    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
+    base, source = postprocess.DEFAULTS, "defaults"
+    if args.post_config:
+        base, info = postprocess.load_setting(args.post_config)
+        source = f"{args.post_config}" + (f", searched on {info['searched_on']}" if info.get("searched_on") else "")
+    given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
+    if hasattr(args, "gate"):
+        given["gate"] = args.gate
+    if given and args.post_config:
+        source += f"; {', '.join(k.replace('_', ' ') for k in given)} from the command line"
+    return postprocess.PostProcess(**{**base.to_dict(), **given}), source
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         missing = [x for x in paths if not Path(x).is_file()]
         if missing:
             raise UserError(f"{missing[0]} does not exist")
-    args.post = postprocess.PostProcess(args.threshold, args.min_area, args.gate, args.flat)
+    args.post, args.post_source = post_setting(args)
     return args
 
 
@@ -193,7 +210,7 @@ def merge(args, timer) -> int:
     print(f"covers {int(keep.sum())} of the {len(data)} training images"
           f"{' (all of them)' if keep.all() else ''}")
     masks = postprocess.apply(merged.probs, merged.image_probs, data.images[keep], args.post)
-    print(f"post-processing: {args.post.describe()}")
+    print(f"post-processing: {args.post.describe()} ({args.post_source})")
     print(_fraction_empty(masks))
     print("\n".join(_score_lines(masks, data.masks[keep], f"{int(keep.sum())} images")))
     timer.add("merge", time.perf_counter() - t0)
@@ -221,7 +238,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     csv, npz = inference.write(args.output_prefix, data.ids, probs, image_probs, masks, names, data.split)
     timer.add("writing", time.perf_counter() - t0)
-    print(f"post-processing: {args.post.describe()}")
+    print(f"post-processing: {args.post.describe()} ({args.post_source})")
     print(_fraction_empty(masks))
     print(f"wrote {csv} and {npz}")
     if data.split == "valid":

@@ -14,6 +14,7 @@ import torch
 
 import ensemble
 from datasets import folds, kaggle
+from tgs import postprocess
 from tgs import probabilities as P
 
 TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
@@ -88,12 +89,19 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     test_argv = calls[-2][1]
     assert "--tta" in test_argv and test_argv[:2] == [str(run / "resize" / "fold0_swa.pth"),
                                                        str(run / "resize" / "fold1_swa.pth")]
+    # the submission uses the setting the out-of-fold search found and saved
+    post = run / "postprocess.json"
+    best, info = postprocess.load_setting(post)
+    assert info["searched_on"] == str(run / "oof-probabilities.npz") and info["score"] >= info["default_score"]
+    assert test_argv[test_argv.index("--post-config") + 1] == str(post)
+    assert f"post-processing: {best.describe()} ({post}, searched on" in out
 
-    # again: both folds are finished and skipped; the ensemble outputs are rebuilt
+    # again: both folds are finished and skipped; the ensemble outputs are rebuilt (here with the defaults)
     swa_time = {f: (run / "resize" / f"{f}_swa.pth").stat().st_mtime_ns for f in ("fold0", "fold1")}
     calls.clear()
-    assert ensemble.main(command(tiny_data, run)) == 0
+    assert ensemble.main(command(tiny_data, run, "--default-post")) == 0
     out = capsys.readouterr().out
+    assert "--post-config" not in calls[-2][1] and "(defaults)" in out
     assert "train" not in [s for s, _ in scripts(calls)] and "swa" not in [s for s, _ in scripts(calls)]
     assert out.count("exists, skipped") == 2
 

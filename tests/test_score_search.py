@@ -53,3 +53,20 @@ def test_search_with_a_mask_folder_and_errors(synthetic_root, truth, tmp_path, r
     assert code == 2 and "give a SUBMISSION.csv" in err
     code, _, err = run_score(["--search", tmp_path / "none.npz", "--truth", synthetic_root / "train.csv"])
     assert code == 2 and "none.npz does not exist" in err
+
+
+def test_save_best_writes_what_test_py_reads(synthetic_root, truth, tmp_path, run_score):
+    ids, masks = truth
+    ids, masks = ids[:60], masks[:60]
+    probs = np.where(masks, 0.4, 0.1).astype(np.float32)  # the best threshold lies below 0.4, not at 0.5
+    npz = P.save(tmp_path / "oof.npz", ids, probs, np.full(len(ids), 0.5, np.float32), split="valid")
+    code, out, err = run_score(["--search", npz, "--truth", synthetic_root / "train.csv",
+                                "--save-best", tmp_path / "post.json"])
+    assert code == 0, err
+    best, info = postprocess.load_setting(tmp_path / "post.json")
+    assert f"test.py flags: {best.flags()}" in out and 0.1 <= best.threshold < 0.4
+    assert info["score"] == pytest.approx(value(out, "best"), abs=1e-6)
+    assert info["default_score"] == pytest.approx(value(out, "default"), abs=1e-6)
+    assert info["images"] == 60 and info["searched_on"] == str(npz)
+    code, _, err = run_score([tmp_path / "x.csv", "--truth", synthetic_root / "train.csv", "--save-best", "p.json"])
+    assert code == 2 and "--save-best goes with --search" in err

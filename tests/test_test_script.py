@@ -141,6 +141,46 @@ def test_post_processing_flags_reach_the_submission(ckpts, test_images, tmp_path
                                   postprocess.apply(probs, image_probs, images, p))
 
 
+def test_post_config_file_and_flags_that_override_it(ckpts, test_images, tmp_path, capsys):
+    ids, images = test_images
+    probs, image_probs = direct(ckpts["a"], images)
+    gate = float(np.median(image_probs))
+    saved = PostProcess(threshold=0.4, min_area=200, gate=gate, flat=False)
+    postprocess.save_setting(tmp_path / "post.json", saved, {"searched_on": "oof.npz", "score": 0.9})
+    code, out, _ = run([ckpts["a"], "--output-prefix", tmp_path / "c", "--post-config", tmp_path / "post.json"], capsys)
+    assert code == 0 and f"post-processing: {saved.describe()} ({tmp_path / 'post.json'}, searched on oof.npz)" in out
+    np.testing.assert_array_equal(csv_masks(tmp_path / "c-submission.csv", ids),
+                                  postprocess.apply(probs, image_probs, images, saved))
+    # flags given on the command line win over the file's values; the others stay the file's
+    code, out, _ = run([ckpts["a"], "--output-prefix", tmp_path / "d", "--post-config", tmp_path / "post.json",
+                        "--threshold", "0.6", "--gate", "none"], capsys)
+    mixed = PostProcess(threshold=0.6, min_area=200, gate=None, flat=False)
+    assert code == 0 and mixed.describe() in out and "threshold, gate from the command line" in out
+    np.testing.assert_array_equal(csv_masks(tmp_path / "d-submission.csv", ids),
+                                  postprocess.apply(probs, image_probs, images, mixed))
+    # without a file: the defaults, said so
+    code, out, _ = run([ckpts["a"], "--output-prefix", tmp_path / "e"], capsys)
+    assert code == 0 and f"post-processing: {postprocess.DEFAULTS.describe()} (defaults)" in out
+
+
+@pytest.mark.parametrize("text,fragment", [
+    (None, "does not exist"),
+    ("{not json", "not a JSON file"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"threshold": 0.5, "min_area": 0, "gate": null}', "missing flat"),
+    ('{"threshold": "0.5", "min_area": 0, "gate": null, "flat": true}', "threshold = '0.5' is not a valid value"),
+    ('{"threshold": 0.5, "min_area": 2.5, "gate": null, "flat": true}', "min_area = 2.5 is not a valid value"),
+    ('{"threshold": 1.5, "min_area": 0, "gate": null, "flat": true}', "--threshold 1.5: must be in [0, 1)"),
+])
+def test_a_bad_post_config_is_one_line(ckpts, tmp_path, capsys, text, fragment):
+    path = tmp_path / "post.json"
+    if text is not None:
+        path.write_text(text)
+    code, _, err = run([ckpts["a"], "--output-prefix", tmp_path / "x", "--post-config", path], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(path) in err and fragment in err
+    assert not list(tmp_path.glob("x-*"))
+
+
 def test_tta_is_the_flip_average(ckpts, test_images, tmp_path, capsys):
     ids, images = test_images
     assert run([ckpts["a"], "--tta", "--output-prefix", tmp_path / "t"], capsys)[0] == 0

@@ -13,8 +13,9 @@ Python loop per image), in this order:
 Defaults (:data:`DEFAULTS`): threshold 0.5, min area 0, gating off, flat on. These are the neutral settings: the
 synthetic data of this repository cannot tune anything for the real data, and ``score.py --search OOF.npz
 --truth DATA/train.csv`` prints the best setting found on a run's out-of-fold predictions and its gain over
-these defaults; pass it to ``test.py`` (``--threshold``, ``--min-area``, ``--gate``) once it was found on the
-real data.
+these defaults; ``--save-best post.json`` writes it for ``test.py --post-config post.json`` (flags given to
+test.py override the file's values). ``ensemble.py`` does both: its submission uses the setting found on its own
+out-of-fold predictions.
 
 Search (:func:`search`): for every image, a histogram of its quantised probabilities (the 256 levels of the
 ``.npz`` format) over all pixels and over its true salt pixels gives the predicted area and the intersection at
@@ -75,6 +76,54 @@ def parse_gate(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise UserError(f"--gate {text!r}: expected a probability in [0, 1] or none") from None
+
+
+def save_setting(path, setting: PostProcess, info: dict | None = None) -> None:
+    """Write ``setting`` as JSON (atomically): the fields of :class:`PostProcess` and ``info`` (score, source ...).
+    ``score.py --search --save-best`` writes it; ``test.py --post-config`` reads it."""
+    import json
+
+    from tgs.io import atomic_open
+
+    with atomic_open(path, "w") as fh:
+        json.dump({**setting.to_dict(), **(info or {})}, fh, indent=2)
+        fh.write("\n")
+
+
+def load_setting(path) -> tuple[PostProcess, dict]:
+    """(setting, the file's other keys) from a :func:`save_setting` file; a bad file is a UserError naming it."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--post-config {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"--post-config {path}: not a JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--post-config {path}: expected a JSON object with threshold, min_area, gate, flat")
+    missing = [k for k in ("threshold", "min_area", "gate", "flat") if k not in data]
+    if missing:
+        raise UserError(f"--post-config {path}: missing {', '.join(missing)}")
+    number = (int, float)
+    checks = {
+        "threshold": isinstance(data["threshold"], number) and not isinstance(data["threshold"], bool),
+        "min_area": isinstance(data["min_area"], int) and not isinstance(data["min_area"], bool),
+        "gate": data["gate"] is None or (isinstance(data["gate"], number) and not isinstance(data["gate"], bool)),
+        "flat": isinstance(data["flat"], bool),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise UserError(f"--post-config {path}: {bad[0]} = {data[bad[0]]!r} is not a valid value")
+    try:
+        setting = PostProcess(float(data["threshold"]), data["min_area"],
+                              None if data["gate"] is None else float(data["gate"]), data["flat"])
+    except UserError as exc:
+        raise UserError(f"--post-config {path}: {exc}") from None
+    info = {k: v for k, v in data.items() if k not in ("threshold", "min_area", "gate", "flat")}
+    return setting, info
 
 
 def flat_images(images: np.ndarray) -> np.ndarray:
