@@ -72,16 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def post_setting(args: argparse.Namespace) -> tuple:
     """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
-    base, source = postprocess.DEFAULTS, "defaults"
-    if args.post_config:
-        base, info = postprocess.load_setting(args.post_config)
-        source = f"{args.post_config}" + (f", searched on {info['searched_on']}" if info.get("searched_on") else "")
     given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
-    if hasattr(args, "gate"):
+    if hasattr(args, "gate"):  # --gate none is a value (off), so "not given" is the attribute's absence
         given["gate"] = args.gate
-    if given and args.post_config:
-        source += f"; {', '.join(k.replace('_', ' ') for k in given)} from the command line"
-    return postprocess.PostProcess(**{**base.to_dict(), **given}), source
+    return postprocess.resolve(args.post_config, given)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -173,46 +167,30 @@ def from_probabilities(args, timer) -> tuple:
     from tgs import inference
 
     t0 = time.perf_counter()
-    mean = inference.average_files(args.from_probabilities)
-    timer.add("probabilities", time.perf_counter() - t0)
-    data_dir = args.data_dir or "data"
-    workers = args.dataload_workers_nums or None
-    t0 = time.perf_counter()
-    if mean.split == "test":
-        data = inference.test_set(data_dir, cache=not args.no_cache, workers=workers)
-        what = "the test set of sample_submission.csv"
-    else:
-        data = inference.train_set(data_dir, cache=not args.no_cache, workers=workers)
-        keep = np.isin(data.ids, mean.ids)
-        data = inference.ImageSet(data.ids[keep], data.images[keep], "valid", data.masks[keep], None, data_dir)
-        what = "train.csv"
-    timer.add("data", time.perf_counter() - t0)
-    order = inference.align(mean.ids, data.ids, str(args.from_probabilities[0]), what)
+    data, mean = inference.saved_predictions(args.from_probabilities, args.data_dir or "data",
+                                             cache=not args.no_cache, workers=args.dataload_workers_nums or None)
+    timer.add("probabilities and data", time.perf_counter() - t0)
     print(f"averaged {len(args.from_probabilities)} probability files ({mean.split}, {len(data)} images)", flush=True)
-    return data, mean.probs[order], mean.image_probs[order], mean.models
+    return data, mean.probs, mean.image_probs, mean.models
 
 
 def merge(args, timer) -> int:
     from tgs import inference, probabilities
 
     t0 = time.perf_counter()
-    data = None
-    if args.data_dir:
-        data = inference.train_set(args.data_dir, cache=not args.no_cache, workers=args.dataload_workers_nums or None)
-    merged = inference.merge_oof(args.merge_oof, data.ids if data is not None else None)
+    merged, data, n_train = inference.merged_oof(args.merge_oof, args.data_dir, cache=not args.no_cache,
+                                                 workers=args.dataload_workers_nums or None)
     npz = probabilities.save(f"{args.output_prefix}-probabilities.npz", merged.ids, merged.probs,
                              merged.image_probs, merged.models, "valid")
     print(f"merged {len(args.merge_oof)} out-of-fold files: {len(merged)} images -> {npz}")
     if data is None:
         print("(give --data-dir to order them as train.csv and score them)")
         return 0
-    keep = np.isin(data.ids, merged.ids)
-    print(f"covers {int(keep.sum())} of the {len(data)} training images"
-          f"{' (all of them)' if keep.all() else ''}")
-    masks = postprocess.apply(merged.probs, merged.image_probs, data.images[keep], args.post)
+    print(f"covers {len(data)} of the {n_train} training images{' (all of them)' if len(data) == n_train else ''}")
+    masks = postprocess.apply(merged.probs, merged.image_probs, data.images, args.post)
     print(f"post-processing: {args.post.describe()} ({args.post_source})")
     print(_fraction_empty(masks))
-    print("\n".join(_score_lines(masks, data.masks[keep], f"{int(keep.sum())} images")))
+    print("\n".join(_score_lines(masks, data.masks, f"{len(data)} images")))
     timer.add("merge", time.perf_counter() - t0)
     print(f"search the post-processing: python score.py --search {shlex.quote(str(npz))} --truth "
           f"{shlex.quote(str(Path(args.data_dir) / 'train.csv'))}")

@@ -4,7 +4,7 @@ Grid: models x {fp32, bf16 autocast} x {channels_last off, on} on CUDA when pres
 Each (model, dtype, memory format) runs in a fresh subprocess so that peak memory is its own:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` (reset before each mode), i.e. tensors held by the caching allocator;
-- CPU: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that subprocess (a high-water mark, cannot be reset):
+- CPU: the peak RSS (``VmHWM``) of that subprocess (a high-water mark, cannot be reset):
   the "peak" column is the peak RSS minus the RSS right after the model was built (weights and libraries
   excluded), measured after the forward runs for "fwd" and after forward+backward for "fwd+bwd" (the larger of
   the two, since the mark never goes down).
@@ -55,6 +55,15 @@ def _rss_mib() -> float:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak RSS, MiB: VmHWM of /proc (reset by execve). Not ru_maxrss: that one survives execve,
+    so a worker would report its (larger) parent's RSS at fork time as its own peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -104,7 +113,7 @@ def worker(spec: dict) -> dict:
             step()
         sync()
         elapsed = time.perf_counter() - t0
-        # ru_maxrss is a high-water mark the kernel updates lazily: it can trail the current RSS a little
+        # the high-water mark is updated lazily by the kernel: it can trail the current RSS a little
         peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda
                 else max(0.0, max(_peak_rss_mib(), _rss_mib()) - base_rss))
         rows.append(dict(model=spec["model"], encoder=model.config.encoder, device=device.type,
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows.extend(json.loads(result)["rows"])
     note = ("torch.cuda.max_memory_allocated" if device.startswith("cuda") else
-            "CPU: ru_maxrss of a fresh process minus its RSS after building the model (high-water mark: "
+            "CPU: peak RSS (VmHWM) of a fresh process minus its RSS after building the model (high-water mark: "
             "fwd+bwd includes fwd)")
     _print_table(rows, note)
     if args.json:

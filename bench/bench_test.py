@@ -14,7 +14,7 @@
    subprocess of its own (before and after test.py; the faster of the two). Every process sets up the CPU as
    test.py does (``tgs.runtime.setup_cpu``: threads, and glibc malloc keeping its heap); ``--glibc-defaults``
    adds both subprocess measurements with ``TGS_MALLOC=default`` to show what that setting is worth.
-3. Memory: peak RSS (``os.wait4``) of ``test.py --tta`` with 1 and with ``--models`` models on the same images
+3. Memory: peak RSS (``RUSAGE_CHILDREN`` of a small launcher process) of ``test.py --tta`` with 1 and with ``--models`` models on the same images
    (an even smaller UNet, ``--memory-width`` / ``--memory-size``, so that 20 of them run quickly on a CPU; the
    models' own weights are a few hundred KiB either way: what is compared is test.py's buffers).
 
@@ -187,22 +187,31 @@ def forward_subprocess(model: Path, data: Path, args, malloc: str = "") -> float
     return float(found.group(1))
 
 
+# Runs a command and prints its peak RSS. ru_maxrss survives execve: a child started straight from this (large)
+# process would report this process's RSS as its own peak, so the command is started from this small one.
+PEAK_RSS = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print(f"peak-rss-kib: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def run_test(model_paths, data: Path, prefix: Path, args, malloc: str = "") -> dict:
     cmd = [sys.executable, str(ROOT / "test.py"), "--tta", *map(str, model_paths), "--data-dir", str(data),
            "--output-prefix", str(prefix), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
            "--device", args.device]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env=_env(args, malloc))
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, cwd=ROOT,
+                          env=_env(args, malloc))
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout
     if proc.returncode != 0:
-        sys.exit(f"test.py failed:\n{out[-3000:]}")
+        sys.exit(f"test.py failed:\n{(out + proc.stderr)[-3000:]}")
+    peak = int(re.search(r"^peak-rss-kib: (\d+)$", proc.stderr, re.M).group(1))
     timing = re.search(r"^time: (.*)$", out, re.M).group(1)
     phases = {k.strip(): float(v) for k, v in re.findall(r"([a-z -]+?) ([0-9.]+) s", timing.replace(";", ","))}
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "phases": phases, "timing": timing}
+    return {"wall": wall, "rss_mib": peak / 1024, "phases": phases, "timing": timing}
 
 
 def main(argv=None) -> int:

@@ -281,6 +281,24 @@ def test_out_of_fold_predictions_and_merge(ckpts, synthetic_root, tmp_path, caps
     assert code == 2 and "cannot be averaged together" in err
 
 
+def test_saved_probabilities_must_hold_exactly_the_sets_ids(synthetic_root, test_images, tmp_path, capsys):
+    ids, _ = test_images
+    zeros = np.zeros((len(ids), 101, 101), np.float32)
+    P.save(tmp_path / "short.npz", ids[1:], zeros[1:])  # a test-set file without its first id
+    code, _, err = run(["--from-probabilities", tmp_path / "short.npz", "--output-prefix", tmp_path / "s",
+                        "--data-dir", synthetic_root], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"1 of the {len(ids)} ids" in err and ids[0] in err
+    P.save(tmp_path / "odd.npz", ["zzzzzzzzzz", *ids[1:]], zeros)
+    code, _, err = run(["--from-probabilities", tmp_path / "odd.npz", "--output-prefix", tmp_path / "s",
+                        "--data-dir", synthetic_root], capsys)
+    assert code == 2 and "1 ids are not in the test set of sample_submission.csv: zzzzzzzzzz" in err
+    P.save(tmp_path / "valid.npz", ["zzzzzzzzzz"], zeros[:1], split="valid")
+    code, _, err = run(["--from-probabilities", tmp_path / "valid.npz", "--output-prefix", tmp_path / "s",
+                        "--data-dir", synthetic_root], capsys)
+    assert code == 2 and "are not in train.csv" in err
+    assert not list(tmp_path.glob("s-*"))
+
+
 def test_missing_test_image_names_the_id(ckpts, data_copy, tmp_path, capsys):
     ids = kaggle.read_sample_submission(data_copy / "sample_submission.csv")
     (data_copy / "test" / "images" / f"{ids[3]}.png").unlink()

@@ -8,8 +8,9 @@
   freed before the next. Batches are slices of the uint8 array (no DataLoader), sent to the device as uint8 and
   encoded there; their probabilities are added in place into one float32 (N, 101, 101) sum, so memory does not
   grow with the number of models;
-- :func:`average_files`: the same average over saved ``.npz`` probabilities (ensembles built on several
-  machines); :func:`merge_oof`: per-fold out-of-fold predictions merged into one set;
+- :func:`average_files` / :func:`saved_predictions`: the same average over saved ``.npz`` probabilities
+  (ensembles built on several machines); :func:`merge_oof` / :func:`merged_oof`: per-fold out-of-fold predictions
+  merged into one set;
 - :func:`write`: the submission CSV and the ``.npz`` probabilities, both written atomically.
 """
 from __future__ import annotations
@@ -196,18 +197,38 @@ def average_files(paths: Sequence[str | os.PathLike]) -> P.Probabilities:
     return out
 
 
-def align(ids: np.ndarray, expected: np.ndarray, source: str, what: str) -> np.ndarray:
-    """Row index into ``ids`` for every id of ``expected`` (same set of ids required)."""
-    import pandas as pd
+def saved_predictions(paths: Sequence[str | os.PathLike], data_dir: str | os.PathLike, cache: bool = True,
+                      workers: int | None = None) -> tuple[ImageSet, P.Probabilities]:
+    """The mean of saved probability files and the images they predict, in the dataset's order: the test set in
+    ``sample_submission.csv`` order, or (out-of-fold files) their training images in train.csv order. The files'
+    ids must be exactly those (a DataError names the first file and the first odd ids)."""
+    from tgs.submission import match_ids
 
-    have = pd.Index(ids)
-    missing = pd.Index(expected).difference(have, sort=False)
-    extra = have.difference(pd.Index(expected), sort=False)
-    if len(missing) or len(extra):
-        first = missing[0] if len(missing) else extra[0]
-        raise DataError(f"{source}: its ids are not those of {what} ({len(missing)} missing, {len(extra)} "
-                        f"unexpected, first {first})")
-    return have.get_indexer(expected)
+    mean = average_files(paths)
+    if mean.split == "test":
+        data = test_set(data_dir, cache=cache, workers=workers)
+        what = "the test set of sample_submission.csv"
+    else:
+        train = train_set(data_dir, cache=cache, workers=workers)
+        keep = np.isin(train.ids, mean.ids)
+        data = ImageSet(train.ids[keep], train.images[keep], "valid", train.masks[keep], None, str(data_dir))
+        what = "train.csv"
+    order = match_ids(mean.ids, data.ids, str(paths[0]), what)
+    return data, P.Probabilities(mean.ids[order], mean.probs[order], mean.image_probs[order], mean.models,
+                                 mean.split)
+
+
+def merged_oof(paths: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None, cache: bool = True,
+               workers: int | None = None) -> tuple[P.Probabilities, ImageSet | None, int]:
+    """(merged out-of-fold predictions, their training images and masks, number of training images): in
+    train.csv order when ``data_dir`` is given; without it the files' order, and no images (None, 0)."""
+    if data_dir is None:
+        return merge_oof(paths), None, 0
+    train = train_set(data_dir, cache=cache, workers=workers)
+    merged = merge_oof(paths, train.ids)
+    keep = np.isin(train.ids, merged.ids)
+    data = ImageSet(train.ids[keep], train.images[keep], "valid", train.masks[keep], None, str(data_dir))
+    return merged, data, len(train)
 
 
 def merge_oof(paths: Sequence[str | os.PathLike], train_ids: np.ndarray | None = None) -> P.Probabilities:

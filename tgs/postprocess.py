@@ -126,6 +126,22 @@ def load_setting(path) -> tuple[PostProcess, dict]:
     return setting, info
 
 
+def resolve(config=None, given: dict | None = None) -> tuple[PostProcess, str]:
+    """(setting, where it comes from): the ``config`` file's setting (:func:`load_setting`) or :data:`DEFAULTS`,
+    with the fields in ``given`` (flags on the command line) replacing theirs."""
+    base, source = DEFAULTS, "defaults"
+    if config:
+        base, info = load_setting(config)
+        source = str(config) + (f", searched on {info['searched_on']}" if info.get("searched_on") else "")
+    given = given or {}
+    unknown = set(given) - set(base.to_dict())
+    if unknown:
+        raise ValueError(f"not post-processing fields: {sorted(unknown)}")
+    if given and config:
+        source += f"; {', '.join(k.replace('_', ' ') for k in given)} from the command line"
+    return PostProcess(**{**base.to_dict(), **given}), source
+
+
 def flat_images(images: np.ndarray) -> np.ndarray:
     """(N,) bool: images whose pixels all have the same value."""
     flat = np.asarray(images).reshape(len(images), -1)

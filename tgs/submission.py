@@ -57,23 +57,30 @@ def read(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def align(df: pd.DataFrame, expected: np.ndarray, path, source: str, subset: bool = False) -> pd.DataFrame:
-    """Rows of ``df`` in the order of ``expected`` ids; missing or unexpected ids are an error.
-
-    With ``subset`` the submission may hold fewer ids: the result keeps the expected ids it has, in order.
-    """
-    have = pd.Index(df["id"])
-    want = pd.Index(expected)
-    missing = want.difference(have, sort=False)
+def match_ids(have, expected, path, source: str, subset: bool = False) -> np.ndarray:
+    """Row positions in ``have`` of the ``expected`` ids, in ``expected`` order: what a submission or a
+    probability file (``path``) must hold to stand for ``source``. An id not in ``source``, or a missing one
+    (unless ``subset``: then the expected ids it has, in order), is a DataError naming the first few."""
+    have = pd.Index(np.asarray(have, dtype=str))
+    want = pd.Index(np.asarray(expected, dtype=str))
     extra = have.difference(want, sort=False)
     if len(extra):
         raise DataError(f"{path}: {len(extra)} ids are not in {source}: {_few(extra)}")
+    missing = want.difference(have, sort=False)
     if len(missing) and not subset:
         raise DataError(f"{path}: {len(missing)} of the {len(want)} ids of {source} are missing: {_few(missing)}")
     keep = want[want.isin(have)]
     if len(keep) == 0:
         raise DataError(f"{path}: none of its ids is in {source}")
-    return df.set_index("id").loc[keep].reset_index()
+    return have.get_indexer(keep)
+
+
+def align(df: pd.DataFrame, expected: np.ndarray, path, source: str, subset: bool = False) -> pd.DataFrame:
+    """Rows of ``df`` in the order of ``expected`` ids; missing or unexpected ids are an error.
+
+    With ``subset`` the submission may hold fewer ids: the result keeps the expected ids it has, in order.
+    """
+    return df.iloc[match_ids(df["id"].to_numpy(str), expected, path, source, subset)].reset_index(drop=True)
 
 
 def decode(df: pd.DataFrame) -> np.ndarray:
