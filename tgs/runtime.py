@@ -4,8 +4,8 @@
 serves blocks above a (dynamic, initially 128 KiB) threshold with fresh ``mmap`` calls and trims the top of the
 heap once 128 KiB+ is free, so every activation tensor of a CPU forward pass is new memory the kernel must map
 and zero page by page. On the CPU that is most of the difference between a short-lived process and a warm
-one: ``test.py`` predicting 4000 images with the benchmark's small UNet (1 thread) took 24.5 s in the
-prediction phase with glibc's defaults and 19.7 s with these settings (``bench/bench_test.py``). The cost is
+one: ``test.py`` predicting 18000 images with the benchmark's small UNet (1 thread, flip TTA) took 120.3 s with
+glibc's defaults and 91.9 s with these settings (``bench/bench_test.py --glibc-defaults``). The cost is
 that the process keeps its peak heap until it exits, which batch jobs such as these scripts do anyway.
 
 It does nothing where malloc is not glibc's, when ``TGS_MALLOC=default`` is set, or when the user already set
