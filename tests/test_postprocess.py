@@ -117,6 +117,21 @@ def test_search_finds_a_planted_better_threshold():
     assert "gain     +0.500000" in lines and f"--threshold {res.best.threshold:g}" in lines
 
 
+def test_search_keeps_the_default_flat_rule_on_a_tie():
+    truth = planted()
+    probs = np.where(truth, 0.36, 0.05).astype(np.float32)
+    no_flat = np.zeros(len(truth), bool)  # no flat image: both rules score the same
+    for default in (postprocess.DEFAULTS, PostProcess(flat=False)):
+        res = postprocess.search(P.quantize(probs), truth, flat=no_flat, default=default)
+        assert res.best.flat == default.flat
+    # a flat image whose prediction is wrong: the rule that empties it wins whatever the default
+    flat = no_flat.copy()
+    flat[1] = True  # an empty truth
+    probs[1] = 0.9
+    res = postprocess.search(P.quantize(probs), truth, flat=flat, default=PostProcess(flat=False))
+    assert res.best.flat is True and res.best_score == pytest.approx(1.0)
+
+
 def test_search_finds_min_area_and_gate():
     truth = planted()
     probs = np.where(truth, 0.9, 0.0).astype(np.float32)

@@ -269,7 +269,8 @@ def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = No
     gate_values: list[float | None] = [None] + (sorted({float(g) for g in gates}) if use_gate else [])
     if default.gate is not None and use_gate and default.gate not in gate_values:
         gate_values.append(default.gate)
-    flat_values = [False, True] if flat is not None else [default.flat]
+    # the default first: on a tie (e.g. no flat image among those searched) the best setting keeps it
+    flat_values = [default.flat, not default.flat] if flat is not None else [default.flat]
     flat_arr = np.zeros(n, bool) if flat is None else np.asarray(flat, dtype=bool)
 
     all_counts, salt_counts = _histograms(q, truth)
