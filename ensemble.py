@@ -34,6 +34,7 @@ import importlib.util
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -223,13 +224,31 @@ def run_script(script: str, argv: list[str], label: str, log: Path, env: dict | 
                     print(f"[{label}] {line}", end="", flush=True)
             rc = proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # interrupted here: stop the step too (it resumes next time)
+                _stop(proc)
             if procs is not None:
                 procs.pop(label, None)
     if rc != 0:
         raise StepFailed(f"{script}.py failed for {label} (exit {rc}): {_error_line(tail)}; full output in {log}")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (checkpoints are written atomically either way)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stop_all(procs: dict) -> None:
+    running = [(label, proc) for label, proc in list(procs.items()) if proc.poll() is None]
+    for label, proc in running:
+        print(f"stopping {label} (it resumes from its last checkpoint next time)", flush=True)
+        proc.terminate()
+    for _, proc in running:
+        _stop(proc)
 
 
 def _error_line(lines) -> str:
@@ -355,17 +374,19 @@ def run_folds(jobs: list[Job], args) -> None:
                 if not stop.is_set():
                     failures.append(exc)
                 stop.set()
-                for label, proc in list(procs.items()):  # stop the other folds: they resume next time
-                    if proc.poll() is None:
-                        print(f"stopping {label} (it resumes from its last checkpoint next time)", flush=True)
-                        proc.terminate()
+                _stop_all(procs)  # stop the other folds: they resume next time
                 return
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in places]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C or SIGTERM here: no fold may go on training without this process
+        stop.set()
+        _stop_all(procs)
+        raise
     if failures:
         raise failures[0]
 
@@ -403,8 +424,22 @@ def ensemble_outputs(jobs: list[Job], args) -> dict:
             "oof": Path(f"{merged}-probabilities.npz"), "postprocess": post}
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # the running steps are stopped on the way out, as on Ctrl-C
+
+
 @cli
 def main(argv=None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     from datasets.kaggle import Layout
 

@@ -6,6 +6,7 @@ subprocess runner.
 """
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import ensemble
+import models
 from datasets import folds, kaggle
 from tgs import postprocess
 from tgs import probabilities as P
@@ -206,8 +208,6 @@ def test_folds_run_in_parallel_one_process_per_gpu(tiny_data, tmp_path, monkeypa
 
 def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsys):
     """--parallel 2 on the CPU: two real train.py/swa.py processes at a time, each given cores/2 threads."""
-    import models
-
     run = tmp_path / "cpu2"
     cut = TINY.index("--threads")
     tiny = TINY[:cut] + TINY[cut + 2:]  # ensemble.py chooses the threads
@@ -230,3 +230,52 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
     assert all(s.startswith("[resize/fold") for s in lines)
     with pytest.raises(ensemble.UserError, match="--parallel must be >= 0"):
         ensemble.parse_args(["--data-dir", str(tiny_data), "--parallel", "-1"])
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(text.encode() in a for a in args):
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
+    """SIGTERM to ensemble.py while two folds train in parallel: both train.py processes are stopped (none keeps
+    training unattended), ensemble.py exits 130, and each fold keeps its last checkpoint to resume from."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "term"
+    cut = TINY.index("--threads")
+    argv = [sys.executable, str(Path(ensemble.__file__)), "--data-dir", str(tiny_data), "--run-dir", str(run),
+            "--folds", "fold0,fold1", "--modes", "resize", "--resize-size", "32", "--parallel", "2", "--",
+            *TINY[:cut], *TINY[cut + 2:], "--max-epochs", "500"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(ensemble.__file__).parent)
+    checkpoints = [run / "resize" / f / "checkpoints" / f"last-checkpoint-{f}.pth" for f in ("fold0", "fold1")]
+    try:
+        deadline = time.monotonic() + 240  # generous: only a bound on a hung test, nothing is timed
+        while not all(c.is_file() for c in checkpoints):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the folds never wrote a checkpoint"
+            time.sleep(0.2)
+        assert len([c for c in _processes_mentioning(str(run)) if "train.py" in c]) == 2
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert "stopping resize/fold0" in out and "stopping resize/fold1" in out
+    assert not _processes_mentioning(str(run))  # no orphan keeps training
+    for fold, c in zip(("fold0", "fold1"), checkpoints):
+        assert models.read_checkpoint(c)["meta"]["fold"] == fold  # a good checkpoint to resume from
+    assert not list(run.rglob("*_swa.pth"))
