@@ -181,6 +181,22 @@ def test_a_bad_post_config_is_one_line(ckpts, tmp_path, capsys, text, fragment):
     assert not list(tmp_path.glob("x-*"))
 
 
+def test_bf16_and_channels_last_predict_what_fp32_predicts(ckpts, test_images, tmp_path, capsys):
+    ids, images = test_images
+    assert run([ckpts["b"], "--tta", "--output-prefix", tmp_path / "f32"], capsys)[0] == 0
+    code, out, err = run([ckpts["b"], "--tta", "--amp", "bf16", "--channels-last", "--output-prefix",
+                          tmp_path / "bf16"], capsys)
+    assert code == 0, err
+    f32, b16 = P.load(tmp_path / "f32-probabilities.npz"), P.load(tmp_path / "bf16-probabilities.npz")
+    assert list(b16.ids) == list(f32.ids) == list(ids) and b16.probs.dtype == np.float32
+    diff = np.abs(b16.probs - f32.probs)
+    assert diff.max() < 0.1 and diff.mean() < 0.01  # bf16 keeps 8 bits of mantissa
+    assert diff.max() > 0  # it did run in bf16
+    # (not the image probabilities: tiny() scales the image head's weights by ~1e6 to spread its logits, far
+    # beyond what bf16's 8-bit mantissa can carry; a trained head is nowhere near that)
+    assert np.isfinite(b16.image_probs).all() and ((b16.image_probs >= 0) & (b16.image_probs <= 1)).all()
+
+
 def test_tta_is_the_flip_average(ckpts, test_images, tmp_path, capsys):
     ids, images = test_images
     assert run([ckpts["a"], "--tta", "--output-prefix", tmp_path / "t"], capsys)[0] == 0
