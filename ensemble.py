@@ -386,6 +386,8 @@ def run_folds(jobs: list[Job], args) -> None:
     except BaseException:  # Ctrl-C or SIGTERM here: no fold may go on training without this process
         stop.set()
         _stop_all(procs)
+        for t in threads:  # their steps have ended: let them finish before the interpreter exits
+            t.join(timeout=60)
         raise
     if failures:
         raise failures[0]
