@@ -45,6 +45,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, index, fold: str | None = None) -> "ImageSet":
+        """The images at ``index`` (positions or a boolean mask), e.g. one fold's or one file's."""
+        masks = None if self.masks is None else self.masks[index]
+        return ImageSet(self.ids[index], self.images[index], self.split, masks, fold, self.data_dir)
+
 
 def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
     """The test images in ``sample_submission.csv`` order (a missing image is a DataError naming its id)."""
@@ -57,13 +62,13 @@ def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | Non
 def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = None, cache: bool = True,
               workers: int | None = None) -> ImageSet:
     """The validation images (and masks) of ``fold``, in train.csv order: the split of train.py."""
-    from datasets import folds, kaggle
+    from datasets import folds
 
-    train = kaggle.load_train(data_dir, cache=cache, workers=workers)
+    train = train_set(data_dir, cache=cache, workers=workers)
     _, va = folds.split(train.ids, fold, folds_file)
     if len(va) == 0:
         raise UserError(f"--data-fold {fold}: no validation images")
-    return ImageSet(train.ids[va], train.images[va], "valid", train.masks[va], fold, str(data_dir))
+    return train.take(va, fold)
 
 
 def train_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
@@ -210,8 +215,7 @@ def saved_predictions(paths: Sequence[str | os.PathLike], data_dir: str | os.Pat
         what = "the test set of sample_submission.csv"
     else:
         train = train_set(data_dir, cache=cache, workers=workers)
-        keep = np.isin(train.ids, mean.ids)
-        data = ImageSet(train.ids[keep], train.images[keep], "valid", train.masks[keep], None, str(data_dir))
+        data = train.take(np.isin(train.ids, mean.ids))
         what = "train.csv"
     order = match_ids(mean.ids, data.ids, str(paths[0]), what)
     return data, P.Probabilities(mean.ids[order], mean.probs[order], mean.image_probs[order], mean.models,
@@ -226,9 +230,7 @@ def merged_oof(paths: Sequence[str | os.PathLike], data_dir: str | os.PathLike |
         return merge_oof(paths), None, 0
     train = train_set(data_dir, cache=cache, workers=workers)
     merged = merge_oof(paths, train.ids)
-    keep = np.isin(train.ids, merged.ids)
-    data = ImageSet(train.ids[keep], train.images[keep], "valid", train.masks[keep], None, str(data_dir))
-    return merged, data, len(train)
+    return merged, train.take(np.isin(train.ids, merged.ids)), len(train)
 
 
 def merge_oof(paths: Sequence[str | os.PathLike], train_ids: np.ndarray | None = None) -> P.Probabilities:
