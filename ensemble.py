@@ -232,23 +232,24 @@ def run_script(script: str, argv: list[str], label: str, log: Path, env: dict | 
         raise StepFailed(f"{script}.py failed for {label} (exit {rc}): {_error_line(tail)}; full output in {log}")
 
 
-def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds (checkpoints are written atomically either way)."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _stop(*procs: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to all, then SIGKILL to those still running after ``grace`` seconds (checkpoints are written
+    atomically either way)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _stop_all(procs: dict) -> None:
     running = [(label, proc) for label, proc in list(procs.items()) if proc.poll() is None]
-    for label, proc in running:
+    for label, _ in running:
         print(f"stopping {label} (it resumes from its last checkpoint next time)", flush=True)
-        proc.terminate()
-    for _, proc in running:
-        _stop(proc)
+    _stop(*(proc for _, proc in running))
 
 
 def _error_line(lines) -> str:

@@ -5,7 +5,7 @@
     python score.py SUBMISSION.csv --truth DATA/train.csv --per-image scores.csv
     python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
     python score.py --search OOF.npz --truth DATA/train.csv       # best post-processing on out-of-fold predictions
-    python score.py --search OOF.npz --truth DATA/train.csv --save-best post.json   # then test.py --post-config post.json
+    python score.py --search OOF.npz --truth DATA/train.csv --save-best post.json   # for test.py --post-config
 
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py).
 """

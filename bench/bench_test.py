@@ -14,9 +14,10 @@
    subprocess of its own (before and after test.py; the faster of the two). Every process sets up the CPU as
    test.py does (``tgs.runtime.setup_cpu``: threads, and glibc malloc keeping its heap); ``--glibc-defaults``
    adds both subprocess measurements with ``TGS_MALLOC=default`` to show what that setting is worth.
-3. Memory: peak RSS (``RUSAGE_CHILDREN`` of a small launcher process) of ``test.py --tta`` with 1 and with ``--models`` models on the same images
-   (an even smaller UNet, ``--memory-width`` / ``--memory-size``, so that 20 of them run quickly on a CPU; the
-   models' own weights are a few hundred KiB either way: what is compared is test.py's buffers).
+3. Memory: peak RSS (``RUSAGE_CHILDREN`` of a small launcher process) of ``test.py --tta`` with 1 and with
+   ``--models`` models on the same images (an even smaller UNet, ``--memory-width`` / ``--memory-size``, so that
+   20 of them run quickly on a CPU; the models' own weights are a few hundred KiB either way: what is compared is
+   test.py's buffers).
 
 Targets: overhead at most 15%; peak memory with many models at most 1.2x the one-model peak.
 """
@@ -210,8 +211,7 @@ def run_test(model_paths, data: Path, prefix: Path, args, malloc: str = "") -> d
         sys.exit(f"test.py failed:\n{(out + proc.stderr)[-3000:]}")
     peak = int(re.search(r"^peak-rss-kib: (\d+)$", proc.stderr, re.M).group(1))
     timing = re.search(r"^time: (.*)$", out, re.M).group(1)
-    phases = {k.strip(): float(v) for k, v in re.findall(r"([a-z -]+?) ([0-9.]+) s", timing.replace(";", ","))}
-    return {"wall": wall, "rss_mib": peak / 1024, "phases": phases, "timing": timing}
+    return {"wall": wall, "rss_mib": peak / 1024, "timing": timing}
 
 
 def main(argv=None) -> int:
