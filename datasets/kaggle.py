@@ -94,9 +94,6 @@ class TrainSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index) -> "TrainSet":
-        return TrainSet(self.ids[index], self.images[index], self.masks[index], self.depths[index])
-
 
 @dataclass
 class TestSet:

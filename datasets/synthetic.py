@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from datasets.kaggle import default_workers
 from tgs import rle
 from tgs.errors import UserError, cli
 from tgs.io import atomic_open
@@ -151,7 +152,7 @@ def _write_pngs(folder: Path, ids, arrays, transform) -> None:
         if not cv2.imwrite(str(folder / f"{ids[i]}.png"), transform(i, arrays[i])):
             raise OSError(f"could not write {folder / (ids[i] + '.png')}")
 
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(default_workers()) as pool:
         list(pool.map(work, range(len(ids))))
 
 

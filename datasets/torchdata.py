@@ -19,13 +19,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SaltDataset(Dataset):
-    """Images (N, 101, 101) uint8 and optional masks (N, 101, 101) bool, optionally augmented."""
+    """Training images (N, 101, 101) uint8 and masks (N, 101, 101) bool, optionally augmented. (Validation and
+    prediction slice their in-memory arrays directly: they need no per-sample work.)"""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None = None, transform=None, seed: int = 0):
-        if masks is not None and len(masks) != len(images):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform=None, seed: int = 0):
+        if len(masks) != len(images):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
-        if transform is not None and masks is None:
-            raise ValueError("augmentation needs masks")
         self.images = images
         self.masks = masks
         self.transform = transform
@@ -40,7 +39,7 @@ class SaltDataset(Dataset):
 
     def __getitem__(self, index: int):
         image = self.images[index]
-        mask = self.masks[index] if self.masks is not None else np.zeros(image.shape, bool)
+        mask = self.masks[index]
         if self.transform is not None:
             from datasets.augment import apply
 

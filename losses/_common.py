@@ -7,9 +7,6 @@ from typing import Any, Mapping
 
 import torch
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 def final_logits(out: Any) -> torch.Tensor:
     """The final pixel logits: ``out`` itself when it is a tensor, ``out["logits"]`` when it is the model's dict."""
     if isinstance(out, torch.Tensor):

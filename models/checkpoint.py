@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tgs.errors import UserError
+from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
 from tgs.io import atomic_path
 
@@ -167,10 +167,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
-
-
 def model_from_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>") -> SaltUNet:
     """Rebuild the model of a :func:`read_checkpoint` dict and load its weights (train mode, CPU)."""
     try:
@@ -199,7 +195,7 @@ def model_from_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>") -
             raise UserError(f"checkpoint {path} does not fit its model config: {line}") from None
         if result.missing_keys or result.unexpected_keys:
             raise UserError(f"checkpoint {path} does not fit its model config: missing "
-                            f"[{_few(result.missing_keys)}], unexpected [{_few(result.unexpected_keys)}]")
+                            f"[{few(result.missing_keys, 3)}], unexpected [{few(result.unexpected_keys, 3)}]")
     return model
 
 

@@ -109,6 +109,3 @@ class ModelConfig:
                 raise UserError(f"unknown model option {key!r}{hint}")
         return cls(**d)
 
-    def timm_name(self) -> str | None:
-        """The timm model name of the encoder, or None for a from-scratch encoder."""
-        return None if self.encoder in SCRATCH_ENCODERS else ALIASES.get(self.encoder, self.encoder)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from tgs.errors import UserError
+from tgs.errors import UserError, few
 
 from .safeload import safe_torch_load
 
@@ -94,10 +94,6 @@ def _full_model_keys(timm_name: str | None) -> set[str]:
         return set()
 
 
-def _few(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
-
-
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Copy the matching tensors of ``path`` into ``encoder`` (a TimmEncoder or UNetEncoder); see module doc."""
     source = read_state_dict(path)
@@ -124,16 +120,16 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> LoadRep
         report.loaded.append(dest)
     if not mapped:
         raise UserError(f"pretrained weights {path}: none of its {len(source)} tensors match the encoder "
-                        f"(first keys: {_few(sorted(source), 3)}); weights of another architecture?")
+                        f"(first keys: {few(sorted(source), 3)}); weights of another architecture?")
     target_module.load_state_dict(mapped, strict=False)
     report.missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked")]
     name = getattr(encoder, "timm_name", None) or type(encoder).__name__
     if report.missing:
         log.warning("pretrained weights %s: %d encoder weights of %s not in the file, left at random init: %s",
-                    path, len(report.missing), name, _few(report.missing))
+                    path, len(report.missing), name, few(report.missing))
     if report.unexpected:
         log.warning("pretrained weights %s: %d tensors do not belong to %s and were skipped: %s",
-                    path, len(report.unexpected), name, _few(report.unexpected))
+                    path, len(report.unexpected), name, few(report.unexpected))
     log.info("pretrained weights %s: loaded %d tensors into %s (%d classifier/unused keys ignored)",
              path, len(report.loaded), name, len(report.ignored))
     return report

@@ -16,6 +16,12 @@ class DataError(UserError):
     """Missing or malformed data: the message names the file or id and what is wrong."""
 
 
+def few(items, n: int = 5) -> str:
+    """The first ``n`` of ``items`` for an error message: ``a, b, c ... (+7)``."""
+    items = [str(x) for x in items]
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n})" if len(items) > n else "")
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a script's ``main``: a UserError becomes ``error: <message>`` on stderr and exit code 2."""
 

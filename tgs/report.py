@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tgs import metric
-from tgs.errors import DataError, UserError
+from tgs.errors import DataError, UserError, few
 from tgs.io import atomic_open, atomic_path
 from tgs.probabilities import SCALE, quantize
 
@@ -579,11 +579,6 @@ def report_validation(v: Validation, out_dir: Path, prefix: str, threshold: floa
 
 
 # -- inputs: saved probabilities --------------------------------------------------------------------------------
-def _few(items, n: int = 3) -> str:
-    items = list(items)
-    return ", ".join(map(str, items[:n])) + (f" ... (+{len(items) - n})" if len(items) > n else "")
-
-
 def images_folder(truth: Path | None, data_dir: Path | None) -> Path | None:
     """Where the training images of a truth source live: DATA/train/images next to DATA/train.csv or to
     DATA/train/masks, or under --data-dir."""
@@ -612,7 +607,7 @@ def align_truth(ids: np.ndarray, truth_ids: np.ndarray, source: str, truth_sourc
     if (where < 0).any():
         missing = ids[where < 0]
         raise DataError(f"{source}: {len(missing)} of its {len(ids)} ids have no true mask in {truth_source}: "
-                        f"{_few(missing)}")
+                        f"{few(missing, 3)}")
     return where
 
 
@@ -686,7 +681,7 @@ def find_checkpoint(run: Path, fold: str | None = None) -> Path | None:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise UserError(f"{run / 'models'} holds {kind} models of several folds ({_few(p.name for p in found)}); "
+            raise UserError(f"{run / 'models'} holds {kind} models of several folds ({few((p.name for p in found), 3)}); "
                             "choose one with --checkpoint PATH")
     return None
 
@@ -812,7 +807,7 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
         v = validation_from_npz(use_npz, data_dir=data, train=train)
         if len(npzs) > 1:
             outcome.lines.append(f"(the newest of {len(npzs)} validation probability files: "
-                                 f"{_few(p.name for p in npzs)})")
+                                 f"{few((p.name for p in npzs), 3)})")
     else:
         meta = loaded.meta
         fold = meta.get("fold") or config.get("data_fold")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tgs import rle
-from tgs.errors import DataError, UserError, cli
+from tgs.errors import DataError, UserError, cli, few
 from tgs.io import atomic_open, read_csv_strings
 
 HEADER = ("id", "rle_mask")
@@ -36,12 +36,6 @@ def write(path: str | Path, ids: Sequence[str], masks: np.ndarray | None = None,
         pd.DataFrame({"id": np.asarray(ids, dtype=str), "rle_mask": list(rles)}).to_csv(fh, index=False)
 
 
-def _few(values, k: int = 5) -> str:
-    values = list(values)
-    more = f" and {len(values) - k} more" if len(values) > k else ""
-    return ", ".join(map(str, values[:k])) + more
-
-
 def read(path: str | Path) -> pd.DataFrame:
     """Read and check a submission's structure: header ``id,rle_mask``, non-empty unique ids."""
     path = Path(path)
@@ -53,7 +47,7 @@ def read(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: row {int(np.argmax(ids == '')) + 2} has an empty id")
     dup = pd.Index(ids).duplicated()
     if dup.any():
-        raise DataError(f"{path}: {int(dup.sum())} ids appear more than once: {_few(pd.unique(ids[dup]))}")
+        raise DataError(f"{path}: {int(dup.sum())} ids appear more than once: {few(pd.unique(ids[dup]))}")
     return df
 
 
@@ -65,10 +59,10 @@ def match_ids(have, expected, path, source: str, subset: bool = False) -> np.nda
     want = pd.Index(np.asarray(expected, dtype=str))
     extra = have.difference(want, sort=False)
     if len(extra):
-        raise DataError(f"{path}: {len(extra)} ids are not in {source}: {_few(extra)}")
+        raise DataError(f"{path}: {len(extra)} ids are not in {source}: {few(extra)}")
     missing = want.difference(have, sort=False)
     if len(missing) and not subset:
-        raise DataError(f"{path}: {len(missing)} of the {len(want)} ids of {source} are missing: {_few(missing)}")
+        raise DataError(f"{path}: {len(missing)} of the {len(want)} ids of {source} are missing: {few(missing)}")
     keep = want[want.isin(have)]
     if len(keep) == 0:
         raise DataError(f"{path}: none of its ids is in {source}")

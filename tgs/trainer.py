@@ -288,11 +288,14 @@ def evaluate(ctx: Context, epoch: int) -> dict:
     args, info = ctx.args, ctx.info
     ctx.model.eval()
     shard = np.arange(info.rank, len(ctx.valid_images), info.world_size)  # each image on exactly one rank
-    data = SaltDataset(ctx.valid_images[shard], ctx.valid_masks[shard])
-    loader = DataLoader(data, batch_size=args.val_batch_size or args.batch_size, shuffle=False, num_workers=0)
+    # batches are slices of the in-memory arrays (no augmentation here, so no Dataset / DataLoader per image)
+    all_images = torch.from_numpy(ctx.valid_images[shard])[:, None]
+    all_masks = torch.from_numpy(ctx.valid_masks[shard])[:, None]
+    bs = args.val_batch_size or args.batch_size
+    batches = [(all_images[s:s + bs], all_masks[s:s + bs]) for s in range(0, len(shard), bs)]
     inter, union, area, loss_sum, correct = [], [], [], 0.0, 0
     grid = None
-    for images, masks, _ in progress(loader, info, desc=f"valid {epoch}"):
+    for images, masks in progress(batches, info, desc=f"valid {epoch}"):
         images, masks = images.to(info.device), masks.to(info.device)
         pred = predict.forward(ctx.model, ctx.spec, images, tta=args.vtf, amp=args.amp,
                                channels_last=args.channels_last)
