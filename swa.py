@@ -47,11 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _from_meta(flag, meta: dict, key: str, default=None):
-    if flag is not None:
-        return flag
-    if meta.get(key) is not None:
-        return meta[key]
-    return (meta.get("options") or {}).get(key, default)
+    """The flag when given, else the averaged checkpoints' setting."""
+    import models
+
+    return flag if flag is not None else models.meta_value(meta, key, default)
 
 
 @cli

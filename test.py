@@ -98,12 +98,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _meta_value(meta: dict, key: str):
-    if meta.get(key) is not None:
-        return meta[key]
-    return (meta.get("options") or {}).get(key)
-
-
 def _fraction_empty(masks: np.ndarray) -> str:
     empty = ~masks.reshape(len(masks), -1).any(axis=1)
     return f"empty predictions: {empty.mean():.1%} ({int(empty.sum())} of {len(masks)})"
@@ -133,14 +127,14 @@ def predict_with_models(args, timer) -> tuple:
     runtime.setup_cpu(args.threads)
     device = distributed.resolve_device(args.device)
     first = models.read_checkpoint(args.models[0])["meta"]
-    data_dir = args.data_dir or _meta_value(first, "data_dir") or "data"
+    data_dir = args.data_dir or models.meta_value(first, "data_dir") or "data"
     workers = args.dataload_workers_nums or None
     t0 = time.perf_counter()
     if args.split == "valid":
         fold = args.data_fold or first.get("fold")
         if not fold:
             raise UserError(f"{args.models[0]} does not record its fold; give --data-fold")
-        folds_file = args.folds_file or _meta_value(first, "folds_file")
+        folds_file = args.folds_file or models.meta_value(first, "folds_file")
         data = inference.valid_set(data_dir, fold, folds_file, cache=not args.no_cache, workers=workers)
     else:
         data = inference.test_set(data_dir, cache=not args.no_cache, workers=workers)

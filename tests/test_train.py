@@ -228,3 +228,23 @@ def test_amp_channels_last_accumulation_and_snapshots(tiny_data, tmp_path, amp):
     ck = models.read_checkpoint(log / "checkpoints" / "last-checkpoint-fold0.pth")
     assert ck["extra"]["state"]["step"] == 4  # 4 batches an epoch, 2 per optimiser step, 2 epochs
     assert (ck["extra"]["scaler"] is not None) == (amp == "fp16")
+
+
+def test_loss_on_center_targets_are_the_original_masks():
+    """--loss-on-center (pad mode): outputs are cropped to the image's 101x101 and the targets are its masks."""
+    from types import SimpleNamespace
+
+    from tgs.inputs import InputSpec
+    from tgs.trainer import to_model_targets
+
+    spec = InputSpec("pad", 128)
+    masks = torch.rand(2, 1, 101, 101) > 0.5
+    out = {"logits": torch.randn(2, 1, 128, 128), "aux": [torch.randn(2, 1, 128, 128)], "image_logit": torch.zeros(2)}
+    ctx = SimpleNamespace(spec=spec, args=SimpleNamespace(loss_on_center=True))
+    cropped, y = to_model_targets(ctx, out, masks)
+    assert y.dtype == torch.float32 and torch.equal(y, masks.float())
+    assert torch.equal(cropped["logits"], out["logits"][..., 13:114, 13:114])
+    assert torch.equal(cropped["aux"][0], out["aux"][0][..., 13:114, 13:114])
+    ctx.args.loss_on_center = False
+    full, y = to_model_targets(ctx, out, masks)
+    assert full is out and torch.equal(y[..., 13:114, 13:114], masks.float()) and y.shape[-1] == 128

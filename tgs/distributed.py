@@ -83,8 +83,3 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1 if flag else 0], device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()

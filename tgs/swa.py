@@ -143,8 +143,6 @@ def average(paths: Sequence[Path], log: Callable[[str], None] = print, allow_mix
         meta = raw["meta"]
         sources.append(Source(Path(path), meta.get("epoch"), meta.get("kind"), meta.get("fold")))
         log(f"average {path} (epoch {meta.get('epoch', '?')}, {meta.get('kind', 'model')})")
-        if raw is not first_raw:
-            del raw
     n = len(sources)
     model = models.model_from_checkpoint(first_raw, first_path)
     state = model.state_dict()

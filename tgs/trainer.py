@@ -234,12 +234,9 @@ def progress(iterable, info, **kwargs):
 
 # -- one epoch ------------------------------------------------------------------------------------------------------
 def to_model_targets(ctx: Context, out: dict, masks: torch.Tensor):
-    y = ctx.spec.encode_masks(masks)
-    if ctx.args.loss_on_center:
-        out = predict.crop_to_source(out, ctx.spec)
-        rows, cols = ctx.spec.centre()
-        y = y[..., rows, cols]
-    return out, y
+    if ctx.args.loss_on_center:  # pad mode: outputs cropped to the image's 101x101, where the masks already are
+        return predict.crop_to_source(out, ctx.spec), (masks > 0).float()
+    return out, ctx.spec.encode_masks(masks)
 
 
 def train_one_epoch(ctx: Context, epoch: int) -> dict:
