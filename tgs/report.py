@@ -701,22 +701,19 @@ def find_valid_probabilities(run: Path) -> list[Path]:
 
 def predict_levels(loaded, images: np.ndarray, device, tta: bool | None = None,
                    batch_size: int = 32) -> tuple[np.ndarray, bool]:
-    """Run a loaded checkpoint (:func:`models.load`) over uint8 images (N, 101, 101) in batches with
-    :func:`tgs.predict.forward`: (probability levels uint8 (N, 101, 101), whether flip TTA was used; by default
-    as the run validated, its ``--vtf``)."""
+    """Run a loaded checkpoint (:func:`models.load`) over uint8 images (N, 101, 101) as test.py does
+    (:class:`tgs.inference.Ensemble` of one model): (probability levels uint8 (N, 101, 101), whether flip TTA was
+    used; by default as the run validated, its ``--vtf``)."""
     import torch
 
-    from tgs import predict
+    from tgs.inference import Ensemble
 
     if tta is None:
         tta = bool((loaded.meta.get("options") or {}).get("vtf", False))
-    out = np.empty(images.shape, np.uint8)
-    with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size, None])).to(device)
-            probs = predict.forward(loaded.model, loaded.input_spec, x, tta=tta).probs[:, 0]
-            out[s:s + batch_size] = quantize(probs.float().cpu().numpy())
-    return out, tta
+    ens = Ensemble(len(images))
+    ens.add_model(loaded.model, loaded.input_spec, np.ascontiguousarray(images), torch.device(device),
+                  batch_size=batch_size, tta=tta)
+    return quantize(ens.mean()[0]), tta
 
 
 def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, data_dir: Path | None = None,
