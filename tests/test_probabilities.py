@@ -41,3 +41,15 @@ def test_running_mean():
     assert out.models == ["m1", "m2"]
     with pytest.raises(UserError, match="ids differ"):
         m.add(["y", "x"], a)
+
+
+def test_running_mean_keeps_unknown_image_probabilities_unknown_per_image():
+    """As tgs.inference.Ensemble: an image whose probability is NaN in any set is NaN in the mean, the others are
+    averaged; a set without image probabilities makes them all unknown."""
+    m = P.RunningMean()
+    probs = np.zeros((3, 2, 2), np.float32)
+    m.add(["a", "b", "c"], probs, np.array([0.2, np.nan, 0.4], np.float32))
+    m.add(["a", "b", "c"], probs, np.array([0.6, 0.5, np.nan], np.float32))
+    np.testing.assert_allclose(m.mean().image_probs, [0.4, np.nan, np.nan])
+    m.add(["a", "b", "c"], probs)
+    assert np.isnan(m.mean().image_probs).all()

@@ -192,10 +192,7 @@ def average_files(paths: Sequence[str | os.PathLike]) -> P.Probabilities:
             other = sorted(splits - {p.split})[0]
             raise UserError(f"{path}: its split is {p.split!r} but an earlier file's is {other!r}; "
                             "test and out-of-fold predictions cannot be averaged together")
-        known = np.isfinite(p.image_probs).all()
-        mean.add(p.ids, p.probs, p.image_probs, source=str(path))
-        if not known:
-            mean.image_sum[:] = np.nan  # an unknown image probability in any file: unknown in the mean
+        mean.add(p.ids, p.probs, p.image_probs, source=str(path))  # unknown image probabilities stay unknown
         del p
     out = mean.mean()
     out.split = splits.pop()

@@ -96,12 +96,14 @@ def load(path: str | os.PathLike) -> Probabilities:
 
 
 class RunningMean:
-    """Average of prediction sets for the same ids, one at a time: memory of one float32 sum."""
+    """Average of prediction sets for the same ids, one at a time: memory of one float32 sum. An image probability
+    unknown (NaN, or no image probabilities at all) in any set is unknown (NaN) in the mean."""
 
     def __init__(self):
         self.ids: np.ndarray | None = None
         self.sum: np.ndarray | None = None
         self.image_sum: np.ndarray | None = None
+        self.image_known: np.ndarray | None = None
         self.count = 0
         self.models: list[str] = []
 
@@ -112,11 +114,17 @@ class RunningMean:
             self.ids = ids
             self.sum = np.zeros(probs.shape, np.float32)
             self.image_sum = np.zeros(len(ids), np.float32)
+            self.image_known = np.ones(len(ids), bool)
         elif not np.array_equal(ids, self.ids):
             raise UserError(f"{source or 'predictions'}: its ids differ from the first set's "
                             f"({len(ids)} vs {len(self.ids)} ids); only predictions of the same images can be averaged")
         self.sum += probs
-        self.image_sum += np.nan_to_num(image_probs, nan=0.0) if image_probs is not None else 0.0
+        if image_probs is None:
+            self.image_known[:] = False
+        else:
+            image_probs = np.asarray(image_probs, np.float32)
+            self.image_known &= np.isfinite(image_probs)
+            self.image_sum += np.nan_to_num(image_probs, nan=0.0)
         self.count += 1
         if source:
             self.models.append(source)
@@ -124,4 +132,5 @@ class RunningMean:
     def mean(self) -> Probabilities:
         if self.count == 0:
             raise UserError("nothing to average")
-        return Probabilities(self.ids, self.sum / self.count, self.image_sum / self.count, list(self.models))
+        image = np.where(self.image_known, self.image_sum / self.count, np.nan).astype(np.float32)
+        return Probabilities(self.ids, self.sum / self.count, image, list(self.models))
