@@ -49,9 +49,9 @@ def assert_png(path: Path, min_bytes=5000):
 def test_cuts_match_float_comparison():
     probs = as_loaded(np.arange(256, dtype=np.uint8))
     for t in (0.0, 0.1, 0.25, 0.5, 100 / 255, np.float32(100 / 255), 0.73, 0.999, 1.0, *R.THRESHOLDS[::17]):
-        k = R.cut_for(t)
+        k = R.level_of(t)
         np.testing.assert_array_equal(np.arange(256) >= k, probs > t)
-    assert R.cut_for(0.5) == 128 and R.THRESHOLDS[128] == 0.5
+    assert R.level_of(0.5) == 128 and R.THRESHOLDS[128] == 0.5
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -68,7 +68,7 @@ def test_sweep_equals_metric_module(seed):
         assert sweep.salt_score[k] == pytest.approx(rep.nonempty_score, abs=1e-12)
     brute = np.array([metric.score(probs > t, truth) for t in sweep.thresholds])
     assert sweep.best_score == brute.max()
-    assert brute[R.cut_for(sweep.best_threshold)] == brute.max()
+    assert brute[R.level_of(sweep.best_threshold)] == brute.max()
     assert sweep.score[0] == metric.score(np.ones_like(truth), truth)  # everything salt
     assert sweep.score[256] == metric.score(np.zeros_like(truth), truth)  # nothing salt
 
@@ -101,12 +101,12 @@ def test_pixel_curves_equal_brute_force_counts():
 def test_perfect_and_blocked_histograms_agree():
     q, truth = random_set(n=30, size=5, seed=4)
     whole = R.image_histograms(q, truth)
-    old = R._BLOCK
-    R._BLOCK = 7  # several blocks, the last one partial
+    old = probabilities._HIST_BLOCK
+    probabilities._HIST_BLOCK = 7  # several blocks, the last one partial
     try:
         blocked = R.image_histograms(q, truth)
     finally:
-        R._BLOCK = old
+        probabilities._HIST_BLOCK = old
     for a, b in zip(whole, blocked):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole[0].sum(axis=1), 25)
@@ -269,7 +269,7 @@ def test_probabilities_report(tiny_run, tmp_path, capsys):
     sweep = pd.read_csv(tmp_path / "oof-threshold-sweep.csv")
     assert sweep["score"].iloc[128] == pytest.approx(metric.score(as_loaded(q) > 0.5, masks[:20]), abs=1e-6)
     printed = float(re.search(r"best threshold ([0-9.]+) ", text).group(1))
-    assert sweep["score"].iloc[R.cut_for(printed)] == sweep["score"].max()
+    assert sweep["score"].iloc[R.level_of(printed)] == sweep["score"].max()
     assert f"{sweep['score'].max():.4f}" in text
     assert "images column" not in text  # images found next to train.csv
     # --out, a mask folder as truth, and the same probabilities inside a run folder (--source npz)

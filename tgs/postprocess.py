@@ -32,6 +32,7 @@ import numpy as np
 
 from tgs import metric
 from tgs.errors import UserError
+from tgs.probabilities import at_least, level_histograms, level_of, quantize
 
 _CHUNK = 512  # images per block in apply(): bounds the temporaries
 
@@ -187,7 +188,6 @@ def apply(probs: np.ndarray, image_probs: np.ndarray | None = None, images: np.n
 
 
 # -- out-of-fold search ---------------------------------------------------------------------------------------------
-LEVELS = 256  # the quantisation levels of tgs.probabilities
 THRESHOLDS = np.round(np.arange(0.20, 0.801, 0.02), 2)
 MIN_AREAS = np.array([0, 5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300])
 GATES = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -221,29 +221,6 @@ class SearchResult:
         return out
 
 
-def level_of(threshold: float) -> int:
-    """The first quantised level q (0..255) whose probability q / 255 (float32, as loaded) is > threshold."""
-    levels = np.arange(LEVELS, dtype=np.float32) / np.float32(255.0)
-    above = levels > np.float32(threshold)
-    return int(np.argmax(above)) if above.any() else LEVELS
-
-
-def _histograms(q: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, counts of each quantised level over all pixels and over true salt pixels: (N, 256) each."""
-    n = len(q)
-    all_counts = np.zeros((n, LEVELS), np.int64)
-    salt_counts = np.zeros((n, LEVELS), np.int64)
-    step = 256
-    for first in range(0, n, step):  # blocks bound the int64 index temporaries
-        qb = q[first:first + step].reshape(-1, q[0].size)
-        tb = truth[first:first + step].reshape(len(qb), -1)
-        k = len(qb)
-        idx = (np.arange(k, dtype=np.int64)[:, None] * LEVELS + qb).reshape(-1)
-        all_counts[first:first + k] = np.bincount(idx, minlength=k * LEVELS).reshape(k, LEVELS)
-        salt_counts[first:first + k] = np.bincount(idx[tb.reshape(-1)], minlength=k * LEVELS).reshape(k, LEVELS)
-    return all_counts, salt_counts
-
-
 def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = None, flat: np.ndarray | None = None,
            thresholds: Sequence[float] = THRESHOLDS, min_areas: Sequence[int] = MIN_AREAS,
            gates: Sequence[float] = GATES, default: PostProcess = DEFAULTS) -> SearchResult:
@@ -253,8 +230,6 @@ def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = No
     ``truth``: (N, H, W) bool; ``image_probs``: (N,) (gating is searched when they are all finite);
     ``flat``: (N,) bool flat-image flags (the flat rule is searched on and off when given).
     """
-    from tgs.probabilities import quantize
-
     q = np.asarray(q)
     q = quantize(q)
     truth = np.asarray(truth, dtype=bool)
@@ -273,10 +248,9 @@ def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = No
     flat_values = [default.flat, not default.flat] if flat is not None else [default.flat]
     flat_arr = np.zeros(n, bool) if flat is None else np.asarray(flat, dtype=bool)
 
-    all_counts, salt_counts = _histograms(q, truth)
-    # area[q0] = pixels with level >= q0 (reverse cumulative sum), for every level at once
-    area_ge = np.cumsum(all_counts[:, ::-1], axis=1)[:, ::-1]
-    inter_ge = np.cumsum(salt_counts[:, ::-1], axis=1)[:, ::-1]
+    all_counts, salt_counts = level_histograms(q, truth)
+    # area[:, k] = pixels with level >= k (k = 0..256), for every level at once
+    area_ge, inter_ge = at_least(all_counts), at_least(salt_counts)
     truth_area = salt_counts.sum(axis=1)
     empty_truth_score = (truth_area == 0).astype(np.float64)  # an emptied prediction scores 1 on empty truth
 
@@ -286,10 +260,7 @@ def search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | None = No
     scores = np.empty((len(thresholds), len(areas), len(gate_values), len(flat_values)))
     for i, t in enumerate(thresholds):
         level = level_of(t)
-        if level < LEVELS:
-            area, inter = area_ge[:, level], inter_ge[:, level]
-        else:
-            area = inter = np.zeros(n, np.int64)
+        area, inter = area_ge[:, level], inter_ge[:, level]
         keep_score = metric.hits(inter, area + truth_area - inter).mean(axis=1)  # (N,)
         delta = empty_truth_score - keep_score  # change of each image's score when it is emptied
         small = area[None, :] < areas[:, None]  # (A, N)

@@ -56,6 +56,41 @@ def quantize(probs: np.ndarray) -> np.ndarray:
     return out
 
 
+LEVELS = 256  # the uint8 levels: level q stands for probability q / 255
+_HIST_BLOCK = 256  # images per bincount block (bounds the int64 index array to ~2.6M entries at 101x101)
+
+
+def level_of(threshold: float) -> int:
+    """The cut ``k``: level ``q >= k`` exactly where ``q / 255`` (float32, as :func:`load` gives it) is
+    ``> threshold``; ``LEVELS`` when no level is."""
+    values = np.arange(LEVELS, dtype=np.float32) / np.float32(SCALE)
+    return int(np.count_nonzero(~(values > np.float32(threshold))))
+
+
+def level_histograms(q: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the counts of each level over all pixels and over true salt pixels: (N, 256) int64 each, from
+    uint8 levels (N, H, W) and bool masks (N, H, W). One ``bincount`` per block of images over
+    ``image * 256 + q`` (no loop per image or pixel)."""
+    n = len(q)
+    flat_q, flat_t = q.reshape(n, -1), truth.reshape(n, -1)
+    all_hist = np.zeros((n, LEVELS), np.int64)
+    salt_hist = np.zeros((n, LEVELS), np.int64)
+    for s in range(0, n, _HIST_BLOCK):
+        e = min(n, s + _HIST_BLOCK)
+        index = (np.arange(e - s, dtype=np.int64)[:, None] * LEVELS + flat_q[s:e]).ravel()
+        size = (e - s) * LEVELS
+        all_hist[s:e] = np.bincount(index, minlength=size).reshape(e - s, LEVELS)
+        salt_hist[s:e] = np.bincount(index[flat_t[s:e].ravel()], minlength=size).reshape(e - s, LEVELS)
+    return all_hist, salt_hist
+
+
+def at_least(hist: np.ndarray) -> np.ndarray:
+    """Counts of ``q >= k`` for k = 0..256 along the last axis of level histograms (reversed cumulative sum, 0
+    appended for k = 256)."""
+    rev = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
+    return np.concatenate([rev, np.zeros(hist.shape[:-1] + (1,), rev.dtype)], axis=-1)
+
+
 def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
          models: Sequence[str] = (), split: str = "test") -> Path:
     """Write predictions atomically; ``probs`` float in [0, 1] (or already-quantised uint8)."""

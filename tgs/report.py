@@ -38,17 +38,13 @@ from matplotlib.ticker import MaxNLocator
 from tgs import metric
 from tgs.errors import DataError, UserError, few
 from tgs.io import atomic_open, atomic_path
-from tgs.probabilities import SCALE, quantize
+from tgs.probabilities import LEVELS, SCALE, at_least, level_histograms, level_of, quantize
 
-LEVELS = 256
 #: threshold of cut k (k = 0..256): prob > THRESHOLDS[k]  <=>  q >= k
 THRESHOLDS = (np.arange(LEVELS + 1) - 0.5) / SCALE
-#: the probability of each uint8 level, computed exactly as tgs.probabilities.load does
-LEVEL_VALUES = np.arange(LEVELS).astype(np.float32) / SCALE
 #: (name, lower, upper) of the coverage bins: salt pixels / all pixels in [lower, upper); "empty" is exactly 0
 COVERAGE_BINS = (("empty", 0.0, 0.0), ("<1%", 0.0, 0.01), ("1-10%", 0.01, 0.10), ("10-50%", 0.10, 0.50),
                  (">50%", 0.50, 1.0))
-_BLOCK = 256  # images per bincount block (bounds the int64 index array to ~2.6M entries at 101x101)
 
 
 # -- probabilities and cuts -------------------------------------------------------------------------------------
@@ -56,11 +52,6 @@ def as_levels(probs) -> np.ndarray:
     """uint8 levels of probabilities: uint8 passes through, floats in [0, 1] are quantised like the .npz files."""
     probs = np.asarray(probs)
     return quantize(probs)
-
-
-def cut_for(threshold: float) -> int:
-    """The cut ``k`` with ``q >= k`` exactly where ``q / 255 > threshold`` (numpy's own comparison decides)."""
-    return int(np.count_nonzero(~(LEVEL_VALUES > threshold)))
 
 
 def _check(q: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,28 +64,9 @@ def _check(q: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_histograms(q, truth) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image histograms of the levels: (all pixels, salt pixels), each (N, 256) int64.
-
-    One ``bincount`` per block of images over ``image * 256 + q`` (no loop per image or pixel).
-    """
-    q, truth = _check(q, truth)
-    n = len(q)
-    flat_q, flat_t = q.reshape(n, -1), truth.reshape(n, -1)
-    all_hist = np.zeros((n, LEVELS), np.int64)
-    salt_hist = np.zeros((n, LEVELS), np.int64)
-    for s in range(0, n, _BLOCK):
-        e = min(n, s + _BLOCK)
-        index = (np.arange(e - s, dtype=np.int64)[:, None] * LEVELS + flat_q[s:e]).ravel()
-        size = (e - s) * LEVELS
-        all_hist[s:e] = np.bincount(index, minlength=size).reshape(e - s, LEVELS)
-        salt_hist[s:e] = np.bincount(index[flat_t[s:e].ravel()], minlength=size).reshape(e - s, LEVELS)
-    return all_hist, salt_hist
-
-
-def _at_least(hist: np.ndarray) -> np.ndarray:
-    """Counts of ``q >= k`` for k = 0..256 along the last axis (reversed cumulative sum, 0 appended)."""
-    rev = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
-    return np.concatenate([rev, np.zeros(hist.shape[:-1] + (1,), rev.dtype)], axis=-1)
+    """Per-image histograms of the levels: (all pixels, salt pixels), each (N, 256) int64
+    (:func:`tgs.probabilities.level_histograms` after checking and quantising the inputs)."""
+    return level_histograms(*_check(q, truth))
 
 
 # -- pixel ROC / precision-recall ------------------------------------------------------------------------------
@@ -159,7 +131,7 @@ def pixel_curves(q, truth, histograms: tuple[np.ndarray, np.ndarray] | None = No
     all_hist, salt_hist = histograms if histograms is not None else image_histograms(q, truth)
     pos = salt_hist.sum(axis=0)
     neg = all_hist.sum(axis=0) - pos
-    return PixelCurves(THRESHOLDS.copy(), _at_least(pos), _at_least(neg), int(pos.sum()), int(neg.sum()))
+    return PixelCurves(THRESHOLDS.copy(), at_least(pos), at_least(neg), int(pos.sum()), int(neg.sum()))
 
 
 # -- the competition metric over thresholds ------------------------------------------------------------------
@@ -178,7 +150,7 @@ class ThresholdSweep:
         """The cut of the highest score; among equal scores the one closest to 0.5 (the middle of a plateau
         around the default rather than its edge)."""
         best = np.flatnonzero(self.score == np.nanmax(self.score))
-        return int(best[np.argmin(np.abs(best - cut_for(0.5)))])
+        return int(best[np.argmin(np.abs(best - level_of(0.5)))])
 
     @property
     def best_threshold(self) -> float:
@@ -190,7 +162,7 @@ class ThresholdSweep:
 
     def at(self, threshold: float) -> float:
         """The score of ``prob > threshold``."""
-        return float(self.score[cut_for(threshold)])
+        return float(self.score[level_of(threshold)])
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame({"threshold": self.thresholds, "score": self.score, "empty_score": self.empty_score,
@@ -205,8 +177,8 @@ def threshold_sweep(q, truth, histograms: tuple[np.ndarray, np.ndarray] | None =
     """
     all_hist, salt_hist = histograms if histograms is not None else image_histograms(q, truth)
     n = len(all_hist)
-    inter = _at_least(salt_hist)  # (N, 257)
-    area = _at_least(all_hist)
+    inter = at_least(salt_hist)  # (N, 257)
+    area = at_least(all_hist)
     truth_area = salt_hist.sum(axis=1)
     union = area + truth_area[:, None] - inter
     precision = np.zeros(inter.shape, np.float64)
@@ -236,7 +208,7 @@ def per_image(ids: Sequence[str], q, truth, threshold: float = 0.5) -> pd.DataFr
     """One row per image at ``prob > threshold``: id, score, iou (tgs.metric), coverage, bin, true and predicted
     salt areas, the image's highest probability."""
     q, truth = _check(q, truth)
-    pred = q >= cut_for(threshold)
+    pred = q >= level_of(threshold)
     inter, union = metric.intersection_union(pred, truth)
     n = len(q)
     pixels = q[0].size if n else 1
@@ -402,7 +374,7 @@ def plot_samples(images: np.ndarray | None, truth: np.ndarray, q: np.ndarray, ta
     cols = ("image", "true mask", "probability", f"prob > {threshold:.2f}: hit / false / missed")
     fig = Figure(figsize=(4 * 2.0, max(1, len(rows)) * 2.0 + 0.6), layout="constrained")
     axes = np.asarray(fig.subplots(max(1, len(rows)), 4, squeeze=False))
-    cut = cut_for(threshold)
+    cut = level_of(threshold)
     for r, (name, rank, i) in enumerate(rows):
         row = table.iloc[i]
         panels = (images[i] if images is not None else None, truth[i], q[i] / SCALE,
@@ -432,7 +404,7 @@ def plot_thresholds(curves: PixelCurves, sweep: ThresholdSweep, threshold: float
     """ROC and precision-recall of salt pixels and the metric over the same thresholds, the best marked."""
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     ax_roc, ax_pr, ax_sw = fig.subplots(1, 3)
-    marks = ((cut_for(threshold), f"prob > {threshold:.2f}", "tab:orange", "o"),
+    marks = ((level_of(threshold), f"prob > {threshold:.2f}", "tab:orange", "o"),
              (sweep.best_index, f"best prob > {sweep.best_threshold:.3f}", "tab:green", "*"))
     ax_roc.plot(curves.fpr, curves.tpr, color="tab:blue", label=f"AUC {curves.roc_auc:.4f}")
     ax_roc.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
