@@ -83,9 +83,7 @@ def score(path: str, truth: str, per_image: str | None, subset: bool) -> int:
 def search(path: str, truth: str, save_best: str | None = None) -> int:
     """Best post-processing on out-of-fold probabilities; the flat-image rule is searched when the training
     images lie next to the truth (DATA/train.csv -> DATA/train/images, DATA/train/masks -> DATA/train/images)."""
-    from pathlib import Path
-
-    from datasets.kaggle import load_truth, read_pngs
+    from datasets.kaggle import load_truth, read_pngs, train_images_beside
     from tgs import postprocess, probabilities
 
     oof = probabilities.load(path)
@@ -96,8 +94,7 @@ def search(path: str, truth: str, save_best: str | None = None) -> int:
     if (index < 0).any():
         missing = oof.ids[index < 0]
         raise UserError(f"{path}: {len(missing)} of its ids are not in {truth}, first {missing[0]}")
-    t = Path(truth)
-    images_dir = t.parent / "images" if t.is_dir() else t.parent / "train" / "images"
+    images_dir = train_images_beside(truth)
     flat = None
     if images_dir.is_dir():
         flat = postprocess.flat_images(read_pngs(images_dir, oof.ids, "image"))

@@ -282,6 +282,13 @@ def load_test(root: str | os.PathLike, cache: bool = True, workers: int | None =
     return TestSet(ids, arrays["images"], depths_for(layout, ids))
 
 
+def train_images_beside(truth: str | os.PathLike) -> Path:
+    """The training images folder of a truth source (``load_truth``'s argument): DATA/train/images next to
+    DATA/train.csv, or next to the DATA/train/masks folder."""
+    truth = Path(truth)
+    return truth.parent / "images" if truth.is_dir() else truth.parent / "train" / "images"
+
+
 def load_truth(path: str | os.PathLike, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """True masks from a train.csv (RLE) or from a folder of mask PNGs: (ids, masks)."""
     from tgs import rle

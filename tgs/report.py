@@ -554,11 +554,11 @@ def report_validation(v: Validation, out_dir: Path, prefix: str, threshold: floa
 def images_folder(truth: Path | None, data_dir: Path | None) -> Path | None:
     """Where the training images of a truth source live: DATA/train/images next to DATA/train.csv or to
     DATA/train/masks, or under --data-dir."""
+    from datasets.kaggle import train_images_beside
+
     if data_dir is not None:
         return Path(data_dir) / "train" / "images"
-    if truth is None:
-        return None
-    return truth.parent / "images" if truth.is_dir() else truth.parent / "train" / "images"
+    return None if truth is None else train_images_beside(truth)
 
 
 def read_images(folder: Path | None, ids: np.ndarray) -> np.ndarray | None:
