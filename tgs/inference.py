@@ -40,7 +40,6 @@ class ImageSet:
     split: str = "test"
     masks: np.ndarray | None = None  # (N, 101, 101) bool, valid split only
     fold: str | None = None
-    data_dir: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,7 +47,7 @@ class ImageSet:
     def take(self, index, fold: str | None = None) -> "ImageSet":
         """The images at ``index`` (positions or a boolean mask), e.g. one fold's or one file's."""
         masks = None if self.masks is None else self.masks[index]
-        return ImageSet(self.ids[index], self.images[index], self.split, masks, fold, self.data_dir)
+        return ImageSet(self.ids[index], self.images[index], self.split, masks, fold)
 
 
 def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
@@ -56,7 +55,7 @@ def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | Non
     from datasets import kaggle
 
     t = kaggle.load_test(data_dir, cache=cache, workers=workers)
-    return ImageSet(t.ids, t.images, "test", data_dir=str(data_dir))
+    return ImageSet(t.ids, t.images, "test")
 
 
 def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = None, cache: bool = True,
@@ -76,7 +75,7 @@ def train_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | No
     from datasets import kaggle
 
     train = kaggle.load_train(data_dir, cache=cache, workers=workers)
-    return ImageSet(train.ids, train.images, "valid", train.masks, None, str(data_dir))
+    return ImageSet(train.ids, train.images, "valid", train.masks)
 
 
 def release(device: torch.device) -> None:
