@@ -110,11 +110,14 @@ class SaltEvaluator:
         self._union.append(union)
         self._truth_area.append(np.count_nonzero(_flat(truth), axis=1))
 
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-image (intersection, union, truth area) so far, in order: what distributed evaluation gathers
+        from every rank before :func:`summarize`."""
+        return tuple(np.concatenate(x) if x else np.zeros(0, np.int64)
+                     for x in (self._inter, self._union, self._truth_area))
+
     def evaluate(self) -> Report:
-        inter = np.concatenate(self._inter) if self._inter else np.zeros(0, np.int64)
-        union = np.concatenate(self._union) if self._union else np.zeros(0, np.int64)
-        area = np.concatenate(self._truth_area) if self._truth_area else np.zeros(0, np.int64)
-        return summarize(inter, union, area)
+        return summarize(*self.counts())
 
 
 def summarize(inter: np.ndarray, union: np.ndarray, truth_area: np.ndarray) -> Report:

@@ -290,7 +290,7 @@ def evaluate(ctx: Context, epoch: int) -> dict:
     all_masks = torch.from_numpy(ctx.valid_masks[shard])[:, None]
     bs = args.val_batch_size or args.batch_size
     batches = [(all_images[s:s + bs], all_masks[s:s + bs]) for s in range(0, len(shard), bs)]
-    inter, union, area, loss_sum, correct = [], [], [], 0.0, 0
+    evaluator, loss_sum, correct = metric.SaltEvaluator(), 0.0, 0
     grid = None
     for images, masks in progress(batches, info, desc=f"valid {epoch}"):
         images, masks = images.to(info.device), masks.to(info.device)
@@ -300,14 +300,11 @@ def evaluate(ctx: Context, epoch: int) -> dict:
         loss_sum += float(ctx.criterion(out, y)) * len(images)
         hard = (pred.probs > 0.5)[:, 0].cpu().numpy()
         truth = masks[:, 0].cpu().numpy()
-        i, u = metric.intersection_union(hard, truth)
-        inter.append(i)
-        union.append(u)
-        area.append(truth.reshape(len(truth), -1).sum(axis=1))
+        evaluator.process(hard, truth)
         correct += int((hard == truth).sum())
         if grid is None:
             grid = (images[:8].float().cpu() / 255, masks[:8].float().cpu(), pred.probs[:8].cpu())
-    local = (shard, np.concatenate(inter), np.concatenate(union), np.concatenate(area), loss_sum, correct)
+    local = (shard, *evaluator.counts(), loss_sum, correct)
     parts = distributed.all_gather_objects(local, info)
     order = np.argsort(np.concatenate([p[0] for p in parts]))
     rep = metric.summarize(np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order],
