@@ -23,7 +23,7 @@ import tgs.compat  # noqa: E402,F401
 import torch  # noqa: E402
 
 from datasets.synthetic import write_dataset  # noqa: E402
-from tgs import distributed, options, predict, trainer  # noqa: E402
+from tgs import distributed, options, trainer  # noqa: E402
 
 LIGHT = ["--basenet", "resnet34", "--input-upsample", "1", "--oc", "center", "--loss", "deep", "--loss-on-center"]
 
@@ -68,13 +68,7 @@ def main() -> int:
         ctx.model.train()
 
         def step():
-            x = ctx.spec.encode_images(images)
-            with predict.autocast(info.device, args.amp):
-                out = ctx.model(x)
-            out, y = trainer.to_model_targets(ctx, out, masks)
-            ctx.criterion(out, y).backward()
-            ctx.optimizer.step()
-            ctx.optimizer.zero_grad(set_to_none=True)
+            trainer.train_step(ctx, images, masks)  # the epoch's own step (amp, channels_last, scaler)
 
         step()
         sync(info.device)

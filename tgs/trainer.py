@@ -239,6 +239,33 @@ def to_model_targets(ctx: Context, out: dict, masks: torch.Tensor):
     return out, ctx.spec.encode_masks(masks)
 
 
+def train_step(ctx: Context, images: torch.Tensor, masks: torch.Tensor, stepping: bool = True,
+               where: str = "") -> torch.Tensor:
+    """Forward and backward of one batch (uint8 images and bool masks (B, 1, 101, 101) on the device), then an
+    optimiser step when ``stepping`` (else the gradients accumulate, without a DDP all-reduce). Returns the
+    batch's loss, detached. A non-finite loss on any rank stops training with a TrainingError naming ``where``."""
+    args, info = ctx.args, ctx.info
+    x = ctx.spec.encode_images(images)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    skip_sync = info.enabled and not stepping and hasattr(ctx.model, "no_sync")
+    with ctx.model.no_sync() if skip_sync else contextlib.nullcontext():  # all-reduce only when stepping
+        with predict.autocast(info.device, args.amp):
+            out = ctx.model(x)
+        out, y = to_model_targets(ctx, out, masks)
+        loss = ctx.criterion(out, y)
+        if not distributed.all_true(bool(torch.isfinite(loss.detach())), info):
+            raise TrainingError(f"the loss became {loss.item()} at {where}, step {ctx.state.step}; "
+                                f"stopped (the last good checkpoint in {ctx.log_dir / 'checkpoints'} is intact)")
+        ctx.scaler.scale(loss / args.gradient_accumulation).backward()
+    if stepping:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.state.step += 1
+    return loss.detach()
+
+
 def train_one_epoch(ctx: Context, epoch: int) -> dict:
     args, info = ctx.args, ctx.info
     ctx.model.train()
@@ -252,26 +279,9 @@ def train_one_epoch(ctx: Context, epoch: int) -> dict:
     for i, (images, masks, _) in enumerate(bar):
         images = images.to(info.device, non_blocking=True)
         masks = masks.to(info.device, non_blocking=True)
-        x = ctx.spec.encode_images(images)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         stepping = (i + 1) % accum == 0 or i + 1 == n_batches
-        skip_sync = info.enabled and not stepping and hasattr(ctx.model, "no_sync")
-        with ctx.model.no_sync() if skip_sync else contextlib.nullcontext():  # all-reduce only when stepping
-            with predict.autocast(info.device, args.amp):
-                out = ctx.model(x)
-            out, y = to_model_targets(ctx, out, masks)
-            loss = ctx.criterion(out, y)
-            if not distributed.all_true(bool(torch.isfinite(loss.detach())), info):
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, batch {i}, step {ctx.state.step}; "
-                                    f"stopped (the last good checkpoint in {ctx.log_dir / 'checkpoints'} is intact)")
-            ctx.scaler.scale(loss / accum).backward()
-        if stepping:
-            ctx.scaler.step(ctx.optimizer)
-            ctx.scaler.update()
-            ctx.optimizer.zero_grad(set_to_none=True)
-            ctx.state.step += 1
-        total += loss.detach().double().cpu() * len(images)
+        loss = train_step(ctx, images, masks, stepping, where=f"epoch {epoch}, batch {i}")
+        total += loss.double().cpu() * len(images)
         count += len(images)
         if bar.disable is False:
             bar.set_postfix(loss=f"{(total / max(count, 1)).item():.4f}")
