@@ -122,13 +122,8 @@ class Ensemble:
             raise ValueError(f"{len(images)} images for a sum of {len(self.sum)}")
         sum_t = torch.from_numpy(self.sum)
         image_sum = np.zeros(len(images), np.float64)
-        pin = device.type == "cuda"
         t0 = time.perf_counter()
-        for first in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[first:first + batch_size])[:, None]
-            if pin:
-                batch = batch.pin_memory()
-            batch = batch.to(device, non_blocking=pin)
+        for first, (batch,) in predict.batches([images], batch_size, device):
             pred = predict.forward(model, spec, batch, tta=tta, amp=amp, channels_last=channels_last)
             sum_t[first:first + len(batch)] += pred.probs[:, 0].float().cpu()
             image_sum[first:first + len(batch)] = pred.image_prob.double().cpu().numpy()

@@ -30,6 +30,21 @@ class Prediction:
     outputs: dict  # the un-flipped forward's raw outputs at the model's resolution (for a loss)
 
 
+def batches(arrays, batch_size: int, device: torch.device):
+    """Consecutive slices of in-memory (N, 101, 101) arrays (uint8 images, bool masks) as (B, 1, 101, 101)
+    tensors on ``device``, with the position of each batch: ``for first, (images, masks) in batches(...)``.
+    No Dataset / DataLoader (nothing to do per image); pinned and non-blocking on CUDA."""
+    import numpy as np
+
+    pin = device.type == "cuda"
+    for first in range(0, len(arrays[0]), batch_size):
+        out = []
+        for a in arrays:
+            t = torch.from_numpy(np.ascontiguousarray(a[first:first + batch_size]))[:, None]
+            out.append((t.pin_memory() if pin else t).to(device, non_blocking=pin))
+        yield first, out
+
+
 def forward(model, spec: InputSpec, images: torch.Tensor, *, tta: bool = False, amp: str = "none",
             channels_last: bool = False) -> Prediction:
     """``images`` (N, 1, 101, 101) uint8 or float [0, 1] on the model's device."""

@@ -177,8 +177,7 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
         m.train()
     seen = batches = 0
     try:
-        for first in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[first:first + batch_size])[:, None].to(device)
+        for _, (batch,) in predict.batches([images], batch_size, device):
             b = len(batch)
             for m in layers:
                 m.momentum = b / (seen + b)

@@ -295,15 +295,11 @@ def evaluate(ctx: Context, epoch: int) -> dict:
     args, info = ctx.args, ctx.info
     ctx.model.eval()
     shard = np.arange(info.rank, len(ctx.valid_images), info.world_size)  # each image on exactly one rank
-    # batches are slices of the in-memory arrays (no augmentation here, so no Dataset / DataLoader per image)
-    all_images = torch.from_numpy(ctx.valid_images[shard])[:, None]
-    all_masks = torch.from_numpy(ctx.valid_masks[shard])[:, None]
     bs = args.val_batch_size or args.batch_size
-    batches = [(all_images[s:s + bs], all_masks[s:s + bs]) for s in range(0, len(shard), bs)]
+    batches = predict.batches([ctx.valid_images[shard], ctx.valid_masks[shard]], bs, info.device)
     evaluator, loss_sum, correct = metric.SaltEvaluator(), 0.0, 0
     grid = None
-    for images, masks in progress(batches, info, desc=f"valid {epoch}"):
-        images, masks = images.to(info.device), masks.to(info.device)
+    for _, (images, masks) in progress(batches, info, desc=f"valid {epoch}", total=math.ceil(len(shard) / bs)):
         pred = predict.forward(ctx.model, ctx.spec, images, tta=args.vtf, amp=args.amp,
                                channels_last=args.channels_last)
         out, y = to_model_targets(ctx, pred.outputs, masks)
