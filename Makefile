@@ -39,11 +39,11 @@ demo: venv
 	PY=$(PY) DATA="$(DATA)" DEMO_DIR="$(DEMO_DIR)" bash scripts/demo.sh
 
 bench: venv
-	$(PY) bench/bench_foundation.py
-	$(PY) bench/bench_lovasz.py
-	$(PY) bench/bench_models.py --batch-size 4 --iters 1
-	$(PY) bench/bench_train.py --images 256 --workers 2 -- --basenet unet --encoder-width 8 --decoder-channels 16 --center-channels 32 --resize --input-size 64
-	$(PY) bench/bench_test.py --images 2000 --models 3
+	$(PY) -m bench.bench_foundation
+	$(PY) -m bench.bench_lovasz
+	$(PY) -m bench.bench_models --batch-size 4 --iters 1
+	$(PY) -m bench.bench_train --images 256 --workers 2 -- --basenet unet --encoder-width 8 --decoder-channels 16 --center-channels 32 --resize --input-size 64
+	$(PY) -m bench.bench_test --images 2000 --models 3
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

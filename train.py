@@ -3,21 +3,13 @@
 
 Single process:  python train.py --data-dir DATA --data-fold fold0 --log-dir runs/fold0 ...
 Distributed:     torchrun --nproc_per_node=2 train.py ...   (NCCL on GPUs, gloo on CPU)
+
+The options and the work are in cli/train.py and the library below it.
 """
-import os
 import sys
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import tgs.compat  # noqa: E402,F401  (before timm / torchvision)
-from tgs import options, trainer  # noqa: E402
-from tgs.errors import cli  # noqa: E402
-
-
-@cli
-def main(argv=None) -> int:
-    return trainer.run(options.parse(argv))
-
+import tgs.compat  # noqa: F401  (environment and torchvision shim, before anything imports timm)
+from cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

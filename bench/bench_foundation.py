@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Foundation benchmarks: RLE encode/decode, the metric, and PNG loading, on a Kaggle-sized synthetic set.
 
-    python bench/bench_foundation.py                      # makes a 4000 + 18000 synthetic set in a temp folder
-    python bench/bench_foundation.py --data DATA          # reuses a dataset (synthetic or real)
+    python -m bench.bench_foundation                      # makes a 4000 + 18000 synthetic set in a temp folder
+    python -m bench.bench_foundation --data DATA          # reuses a dataset (synthetic or real)
 
 Prints a table (best of --repeat runs). Targets on one core: encode of 18000 masks < 1 s, metric over 4000 < 0.5 s,
 PNG loading > 3000 images/s. Nothing here is asserted by the tests.
@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from datasets import kaggle, synthetic  # noqa: E402
-from tgs import metric, rle  # noqa: E402
+from datasets import kaggle, synthetic
+from tgs import metric, png, rle
 
 
 def best_of(fn, repeat: int) -> float:
@@ -67,11 +65,11 @@ def main() -> int:
     n_png = len(train_ids) + len(test_ids)
 
     def load_all(workers):
-        kaggle.read_pngs(layout.train_images, train_ids, "image", workers)
-        kaggle.read_pngs(layout.test_images, test_ids, "image", workers)
+        png.read_pngs(layout.train_images, train_ids, "image", workers)
+        png.read_pngs(layout.test_images, test_ids, "image", workers)
 
     add("PNG decode, 1 thread", n_png, best_of(lambda: load_all(1), args.repeat), "> 3000 img/s")
-    w = kaggle.default_workers()
+    w = png.default_workers()
     add(f"PNG decode, {w} threads", n_png, best_of(lambda: load_all(w), args.repeat))
     kaggle.load_train(data, cache=True)
     kaggle.load_test(data, cache=True)  # warm the cache

@@ -5,7 +5,7 @@ CPU and on CUDA when present; the symmetric variant too (the loop sorts twice pe
 once per batch). The batched version is timed with torch.argsort and with its default sort (numpy's SIMD
 argsort on the CPU). Values and gradients are checked to agree with the loop before timing.
 
-    .venv/bin/python bench/bench_lovasz.py [--batch 32] [--size 101] [--iters 5] [--rounds 7] [--threads N]
+    .venv/bin/python -m bench.bench_lovasz [--batch 32] [--size 101] [--iters 5] [--rounds 7] [--threads N]
                                            [--devices cpu,cuda]
 
 Prints one row per (device, variant): median ms/iter of each, and the speed-up of the default over the loop.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
 import sys
 import time
@@ -22,9 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from losses.lovasz import lovasz_hinge  # noqa: E402
+from losses.lovasz import lovasz_hinge
 
 
 # -- the per-image loop (Berman's reference with elu+1; the same as the tests' reference) ---------------------------

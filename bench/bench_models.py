@@ -11,9 +11,9 @@ Each (model, dtype, memory format) runs in a fresh subprocess so that peak memor
 
 Examples::
 
-    python bench/bench_models.py                                  # recipe + light, batch 32, 128 px
-    python bench/bench_models.py --batch-size 4 --iters 1 --warmup 0   # a quick look on a small CPU
-    python bench/bench_models.py --models light,resnet18 --dtypes bf16 --channels-last on
+    python -m bench.bench_models                                  # recipe + light, batch 32, 128 px
+    python -m bench.bench_models --batch-size 4 --iters 1 --warmup 0   # a quick look on a small CPU
+    python -m bench.bench_models --models light,resnet18 --dtypes bf16 --channels-last on
 
 Model names: ``recipe`` (SENet154, OC blocks, x2 input up-sampling), ``light`` (resnet34, OC, no up-sampling),
 or any encoder name accepted by ``models.build_model`` (built with the recipe's decoder and no up-sampling).
@@ -29,13 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import tgs.compat  # noqa: E402,F401  (before timm / torchvision)
+import tgs.compat  # noqa: F401  (before timm / torchvision)
 
 import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = {
     "recipe": dict(encoder="senet154", input_upsample=2),
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                             batch_size=args.batch_size, size=args.size, iters=args.iters, warmup=args.warmup,
                             threads=args.threads)
                 print(f"... {name} {dtype} channels_last={channels_last}", file=sys.stderr, flush=True)
-                proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                proc = subprocess.run([sys.executable, "-m", "bench.bench_models", "--worker", json.dumps(spec)], cwd=ROOT,
                                       capture_output=True, text=True)
                 result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
                 if proc.returncode or result is None:

@@ -1,7 +1,7 @@
 """test.py end to end against the pure model forward, and its peak memory with 1 and with many models.
 
-    python bench/bench_test.py                          # 18000 synthetic test images (Kaggle's test set size)
-    python bench/bench_test.py --images 2000 --models 20 --threads 1
+    python -m bench.bench_test                          # 18000 synthetic test images (Kaggle's test set size)
+    python -m bench.bench_test --images 2000 --models 20 --threads 1
 
 1. A synthetic dataset with ``--images`` test images (kept in runs/bench_test/ for the next run; ``--data DIR``
    uses an existing one) and small random models (``--width``, ``--mode``, ``--size``) saved as checkpoints.
@@ -32,14 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import tgs.compat  # noqa: E402,F401  (before timm / torchvision)
+import tgs.compat  # noqa: F401  (before timm / torchvision)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,15 +134,12 @@ class TimedModel(torch.nn.Module):
 
 def in_process(model_paths, data: Path, prefix: Path, args) -> tuple[float, float]:
     """(total seconds of test.py's main(), seconds spent in the model's forward calls) from one run."""
-    import importlib.util
     import io
     from contextlib import redirect_stdout
 
     import models
+    from cli import test as script
 
-    spec = importlib.util.spec_from_file_location("bench_test_script", ROOT / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     timed = []
     real_load = models.load
 
@@ -179,7 +174,7 @@ def _env(args, malloc: str = "") -> dict:
 
 def forward_subprocess(model: Path, data: Path, args, malloc: str = "") -> float:
     """The pure forward (as :func:`pure_forward`) timed in a fresh process set up as test.py sets itself up."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--forward-only", str(model), "--data", str(data),
+    cmd = [sys.executable, "-m", "bench.bench_test", "--forward-only", str(model), "--data", str(data),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(args, malloc))
     found = re.search(r"^forward: ([0-9.]+) s$", proc.stdout, re.M)

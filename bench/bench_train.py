@@ -2,28 +2,25 @@
 """Training throughput: a real epoch (DataLoader workers, augmentation, padding, loss, optimiser) next to the same
 number of model-only steps on tensors already in memory. The ratio shows whether the data pipeline keeps up.
 
-    python bench/bench_train.py                         # light config: resnet34, pad 128, OC in the centre
-    python bench/bench_train.py --images 512 --workers 2 --device cuda -- --basenet senet154 --input-upsample 2
+    python -m bench.bench_train                         # light config: resnet34, pad 128, OC in the centre
+    python -m bench.bench_train --images 512 --workers 2 --device cuda -- --basenet senet154 --input-upsample 2
 
 Arguments after ``--`` go to train.py's option parser (they override the light config). Prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import tgs.compat  # noqa: E402,F401
+import tgs.compat  # noqa: F401
 import torch  # noqa: E402
 
+from cli import train as train_cli  # noqa: E402
 from datasets.synthetic import write_dataset  # noqa: E402
-from tgs import distributed, options, trainer  # noqa: E402
+from engine import distributed, trainer  # noqa: E402
 
 LIGHT = ["--basenet", "resnet34", "--input-upsample", "1", "--oc", "center", "--loss", "deep", "--loss-on-center"]
 
@@ -48,11 +45,11 @@ def main() -> int:
         n_total = int(a.images / 0.9) + 1
         write_dataset(Path(tmp) / "data", n_train=n_total, n_test=1, seed=0)
         light = [f for f in LIGHT if not ("--resize" in extra and f == "--loss-on-center")]
-        args = options.parse(["--data-dir", str(Path(tmp) / "data"), "--log-dir", str(Path(tmp) / "run"),
+        cfg = train_cli.parse(["--data-dir", str(Path(tmp) / "data"), "--log-dir", str(Path(tmp) / "run"),
                               "--batch-size", str(a.batch_size), "--dataload-workers-nums", str(a.workers),
                               "--device", a.device, "--max-epochs", "1", *light, *extra])
-        info = distributed.setup(args.device)
-        ctx = trainer.setup(args, info)
+        info = distributed.setup(cfg.run.device)
+        ctx = trainer.setup(cfg, info)
         batches = len(ctx.train_loader)
         n = batches * a.batch_size
 
@@ -78,7 +75,7 @@ def main() -> int:
         sync(info.device)
         model_s = time.perf_counter() - t
 
-    print(f"\n{args.basenet}, {ctx.spec.mode} {ctx.spec.size}, batch {a.batch_size}, {batches} batches, "
+    print(f"\n{cfg.model.basenet}, {ctx.spec.mode} {ctx.spec.size}, batch {a.batch_size}, {batches} batches, "
           f"device {info.device}, {a.workers} loader workers, torch threads {torch.get_num_threads()}")
     print(f"{'what':34s} {'seconds':>8s} {'images/s':>9s}")
     print(f"{'training epoch (loader + augment)':34s} {epoch_s:8.2f} {n / epoch_s:9.1f}")

@@ -11,17 +11,13 @@ batch, by :class:`tgs.inputs.InputSpec` (the one place that knows how an image e
 """
 from __future__ import annotations
 
-import os
+import cv2
+import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-import tgs.compat  # noqa: E402,F401
+import tgs.compat  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE, defines torchvision's schemas)
 import albumentations as A  # noqa: E402
 
-SIZE = 101
+from tgs import TILE as SIZE
 GEOMETRIC_P = 0.125
 PHOTOMETRIC_P = 0.165
 REFLECT = cv2.BORDER_REFLECT_101

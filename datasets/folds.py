@@ -136,3 +136,18 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def training_rows(ids: np.ndarray, masks: np.ndarray, fold: str, folds_file: str | Path | None = None,
+                  drop_mask_threshold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The split train.py trains and validates on: row indices (train, valid) of ``fold``, the training rows
+    without masks of 1..N-1 salt pixels when ``drop_mask_threshold`` is N (tiny, doubtful labels). Both must be
+    non-empty. swa.py recomputes BatchNorm on the same training rows."""
+    tr, va = split(ids, fold, folds_file)
+    if drop_mask_threshold > 0:
+        area = masks[tr].reshape(len(tr), -1).sum(axis=1)
+        tr = tr[(area == 0) | (area >= drop_mask_threshold)]
+    if len(tr) == 0 or len(va) == 0:
+        raise UserError(f"--data-fold {fold}: {len(tr)} training and {len(va)} validation images; "
+                        "both must be non-empty")
+    return tr, va

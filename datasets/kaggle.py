@@ -9,26 +9,26 @@
     DATA/depths.csv                id,z for train and test ids
     DATA/sample_submission.csv     id,rle_mask: the test ids in submission order
 
-Whole sets load into compact arrays (uint8 images, bool masks) with a thread pool (OpenCV releases the GIL while
-decoding), and optionally into a cache file next to the data, keyed by the files' names, sizes and times.
+Whole sets load into compact arrays (uint8 images, bool masks; decoding by :mod:`tgs.png`), and optionally into a
+cache file next to the data, keyed by the files' names, sizes and times. The true masks of a train.csv or of a
+folder of mask PNGs alone are read by :func:`tgs.submission.read_truth`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from tgs.errors import DataError
 from tgs.io import atomic_path, read_csv_strings
+from tgs.png import read_pngs, stems
+from tgs.progress import bar
 
-SIZE = 101
 CACHE_DIR = ".cache"
 
 LAYOUT_HELP = (
@@ -94,6 +94,15 @@ class TrainSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def fingerprint(self) -> str:
+        """A digest of the ids, images and masks: what a run records so that its results are reused only on the
+        same data (a synthetic set and the real one, or two versions of a set, differ)."""
+        h = hashlib.sha1()
+        h.update("\n".join(self.ids.tolist()).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        h.update(np.packbits(self.masks).data)
+        return h.hexdigest()[:16]
+
 
 @dataclass
 class TestSet:
@@ -150,60 +159,6 @@ def depths_for(layout: Layout, ids: np.ndarray) -> np.ndarray:
     return z.reindex(ids).to_numpy(np.float32)
 
 
-# -- PNG decoding ---------------------------------------------------------------------------------------------------
-def _decode(path: Path, ident: str, kind: str) -> np.ndarray:
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        what = "is missing" if not path.exists() else "is not a readable PNG"
-        raise DataError(f"id {ident}: {kind} file {path} {what}")
-    if raw.shape[:2] != (SIZE, SIZE):
-        raise DataError(f"id {ident}: {kind} file {path} is {raw.shape[1]}x{raw.shape[0]}, expected {SIZE}x{SIZE}")
-    if kind == "mask":
-        return (raw > 0).any(axis=2) if raw.ndim == 3 else raw > 0
-    if raw.dtype == np.uint16:
-        raw = (raw >> 8).astype(np.uint8)
-    elif raw.dtype != np.uint8:
-        raise DataError(f"id {ident}: image file {path} has pixel type {raw.dtype}, expected 8 or 16 bit")
-    if raw.ndim == 3:
-        colour = raw[..., :3]
-        if (colour == colour[..., :1]).all():
-            return np.ascontiguousarray(colour[..., 0])
-        return cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
-    return raw
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def read_pngs(folder: str | os.PathLike, ids: Sequence[str], kind: str = "image",
-              workers: int | None = None) -> np.ndarray:
-    """Decode ``folder/<id>.png`` for every id into one array: uint8 images or bool masks, (N, 101, 101)."""
-    folder = Path(folder)
-    out = np.zeros((len(ids), SIZE, SIZE), dtype=bool if kind == "mask" else np.uint8)
-    if len(ids) == 0:
-        return out
-
-    def work(block: range) -> None:
-        for i in block:
-            out[i] = _decode(folder / f"{ids[i]}.png", ids[i], kind)
-
-    workers = workers or default_workers()
-    step = max(64, -(-len(ids) // (workers * 4)))
-    blocks = [range(s, min(s + step, len(ids))) for s in range(0, len(ids), step)]
-    if workers == 1 or len(blocks) == 1:
-        for b in blocks:
-            work(b)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, blocks))  # re-raises the first DataError
-    return out
-
-
-def _stems(folder: Path) -> set[str]:
-    return {e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".png")}
-
-
 # -- cache ----------------------------------------------------------------------------------------------------------
 def _fingerprint(ids: Sequence[str], folders: Sequence[Path]) -> str:
     h = hashlib.sha1()
@@ -244,8 +199,8 @@ def load_train(root: str | os.PathLike, cache: bool = True, workers: int | None 
     layout.require("train_csv", "train_images", "train_masks")
     df = read_train_csv(layout.train_csv)
     ids = df["id"].to_numpy(str)
-    images_found = _stems(layout.train_images)
-    masks_found = _stems(layout.train_masks)
+    images_found = stems(layout.train_images)
+    masks_found = stems(layout.train_masks)
     orphan = sorted(masks_found - images_found)
     if orphan:
         raise DataError(f"id {orphan[0]}: mask file {layout.train_masks / (orphan[0] + '.png')} has no image in "
@@ -257,8 +212,9 @@ def load_train(root: str | os.PathLike, cache: bool = True, workers: int | None 
                             f"({len(missing)} of the {len(ids)} ids in {layout.train_csv} have no {kind})")
 
     def load():
-        return {"images": read_pngs(layout.train_images, ids, "image", workers),
-                "masks": read_pngs(layout.train_masks, ids, "mask", workers)}
+        with bar(desc=f"decode {layout.root} train", total=2 * len(ids), unit="png") as b:
+            return {"images": read_pngs(layout.train_images, ids, "image", workers, b.update),
+                    "masks": read_pngs(layout.train_masks, ids, "mask", workers, b.update)}
 
     arrays = _cached(layout, "train", ids, (layout.train_images, layout.train_masks), load, cache)
     return TrainSet(ids, arrays["images"], arrays["masks"], depths_for(layout, ids))
@@ -269,36 +225,15 @@ def load_test(root: str | os.PathLike, cache: bool = True, workers: int | None =
     layout = Layout.of(root)
     layout.require("sample_submission", "test_images")
     ids = read_sample_submission(layout.sample_submission)
-    found = _stems(layout.test_images)
+    found = stems(layout.test_images)
     missing = ids[~np.isin(ids, list(found))]
     if missing.size:
         raise DataError(f"id {missing[0]}: test image {layout.test_images / (missing[0] + '.png')} is missing "
                         f"({len(missing)} of the {len(ids)} ids in {layout.sample_submission})")
 
     def load():
-        return {"images": read_pngs(layout.test_images, ids, "image", workers)}
+        with bar(desc=f"decode {layout.root} test", total=len(ids), unit="png") as b:
+            return {"images": read_pngs(layout.test_images, ids, "image", workers, b.update)}
 
     arrays = _cached(layout, "test", ids, (layout.test_images,), load, cache)
     return TestSet(ids, arrays["images"], depths_for(layout, ids))
-
-
-def train_images_beside(truth: str | os.PathLike) -> Path:
-    """The training images folder of a truth source (``load_truth``'s argument): DATA/train/images next to
-    DATA/train.csv, or next to the DATA/train/masks folder."""
-    truth = Path(truth)
-    return truth.parent / "images" if truth.is_dir() else truth.parent / "train" / "images"
-
-
-def load_truth(path: str | os.PathLike, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """True masks from a train.csv (RLE) or from a folder of mask PNGs: (ids, masks)."""
-    from tgs import rle
-
-    path = Path(path)
-    if path.is_dir():
-        ids = np.array(sorted(_stems(path)), dtype=str)
-        if len(ids) == 0:
-            raise DataError(f"{path}: no mask PNGs in this folder")
-        return ids, read_pngs(path, ids, "mask", workers)
-    df = read_train_csv(path)
-    ids = df["id"].to_numpy(str)
-    return ids, rle.decode(df["rle_mask"].tolist(), ids)

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from datasets.kaggle import default_workers
 from tgs import rle
 from tgs.errors import UserError, cli
 from tgs.io import atomic_open
+from tgs.png import default_workers
 
 SIZE = 101
 EMPTY_FRACTION = 0.39

@@ -15,7 +15,7 @@ encoders) and returns ``{"logits": (N, 1, H, W), "aux": [(N, 1, H, W), ...], "im
 import tgs.compat  # noqa: F401  (must run before the first timm / torchvision import)
 
 from .blocks import SKIP_MODES, OCBlock, SCSE, DecoderBlock, SelfAttention2d
-from .checkpoint import (FORMAT, FORMAT_VERSION, Loaded, load, meta_value, model_from_checkpoint, read_checkpoint,
+from .checkpoint import (FORMAT, FORMAT_VERSION, Loaded, load, model_from_checkpoint, read_checkpoint,
                          save_checkpoint, unwrap_model)
 from .config import ALIASES, SCRATCH_ENCODERS, ModelConfig
 from .encoders import TimmEncoder, UNetEncoder, list_encoders, resolve_encoder
@@ -26,7 +26,7 @@ __all__ = [
     "ALIASES", "FORMAT", "FORMAT_VERSION", "SCRATCH_ENCODERS", "SKIP_MODES",
     "DecoderBlock", "Loaded", "LoadReport", "ModelConfig", "OCBlock", "SCSE", "SaltUNet", "SelfAttention2d",
     "TimmEncoder", "UNetEncoder",
-    "build_model", "list_encoders", "load", "load_encoder_weights", "meta_value", "model_from_checkpoint",
+    "build_model", "list_encoders", "load", "load_encoder_weights", "model_from_checkpoint",
     "read_checkpoint",
     "resolve_encoder", "save_checkpoint", "unwrap_model",
 ]

@@ -145,14 +145,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, input_spec: Input
     return Path(path)
 
 
-def meta_value(meta: dict, key: str, default=None):
-    """A setting of the run a checkpoint came from: ``meta[key]``, else the training options' ``key``, else
-    ``default`` (e.g. ``data_dir``, ``folds_file``, ``drop_mask_threshold``)."""
-    if meta.get(key) is not None:
-        return meta[key]
-    return (meta.get("options") or {}).get(key, default)
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The raw checkpoint dict, validated (format, version, key types); UserError naming the file otherwise."""
     obj = safe_torch_load(path, what="checkpoint")

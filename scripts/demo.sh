@@ -39,9 +39,9 @@ echo "== the all-empty baseline on the same out-of-fold images, to compare with 
 "$PY" -c "
 import numpy as np, sys
 from tgs import probabilities
-from datasets.kaggle import load_truth
+from tgs.submission import read_truth
 oof = probabilities.load('$ENS/oof-probabilities.npz')
-ids, masks = load_truth('$DATA/train.csv')
+ids, masks = read_truth('$DATA/train.csv')
 empty = ~masks.reshape(len(masks), -1).any(axis=1)
 keep = np.isin(ids, oof.ids)
 print(f'all-empty baseline on the {keep.sum()} out-of-fold images: {empty[keep].mean():.6f}')

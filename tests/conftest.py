@@ -40,15 +40,15 @@ def data_copy(synthetic_root, tmp_path):
 @pytest.fixture(scope="session")
 def truth(synthetic_root):
     """(ids, masks) of the shared synthetic training set, from its train.csv."""
-    from datasets import kaggle
+    from tgs import submission
 
-    return kaggle.load_truth(synthetic_root / "train.csv")
+    return submission.read_truth(synthetic_root / "train.csv")
 
 
 @pytest.fixture
 def run_score(capsys):
     """Call score.py's main in-process: ``run_score(argv) -> (exit code, stdout, stderr)``."""
-    import score
+    from cli import score
 
     def run(argv):
         code = score.main([str(a) for a in argv])

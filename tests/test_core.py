@@ -61,9 +61,27 @@ def test_torchvision_and_timm_import():
     import timm
     import torchvision  # noqa: F401
 
-    assert isinstance(tgs.compat.DEFINED_HERE, list)
     m = timm.create_model("resnet18", features_only=True, pretrained=False)
     assert m.feature_info.reduction() == [2, 4, 8, 16, 32]
+    for op in ("nms", "qnms"):  # the schemas exist, whoever defined them
+        torch._C._dispatch_find_schema_or_throw(f"torchvision::{op}", "")
+
+
+def test_the_shim_is_needed_exactly_when_it_defines_something():
+    """In a fresh interpreter torchvision imports on its own exactly when its compiled extension loads (the shim
+    then defines nothing); where the shim defines the schemas, importing torchvision without it fails."""
+    import subprocess
+    import sys
+
+    import tgs.compat
+
+    bare = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
+    shimmed = subprocess.run([sys.executable, "-c", "import tgs.compat, torchvision, timm"], capture_output=True,
+                             text=True)
+    assert shimmed.returncode == 0, shimmed.stderr[-500:]
+    assert (bare.returncode == 0) == (tgs.compat.DEFINED_HERE == []), (tgs.compat.DEFINED_HERE, bare.stderr[-300:])
+    if tgs.compat.DEFINED_HERE:
+        assert sorted(tgs.compat.DEFINED_HERE) == ["nms", "qnms"] and "torchvision::nms" in bare.stderr
 
 
 def test_atomic_files_get_umask_permissions(tmp_path):

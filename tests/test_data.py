@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from datasets import kaggle
-from tgs import rle
+from tgs import rle, submission
 from tgs.errors import DataError
 
 
@@ -100,8 +100,21 @@ def test_wrong_size_image_names_id(data_copy):
 def test_unreadable_png_names_id(data_copy):
     ident = pd.read_csv(data_copy / "train.csv", dtype=str)["id"][9]
     (data_copy / "train/masks" / f"{ident}.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=rf"id {ident}: mask file .* is not a readable PNG"):
+    with pytest.raises(DataError, match=rf"id {ident}: mask file .* is not a PNG file"):
         kaggle.load_train(data_copy, cache=False)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.99])
+def test_truncated_png_is_one_line_of_ours(data_copy, capfd, cut):
+    """A truncated PNG: our one line, and nothing from libpng or OpenCV on the process's stderr."""
+    ident = pd.read_csv(data_copy / "train.csv", dtype=str)["id"][4]
+    path = data_copy / "train/images" / f"{ident}.png"
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * cut)])
+    capfd.readouterr()
+    with pytest.raises(DataError, match=rf"id {ident}: image file .* is truncated"):
+        kaggle.load_train(data_copy, cache=False)
+    assert capfd.readouterr().err == ""
 
 
 def test_mask_without_image_names_id(data_copy):
@@ -125,8 +138,8 @@ def test_bad_csv_header(data_copy):
 
 
 def test_load_truth_from_csv_and_folder(synthetic_root):
-    ids_csv, m_csv = kaggle.load_truth(synthetic_root / "train.csv")
-    ids_dir, m_dir = kaggle.load_truth(synthetic_root / "train/masks")
+    ids_csv, m_csv = submission.read_truth(synthetic_root / "train.csv")
+    ids_dir, m_dir = submission.read_truth(synthetic_root / "train/masks")
     order = np.argsort(ids_csv)
     assert list(ids_csv[order]) == list(ids_dir)
     assert np.array_equal(m_csv[order], m_dir)

@@ -1,5 +1,6 @@
 """ensemble.py: one command from training to the ensemble submission; finished folds are skipped, interrupted ones
-resume; a failing step stops everything with one line; pass-through options are checked before anything runs.
+resume, folds made from other data or options are refused (or retrained with --overwrite); a failing step stops
+everything with one line; pass-through options are checked before anything runs.
 
 The scripts run in-process here (ensemble.RUNNER replaced) to keep the tests fast; one test runs the real
 subprocess runner.
@@ -13,8 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-import ensemble
+import importlib
+
 import models
+from cli import ensemble as ensemble_cli
+from engine import ensemble
 from datasets import folds, kaggle
 from tgs import postprocess
 from tgs import probabilities as P
@@ -47,7 +51,7 @@ def calls(monkeypatch):
 
     def inprocess(script, argv, label, log, env=None, procs=None):
         record.append((script, list(argv), label, env))
-        code = ensemble.load_script(script).main(list(argv))
+        code = importlib.import_module(f"cli.{script}").main(list(argv))
         if code:
             raise ensemble.StepFailed(f"{script}.py failed for {label} (exit {code})")
 
@@ -66,7 +70,7 @@ def scripts(record):
 
 def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     run = tmp_path / "ens"
-    assert ensemble.main(command(tiny_data, run)) == 0
+    assert ensemble_cli.main(command(tiny_data, run)) == 0
     out = capsys.readouterr().out
     assert scripts(calls) == [("train", "resize/fold0"), ("swa", "resize/fold0"), ("train", "resize/fold1"),
                               ("swa", "resize/fold1"), ("test", "oof/fold0"), ("test", "oof/fold1"), ("test", "oof"),
@@ -101,7 +105,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     # again: both folds are finished and skipped; the ensemble outputs are rebuilt (here with the defaults)
     swa_time = {f: (run / "resize" / f"{f}_swa.pth").stat().st_mtime_ns for f in ("fold0", "fold1")}
     calls.clear()
-    assert ensemble.main(command(tiny_data, run, "--default-post")) == 0
+    assert ensemble_cli.main(command(tiny_data, run, "--default-post")) == 0
     out = capsys.readouterr().out
     assert "--post-config" not in calls[-2][1] and "(defaults)" in out
     assert "train" not in [s for s, _ in scripts(calls)] and "swa" not in [s for s, _ in scripts(calls)]
@@ -110,14 +114,24 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     # fold1 lost its SWA model (e.g. interrupted): it resumes from its last checkpoint, fold0 is left alone
     (run / "resize" / "fold1_swa.pth").unlink()
     calls.clear()
-    assert ensemble.main(command(tiny_data, run, epochs=2)) == 0
+    assert ensemble_cli.main(command(tiny_data, run)) == 0
     assert scripts(calls)[:2] == [("train", "resize/fold1"), ("swa", "resize/fold1")]
     resume = calls[0][1]
     assert resume[resume.index("--resume") + 1] == str(run / "resize" / "fold1" / "checkpoints" /
                                                         "last-checkpoint-fold1.pth")
-    assert pd.read_csv(run / "resize" / "fold1" / "metrics.csv")["epoch"].tolist() == [0, 1]
-    assert pd.read_csv(run / "resize" / "fold0" / "metrics.csv")["epoch"].tolist() == [0]
+    assert pd.read_csv(run / "resize" / "fold1" / "metrics.csv")["epoch"].tolist() == [0]
     assert (run / "resize" / "fold0_swa.pth").stat().st_mtime_ns == swa_time["fold0"]
+
+    # more epochs (or another loss, other data): the finished folds are not silently reused
+    calls.clear()
+    assert ensemble_cli.main(command(tiny_data, run, epochs=2)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resize/fold0:" in err and "max_epochs 1 -> 2" in err and "--overwrite" in err
+    assert calls == []
+    assert ensemble_cli.main(command(tiny_data, run, "--overwrite", epochs=2)) == 0
+    for fold in ("fold0", "fold1"):
+        assert pd.read_csv(run / "resize" / fold / "metrics.csv")["epoch"].tolist() == [0, 1]
+        assert models.read_checkpoint(run / "resize" / f"{fold}_swa.pth")["meta"]["config"]["max_epochs"] == 2
     assert (run / "resize" / "fold1_swa.pth").is_file()
 
 
@@ -125,7 +139,7 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
     run = tmp_path / "bad"
     argv = command(tiny_data, run)
     argv[argv.index("unet")] = "resnet1888"  # train.py refuses it (real subprocess runner)
-    assert ensemble.main(argv) == 2
+    assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err
     assert err.count("\n") == 1 and "train.py failed for resize/fold0 (exit 2)" in err and "resnet1888" in err
@@ -151,7 +165,7 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
 def test_bad_options_are_refused_before_anything_runs(tiny_data, tmp_path, calls, capsys, extra, passthrough,
                                                       fragment):
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), *extra, "--", *TINY, *passthrough]
-    assert ensemble.main(argv) == 2
+    assert ensemble_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
     assert calls == [] and not (tmp_path / "r").exists()
@@ -179,7 +193,7 @@ def test_folds_run_in_parallel_one_process_per_gpu(tiny_data, tmp_path, monkeypa
     monkeypatch.setattr(ensemble, "RUNNER", fake)
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "p"), "--folds", "fold0,fold1",
             "--modes", "pad,resize", "--gpus", "3,5", "--", "--basenet", "unet"]
-    assert ensemble.main(argv) == 0
+    assert ensemble_cli.main(argv) == 0
     assert "running 2 folds at a time: GPU 3, GPU 5" in capsys.readouterr().out
     fold_steps = [r for r in record if r[0] in ("train", "swa")]
     assert sorted(r[1] for r in fold_steps if r[0] == "train") == ["pad/fold0", "pad/fold1", "resize/fold0",
@@ -201,7 +215,7 @@ def test_folds_run_in_parallel_one_process_per_gpu(tiny_data, tmp_path, monkeypa
     barrier = threading.Barrier(1)
     monkeypatch.setattr(ensemble, "RUNNER", failing)
     argv[argv.index("--run-dir") + 1] = str(tmp_path / "q")
-    assert ensemble.main(argv) == 2
+    assert ensemble_cli.main(argv) == 2
     assert "pad/fold0 (exit 1): boom" in capsys.readouterr().err
     assert not any(r[0] in ("test", "score") for r in record)  # nothing after a failure
 
@@ -213,9 +227,8 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
     tiny = TINY[:cut] + TINY[cut + 2:]  # ensemble.py chooses the threads
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(run), "--folds", "fold0,fold1,fold2", "--modes", "resize",
             "--resize-size", "32", "--parallel", "2", "--", *tiny, "--max-epochs", "1"]
-    args = ensemble.parse_args(argv)
-    jobs = [ensemble.Job("resize", f, run) for f in args.fold_list]
-    ensemble.run_folds(jobs, args)
+    opts = ensemble_cli.parse(argv)
+    ensemble.run_folds(ensemble.jobs_of(opts), opts)
     out = capsys.readouterr().out
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert f"running 2 folds at a time: process 1 ({threads} thread" in out
@@ -228,8 +241,8 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
     # every echoed line carries its fold's prefix (no lines torn between two processes)
     lines = [s for s in out.splitlines() if s.strip() and not s.startswith("running ")]
     assert all(s.startswith("[resize/fold") for s in lines)
-    with pytest.raises(ensemble.UserError, match="--parallel must be >= 0"):
-        ensemble.parse_args(["--data-dir", str(tiny_data), "--parallel", "-1"])
+    with pytest.raises(ensemble.UserError, match="--parallel: must be >= 0, got -1"):
+        ensemble_cli.parse(["--data-dir", str(tiny_data), "--parallel", "-1"])
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -255,11 +268,11 @@ def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
 
     run = tmp_path / "term"
     cut = TINY.index("--threads")
-    argv = [sys.executable, str(Path(ensemble.__file__)), "--data-dir", str(tiny_data), "--run-dir", str(run),
+    argv = [sys.executable, str(ensemble.ROOT / "ensemble.py"), "--data-dir", str(tiny_data), "--run-dir", str(run),
             "--folds", "fold0,fold1", "--modes", "resize", "--resize-size", "32", "--parallel", "2", "--",
             *TINY[:cut], *TINY[cut + 2:], "--max-epochs", "500"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(ensemble.__file__).parent)
+                            cwd=ensemble.ROOT)
     checkpoints = [run / "resize" / f / "checkpoints" / f"last-checkpoint-{f}.pth" for f in ("fold0", "fold1")]
     try:
         deadline = time.monotonic() + 240  # generous: only a bound on a hung test, nothing is timed

@@ -1,9 +1,6 @@
 """bench/bench_models.py runs (a smoke test: one tiny measurement, no timing asserted)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,11 +9,9 @@ import torch
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench import bench_models
+
+    return bench_models
 
 
 def test_worker_measures_both_modes(bench, capsys):

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import report as report_cli
-import train
-from tgs import metric, probabilities
-from tgs import report as R
+from cli import report as report_cli
+from cli import train
+from engine.report import runs as RUNS
+from engine.report import stats as R
+from tgs import metric, probabilities, submission
+from tgs.probabilities import level_of as P_level_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
@@ -49,9 +51,9 @@ def assert_png(path: Path, min_bytes=5000):
 def test_cuts_match_float_comparison():
     probs = as_loaded(np.arange(256, dtype=np.uint8))
     for t in (0.0, 0.1, 0.25, 0.5, 100 / 255, np.float32(100 / 255), 0.73, 0.999, 1.0, *R.THRESHOLDS[::17]):
-        k = R.level_of(t)
+        k = P_level_of(t)
         np.testing.assert_array_equal(np.arange(256) >= k, probs > t)
-    assert R.level_of(0.5) == 128 and R.THRESHOLDS[128] == 0.5
+    assert P_level_of(0.5) == 128 and R.THRESHOLDS[128] == 0.5
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -68,7 +70,7 @@ def test_sweep_equals_metric_module(seed):
         assert sweep.salt_score[k] == pytest.approx(rep.nonempty_score, abs=1e-12)
     brute = np.array([metric.score(probs > t, truth) for t in sweep.thresholds])
     assert sweep.best_score == brute.max()
-    assert brute[R.level_of(sweep.best_threshold)] == brute.max()
+    assert brute[P_level_of(sweep.best_threshold)] == brute.max()
     assert sweep.score[0] == metric.score(np.ones_like(truth), truth)  # everything salt
     assert sweep.score[256] == metric.score(np.zeros_like(truth), truth)  # nothing salt
 
@@ -193,7 +195,7 @@ def test_run_report_files_and_numbers(tiny_run, tmp_path, capsys):
     _, rows = folds.split(train_set.ids, "fold0")
     loaded = models.load(run / "models" / "best-metric-fold0.pth")
     assert loaded.meta["fold"] == "fold0"
-    q, _ = R.predict_levels(loaded, train_set.images[rows], "cpu")
+    q, _ = RUNS.predict_levels(loaded, train_set.images[rows], "cpu")
     truth = train_set.masks[rows]
     sweep = pd.read_csv(out / "valid-threshold-sweep.csv")
     assert len(sweep) == 257 and sweep["threshold"].iloc[128] == 0.5
@@ -256,7 +258,7 @@ def test_probabilities_report(tiny_run, tmp_path, capsys):
     data, run = tiny_run
     from datasets import kaggle
 
-    ids, masks = kaggle.load_truth(data / "train.csv")
+    ids, masks = submission.read_truth(data / "train.csv")
     rng = np.random.default_rng(0)
     probs = np.clip(masks * 0.7 + rng.random(masks.shape) * 0.4, 0, 1)[:20]
     npz = probabilities.save(tmp_path / "oof-probabilities.npz", ids[:20], probs, split="valid")
@@ -269,7 +271,7 @@ def test_probabilities_report(tiny_run, tmp_path, capsys):
     sweep = pd.read_csv(tmp_path / "oof-threshold-sweep.csv")
     assert sweep["score"].iloc[128] == pytest.approx(metric.score(as_loaded(q) > 0.5, masks[:20]), abs=1e-6)
     printed = float(re.search(r"best threshold ([0-9.]+) ", text).group(1))
-    assert sweep["score"].iloc[R.level_of(printed)] == sweep["score"].max()
+    assert sweep["score"].iloc[P_level_of(printed)] == sweep["score"].max()
     assert f"{sweep['score'].max():.4f}" in text
     assert "images column" not in text  # images found next to train.csv
     # --out, a mask folder as truth, and the same probabilities inside a run folder (--source npz)

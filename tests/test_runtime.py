@@ -14,8 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r"""
-import ctypes, sys
-sys.path.insert(0, sys.argv[1])
+import ctypes
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
@@ -35,8 +34,8 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc mall
 def probe(**env) -> tuple[bool, bool, int]:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("TGS_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT)], capture_output=True, text=True,
-                         env={**clean, **env}, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT,
+                         env={**clean, "PYTHONPATH": str(ROOT), **env}, check=True).stdout.split()
     return out[0] == "True", out[1] == "True", int(out[2])
 
 

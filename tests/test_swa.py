@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models
-import swa
+from cli import swa
 from datasets import folds, kaggle
 from tgs.inputs import InputSpec
 
@@ -181,6 +181,6 @@ def test_data_flags_override_the_meta(pair, data_copy, tmp_path, capsys):
                              data_copy / "folds.csv"], capsys)
     assert code == 0, err
     meta = models.read_checkpoint(out)["meta"]
-    assert meta["data_dir"] == str(data_copy) and meta["bn_images"] == len(ids) - len(ids[0::3])
+    assert meta["config"]["data_dir"] == str(data_copy) and meta["bn_images"] == len(ids) - len(ids[0::3])
     code, _, err = run(["--input", a, "--output", out, "--data-dir", tmp_path / "nodata"], capsys)
     assert code == 2 and "nodata" in err

@@ -1,6 +1,5 @@
 """test.py: submission format and order, TTA, mixed pad/resize ensembles, saved-probability averaging,
 out-of-fold predictions and their merge, post-processing flags, one-line errors and atomic outputs."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 import models
+from cli import test as script
 from datasets import folds, kaggle
 from tgs import metric, postprocess, rle, submission
 from tgs import probabilities as P
@@ -26,14 +26,6 @@ RESIZE, PAD = InputSpec("resize", 32), InputSpec("pad", 128)
 LEVEL = 1 / 255 + 1e-6  # one quantisation level of the .npz files
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("tgs_test_script", ROOT / "test.py")  # `test` is a stdlib name
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
 
 
 
@@ -79,7 +71,7 @@ def run(argv, capsys):
 
 
 def direct(path, images, tta=False):
-    """Probabilities straight from the model, by hand (no tgs.predict). TTA: the model's input mirrored, its
+    """Probabilities straight from the model, by hand (no engine.predict). TTA: the model's input mirrored, its
     output mirrored back (at the model's resolution: with 101 -> 128 reflect padding, 13 + 14 pixels, the mirror
     of the padded input is what the model sees), averaged, then restored to 101x101."""
     loaded = models.load(path)
@@ -337,7 +329,7 @@ def test_bad_inputs_are_one_line_errors(ckpts, tmp_path, capsys):
         ([ckpts["a"], ckpts["a"]], "listed twice"),
         ([tmp_path / "none.pth"], "none.pth does not exist"),
         ([ckpts["a"], "--data-fold", "fold0"], "--data-fold goes with --split valid"),
-        ([ckpts["a"], "--threshold", "1.5"], "--threshold 1.5"),
+        ([ckpts["a"], "--threshold", "1.5"], "--threshold: must be in [0, 1), got 1.5"),
     ]
     for argv, fragment in cases:
         code, _, err = run([*argv, "--output-prefix", tmp_path / "j"], capsys)
@@ -357,4 +349,4 @@ def test_an_interrupted_write_keeps_the_previous_file(ckpts, tmp_path, capsys, m
     with pytest.raises(OSError, match="disk full"):
         script.main([str(ckpts["a"]), "--output-prefix", str(tmp_path / "i"), "--device", "cpu"])
     assert target.read_text() == "id,rle_mask\nold,\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-probabilities.npz", "i-submission.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i-submission.csv"]  # no new .npz beside the old CSV

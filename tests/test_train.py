@@ -12,8 +12,10 @@ import torch
 import yaml
 
 import models
-import train
-from tgs import options, schedulers, trainer
+from cli import train as train_cli
+from engine import schedulers, trainer
+from engine.config import TrainConfig
+from tgs.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
@@ -31,7 +33,7 @@ def tiny_data(tmp_path_factory):
 
 
 def run_train(data, log_dir, *extra):
-    return train.main(["--data-dir", str(data), "--log-dir", str(log_dir), *TINY, *extra])
+    return train_cli.main(["--data-dir", str(data), "--log-dir", str(log_dir), *TINY, *extra])
 
 
 def test_files_and_config_round_trip(tiny_data, tmp_path, capsys):
@@ -48,13 +50,14 @@ def test_files_and_config_round_trip(tiny_data, tmp_path, capsys):
     assert list(log.glob("events.out.tfevents.*"))
     loaded = models.load(log / "models" / "last-fold0.pth")
     assert loaded.input_spec.mode == "resize" and loaded.input_spec.size == 32
-    assert loaded.meta["fold"] == "fold0" and loaded.meta["epoch"] == 1 and loaded.meta["comment"] == "hello"
+    assert loaded.meta["fold"] == "fold0" and loaded.meta["epoch"] == 1
+    assert TrainConfig.from_checkpoint(loaded.meta).run.comment == "hello"
     assert loaded.extra is None
     cfg = yaml.safe_load((log / "config.yaml").read_text())
     assert cfg["basenet"] == "unet" and cfg["max_epochs"] == 2 and "resume" not in cfg
     # the saved config repeats the run: same options, same weights
     log2 = tmp_path / "again"
-    assert train.main(["--config", str(log / "config.yaml"), "--log-dir", str(log2)]) == 0
+    assert train_cli.main(["--config", str(log / "config.yaml"), "--log-dir", str(log2)]) == 0
     a = torch.load(log / "models" / "last-fold0.pth", weights_only=True)["state_dict"]
     b = torch.load(log2 / "models" / "last-fold0.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -130,11 +133,11 @@ def test_resume_from_a_model_file_is_refused(tiny_data, tmp_path, capsys):
 def test_config_file_precedence_and_unknown_keys(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("batch-size: 7\nlearning_rate: 0.01\n")
-    args = options.parse(["--config", str(cfg), "--batch-size", "9"])
-    assert args.batch_size == 9 and args.learning_rate == 0.01
+    c = train_cli.parse(["--config", str(cfg), "--batch-size", "9"])
+    assert c.optim.batch_size == 9 and c.optim.learning_rate == 0.01
     cfg.write_text("batch_sise: 7\n")
-    with pytest.raises(options.UserError, match="did you mean batch_size"):
-        options.parse(["--config", str(cfg)])
+    with pytest.raises(UserError, match="did you mean batch_size"):
+        train_cli.parse(["--config", str(cfg)])
 
 
 def test_noam_and_other_schedules():
@@ -185,9 +188,10 @@ def test_ddp_two_gloo_processes_validate_like_one(tiny_data, tmp_path):
     row = pd.read_csv(log / "metrics.csv").iloc[0]
     # the same model, validated by a single process over the whole fold, gives the same metric
     loaded = models.load(log / "models" / "last-fold0.pth".replace("fold0", "fold01"))
-    args = options.parse(["--data-dir", str(tiny_data), *TINY, "--data-fold", "fold01"])
-    train_set, _, va = trainer.split_data(args)
-    from tgs import metric, predict
+    cfg = train_cli.parse(["--data-dir", str(tiny_data), *TINY, "--data-fold", "fold01"])
+    train_set, _, va = trainer.load_split(cfg)
+    from engine import predict
+    from tgs import metric
 
     with torch.no_grad():
         pred = predict.forward(loaded.model, loaded.input_spec, torch.from_numpy(train_set.images[va])[:, None])
@@ -203,13 +207,13 @@ def test_synthetic_data_is_learnable(tmp_path):
     data = tmp_path / "data"
     write_dataset(data, n_train=400, n_test=1, seed=11)
     log = tmp_path / "learn"
-    assert train.main(["--data-dir", str(data), "--log-dir", str(log), "--basenet", "unet", "--encoder-width", "8",
+    assert train_cli.main(["--data-dir", str(data), "--log-dir", str(log), "--basenet", "unet", "--encoder-width", "8",
                        "--decoder-channels", "16", "--center-channels", "32", "--input-upsample", "1", "--oc", "center",
                        "--resize", "--input-size", "64", "--batch-size", "16", "--learning-rate", "3e-3",
                        "--warmup-epochs", "2", "--max-epochs", "6", "--dataload-workers-nums", "0",
                        "--device", "cpu", "--data-fold", "fold01"]) == 0
-    args = options.parse(["--data-dir", str(data), "--data-fold", "fold01"])
-    train_set, _, va = trainer.split_data(args)
+    cfg = train_cli.parse(["--data-dir", str(data), "--data-fold", "fold01"])
+    train_set, _, va = trainer.load_split(cfg)
     baseline = (~train_set.masks[va].any(axis=(1, 2))).mean()  # the all-empty prediction's score
     best = pd.read_csv(log / "metrics.csv")["val_metric"].max()
     assert best > baseline + 0.2, (best, baseline)
@@ -232,19 +236,187 @@ def test_amp_channels_last_accumulation_and_snapshots(tiny_data, tmp_path, amp):
 
 def test_loss_on_center_targets_are_the_original_masks():
     """--loss-on-center (pad mode): outputs are cropped to the image's 101x101 and the targets are its masks."""
-    from types import SimpleNamespace
-
+    from engine.trainer import to_model_targets
     from tgs.inputs import InputSpec
-    from tgs.trainer import to_model_targets
 
     spec = InputSpec("pad", 128)
     masks = torch.rand(2, 1, 101, 101) > 0.5
     out = {"logits": torch.randn(2, 1, 128, 128), "aux": [torch.randn(2, 1, 128, 128)], "image_logit": torch.zeros(2)}
-    ctx = SimpleNamespace(spec=spec, args=SimpleNamespace(loss_on_center=True))
-    cropped, y = to_model_targets(ctx, out, masks)
+    cropped, y = to_model_targets(out, masks, spec, loss_on_center=True)
     assert y.dtype == torch.float32 and torch.equal(y, masks.float())
     assert torch.equal(cropped["logits"], out["logits"][..., 13:114, 13:114])
     assert torch.equal(cropped["aux"][0], out["aux"][0][..., 13:114, 13:114])
-    ctx.args.loss_on_center = False
-    full, y = to_model_targets(ctx, out, masks)
+    full, y = to_model_targets(out, masks, spec, loss_on_center=False)
     assert full is out and torch.equal(y[..., 13:114, 13:114], masks.float()) and y.shape[-1] == 128
+
+
+# -- the typed configuration: every value from a file passes the same checks as the flag -------------------------
+@pytest.mark.parametrize("yaml_text,fragment", [
+    ("optim: sgdd\n", "key optim: 'sgdd' is not one of sgd, adam, adamw"),
+    ("oc: centre\n", "key oc: 'centre' is not one of both, center, decoder, none"),
+    ("amp: fp32\n", "key amp: 'fp32' is not one of none, bf16, fp16"),
+    ("batch_size: 2.5\n", "key batch_size: 2.5 is not an integer"),
+    ("batch-size: true\n", "key batch-size: True is not an integer"),
+    ("resize: 1\n", "key resize: 1 is not true or false"),
+    ("step_epochs: 0\n", "key step_epochs: must be >= 1, got 0"),
+    ("learning_rate: .nan\n", "key learning_rate: nan is not a finite number"),
+    ("threads: -1\n", "key threads: must be >= 0, got -1"),
+    ("data_fold: foldx\n", "key data_fold: 'foldx' is not a fold name"),
+    ("loss: lovas\n", "key loss: 'lovas' is not a loss"),
+    ("device: gpu\n", "key device: 'gpu' is not a device"),
+    ("resume: x.pth\n", "give --resume on the command line"),
+    ("optm: sgd\n", "unknown option 'optm' (did you mean optim?)"),
+    ("- a\n- b\n", "expected a mapping"),
+])
+def test_bad_config_values_exit_2_with_one_line_naming_file_and_key(tmp_path, capsys, yaml_text, fragment):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    assert train_cli.main(["--config", str(cfg), "--log-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and str(cfg) in err, err
+    assert not (tmp_path / "r").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--optim", "sgdd"], "--optim: 'sgdd' is not one of sgd, adam, adamw"),
+    (["--batch-size", "2.5"], "--batch-size: '2.5' is not an integer"),
+    (["--lr-scheduler", "step", "--step-epochs", "0"], "--step-epochs: must be >= 1, got 0"),
+    (["--threads", "-1"], "--threads: must be >= 0, got -1"),
+    (["--dropout", "1"], "--dropout: must be < 1, got 1"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--loss-on-center", "--resize"], "--loss-on-center needs reflect padding"),
+])
+def test_bad_flags_exit_2_with_the_same_kind_of_line(tmp_path, capsys, flags, fragment):
+    assert train_cli.main(["--log-dir", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_cross_checks_name_the_file_of_a_value(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("loss_on_center: true\n")
+    with pytest.raises(UserError, match=r"key loss_on_center needs reflect padding: it cannot be used with --resize"):
+        train_cli.parse(["--config", str(cfg), "--resize"])
+
+
+def test_config_round_trips_through_dict_and_checkpoint_meta():
+    c = train_cli.parse(["--basenet", "unet", "--batch-size", "7", "--oc", "center", "--comment", "x"])
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig.from_checkpoint({"config": c.to_dict()}) == c
+    assert TrainConfig.from_checkpoint({"options": {"batch_size": 7, "unknown_old_key": 1}}).optim.batch_size == 7
+    assert c.model.model_config().oc_center and not c.model.model_config().oc_decoder
+    assert c.differences(c.replace(batch_size=8)) == ["batch_size 7 -> 8"]
+
+
+# -- nothing lost: an existing run, the checkpoint set after a kill, divergence, resume checks -----------------------
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused(tiny_data, tmp_path, capsys):
+    log = tmp_path / "r"
+    assert run_train(tiny_data, log, "--max-epochs", "2", "--lr-scheduler", "cos", "--cycle-epochs", "1") == 0
+    before = sorted(p.name for p in log.rglob("*") if p.is_file())
+    capsys.readouterr()
+    assert run_train(tiny_data, log, "--max-epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--log-dir {log} already holds a run" in err
+    assert f"--resume {log / 'checkpoints' / 'last-checkpoint-fold0.pth'}" in err and "--overwrite" in err
+    assert sorted(p.name for p in log.rglob("*") if p.is_file()) == before  # untouched
+    assert run_train(tiny_data, log, "--max-epochs", "1", "--overwrite") == 0
+    assert not list((log / "models").glob("snapshot-*"))  # no model of the old run is left to mix in
+    assert pd.read_csv(log / "metrics.csv")["epoch"].tolist() == [0]
+    assert run_train(tiny_data, tmp_path / "empty-dir-is-fine", "--max-epochs", "1") == 0
+
+
+class Killed(BaseException):
+    """A kill at a chosen moment: nothing catches it (like SIGKILL, minus the temporary files a kill leaves)."""
+
+
+def test_a_kill_between_last_and_the_best_names_is_mended_on_resume(tiny_data, tmp_path, monkeypatch):
+    import os
+
+    from engine import saver
+
+    log = tmp_path / "k"
+    real_link, calls = saver.link, {"n": 0}
+
+    def link_then_die(src, dst):
+        calls["n"] += 1
+        if calls["n"] > 3:  # epoch 0 links best-{metric,loss,accuracy} checkpoints...; die on the 4th link
+            raise Killed()
+        real_link(src, dst)
+
+    monkeypatch.setattr(saver, "link", link_then_die)
+    with pytest.raises(Killed):
+        run_train(tiny_data, log, "--max-epochs", "2")
+    ck = log / "checkpoints"
+    (ck / ".last-checkpoint-fold0.pth.abc123.tmp").write_bytes(b"half")  # what a real kill leaves
+    last = models.read_checkpoint(ck / "last-checkpoint-fold0.pth")
+    assert last["meta"]["epoch"] == 0
+    state = last["extra"]["state"]
+    def agrees(kind):
+        best = ck / f"best-{kind}-checkpoint-fold0.pth"
+        return best.exists() and os.path.samefile(ck / "last-checkpoint-fold0.pth", best)
+
+    assert not all(agrees(k) for k, e in state["best_epoch"].items() if e == 0)  # the kill left the set broken
+    monkeypatch.setattr(saver, "link", real_link)
+    assert run_train(tiny_data, log, "--max-epochs", "1", "--resume", str(ck / "last-checkpoint-fold0.pth")) == 0
+    for kind, epoch in state["best_epoch"].items():  # every promised file exists and agrees with last
+        for path in (ck / f"best-{kind}-checkpoint-fold0.pth", log / "models" / f"best-{kind}-fold0.pth"):
+            assert models.read_checkpoint(path)["meta"]["epoch"] == epoch
+    assert not list(ck.glob(".*.tmp"))
+
+
+def test_non_finite_validation_loss_stops_and_keeps_the_last_finite_state(tiny_data, tmp_path, monkeypatch,
+                                                                         capsys):
+    real = trainer.build_criterion
+    epochs = {"valid": 0}
+
+    def poisoned(cfg):
+        crit = real(cfg)
+
+        def wrapped(out, y):
+            loss = crit(out, y)
+            if not torch.is_grad_enabled():  # validation
+                return loss * float("nan") if epochs["valid"] >= 2 else loss
+            return loss
+        return wrapped
+
+    monkeypatch.setattr(trainer, "build_criterion", poisoned)
+    real_eval = trainer.evaluate
+
+    def counting(ctx, epoch):
+        epochs["valid"] += 1
+        return real_eval(ctx, epoch)
+
+    monkeypatch.setattr(trainer, "evaluate", counting)
+    log = tmp_path / "nanval"
+    assert run_train(tiny_data, log, "--max-epochs", "3") == 2
+    err = capsys.readouterr().err
+    assert "the validation loss became nan at epoch 1" in err and err.count("\n") == 1
+    assert "last-checkpoint-fold0.pth, is intact" in err
+    for path in log.rglob("*.pth"):
+        assert models.read_checkpoint(path)["meta"]["epoch"] == 0, path
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_data, tmp_path, monkeypatch, capsys):
+    real = trainer.build_criterion
+    monkeypatch.setattr(trainer, "build_criterion", lambda cfg: (lambda out, y: real(cfg)(out, y) * float("nan")))
+    assert run_train(tiny_data, tmp_path / "n0", "--max-epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan at epoch 0, batch 0" in err and "no checkpoint was written yet" in err
+    assert "intact" not in err
+
+
+def test_resume_only_with_the_same_data_and_options(tiny_data, tmp_path, capsys):
+    from datasets.synthetic import write_dataset
+
+    log = tmp_path / "same"
+    assert run_train(tiny_data, log, "--max-epochs", "1") == 0
+    ck = str(log / "checkpoints" / "last-checkpoint-fold0.pth")
+    capsys.readouterr()
+    assert run_train(tiny_data, log, "--max-epochs", "2", "--resume", ck, "--learning-rate", "0.1") == 2
+    err = capsys.readouterr().err
+    assert "was trained with other options (learning_rate 0.0005 -> 0.1)" in err and err.count("\n") == 1
+    other = tmp_path / "other-data"
+    write_dataset(other, n_train=40, n_test=8, seed=99)
+    assert run_train(other, log, "--max-epochs", "2", "--resume", ck) == 2
+    assert "was trained on other data" in capsys.readouterr().err
+    assert run_train(tiny_data, log, "--max-epochs", "2", "--resume", ck, "--threads", "1") == 0  # more epochs: fine

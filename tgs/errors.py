@@ -22,6 +22,15 @@ def few(items, n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... (+{len(items) - n})" if len(items) > n else "")
 
 
+def excerpt(value, limit: int = 40) -> str:
+    """A short ``repr`` of a (possibly huge) bad value for an error message: ``'1234567890...' (20000 characters)``
+    when it is longer than ``limit``."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(value) if isinstance(value, str) else text
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a script's ``main``: a UserError becomes ``error: <message>`` on stderr and exit code 2."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,12 +15,36 @@ def _umask() -> int:
     return mask
 
 
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space left, file too large (a size limit), quota
+# what torch.save's C++ writer says when the underlying write fails (it gives no errno)
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def disk_full(path, exc: BaseException) -> bool:
+    """Whether ``exc``, raised while writing ``path``, means the disk (or a size limit or quota) is full."""
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        return True
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success fsync it and rename it over ``path``."""
+    """Yield a temporary path in the target's folder; on success fsync it and rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` keeps its previous content. A full disk (or a
+    file-size limit, or a quota) while writing is a :class:`tgs.errors.UserError` naming ``path``."""
+    from tgs.errors import UserError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if disk_full(path, exc):
+            raise UserError(_full_message(path, exc)) from None
+        raise
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -28,9 +53,74 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if disk_full(path, exc):
+            raise UserError(_full_message(path, exc)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike, replace_also: Sequence[str | os.PathLike] = ()) -> Iterator[list[Path]]:
+    """Temporary paths for files written as a set. Only when every one is complete (fsynced) are the old versions
+    of ``paths`` and of ``replace_also`` (files of the same set not written this time) removed and the new ones
+    renamed into place: a failure while writing (a full disk) leaves the old set intact, and a kill while
+    committing leaves some new files and some missing, never a new file beside an old one."""
+    from tgs.errors import UserError
+
+    paths = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield tmps
+        for tmp in tmps:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+        for old in [*paths, *map(Path, replace_also)]:
+            if old.exists():
+                old.unlink()
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        bad = next((p for p in paths if disk_full(p, exc)), None)
+        if bad is not None:
+            raise UserError(_full_message(bad, exc)) from None
+        raise
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _full_message(path: Path, exc: BaseException) -> str:
+    what = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "the write failed"
+    previous = "its previous version is intact" if path.exists() else "nothing was written under that name"
+    return f"cannot write {path}: the disk is full or a size limit was reached ({what}); {previous}"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names=None) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` leaves when its process is killed (``.NAME.*.tmp``)
+    in ``folder``, for the target file names ``names`` (default: all). Returns those removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [f".{n}.*.tmp" for n in names] if names is not None else [".*.tmp"]
+    removed = []
+    for pattern in patterns:
+        for p in folder.glob(pattern):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ with the number of models.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,9 @@ def at_least(hist: np.ndarray) -> np.ndarray:
 
 
 def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
-         models: Sequence[str] = (), split: str = "test") -> Path:
-    """Write predictions atomically; ``probs`` float in [0, 1] (or already-quantised uint8)."""
+         models: Sequence[str] = (), split: str = "test", atomic: bool = True) -> Path:
+    """Write predictions atomically (``atomic=False``: straight to ``path``, for a caller that commits a set of
+    files itself, tgs.io.atomic_paths); ``probs`` float in [0, 1] (or already-quantised uint8)."""
     ids = np.asarray(ids, dtype=str)
     probs = np.asarray(probs)
     if probs.ndim != 3 or len(probs) != len(ids):
@@ -102,7 +104,7 @@ def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_p
     img = (np.full(len(ids), np.nan, np.float32) if image_probs is None
            else np.asarray(image_probs, dtype=np.float32).reshape(len(ids)))
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with (atomic_path(path) if atomic else contextlib.nullcontext(path)) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, ids=ids, probs=q, image_probs=img, models=np.asarray(list(models), dtype=str),
                                 split=np.asarray(split))
@@ -131,41 +133,66 @@ def load(path: str | os.PathLike) -> Probabilities:
 
 
 class RunningMean:
-    """Average of prediction sets for the same ids, one at a time: memory of one float32 sum. An image probability
-    unknown (NaN, or no image probabilities at all) in any set is unknown (NaN) in the mean."""
+    """The NaN-aware running mean of prediction sets for the same images, one set (or one batch of a set) at a
+    time: one float32 (N, H, W) sum of pixel probabilities and one float64 (N,) sum of image probabilities, so
+    memory does not grow with the number of sets. An image probability unknown (NaN, or none given) in any set is
+    unknown (NaN) in the mean. Used for saved files (:meth:`add`) and, batch by batch, for models predicting in
+    turn (:meth:`add_batch` then :meth:`close_set`: ``engine.inference.Ensemble``)."""
 
-    def __init__(self):
+    def __init__(self, ids: Sequence[str] | None = None, shape: tuple | None = None):
         self.ids: np.ndarray | None = None
         self.sum: np.ndarray | None = None
         self.image_sum: np.ndarray | None = None
         self.image_known: np.ndarray | None = None
         self.count = 0
         self.models: list[str] = []
+        if ids is not None:
+            self._start(np.asarray(ids, dtype=str), shape)
 
-    def add(self, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
-            source: str = "") -> None:
-        ids = np.asarray(ids, dtype=str)
-        if self.ids is None:
-            self.ids = ids
-            self.sum = np.zeros(probs.shape, np.float32)
-            self.image_sum = np.zeros(len(ids), np.float32)
-            self.image_known = np.ones(len(ids), bool)
-        elif not np.array_equal(ids, self.ids):
-            raise UserError(f"{source or 'predictions'}: its ids differ from the first set's "
-                            f"({len(ids)} vs {len(self.ids)} ids); only predictions of the same images can be averaged")
-        self.sum += probs
+    def _start(self, ids: np.ndarray, shape: tuple) -> None:
+        self.ids = ids
+        self.sum = np.zeros(shape, np.float32)
+        self.image_sum = np.zeros(len(ids), np.float64)
+        self.image_known = np.ones(len(ids), bool)
+
+    def add_batch(self, first: int, probs, image_probs=None, count: int | None = None) -> None:
+        """Add the probabilities of images ``first .. first+count-1`` of the current set (numpy arrays or CPU
+        tensors; ``image_probs`` None: unknown). ``probs`` None: the caller added the pixel probabilities into
+        :attr:`sum` itself (e.g. through a torch view of it, in place), and ``count`` says how many images."""
+        end = first + (len(probs) if probs is not None else int(count))
+        if probs is not None:
+            self.sum[first:end] += np.asarray(probs, dtype=np.float32)
         if image_probs is None:
-            self.image_known[:] = False
+            self.image_known[first:end] = False
         else:
-            image_probs = np.asarray(image_probs, np.float32)
-            self.image_known &= np.isfinite(image_probs)
-            self.image_sum += np.nan_to_num(image_probs, nan=0.0)
+            image_probs = np.asarray(image_probs, np.float64)
+            self.image_known[first:end] &= np.isfinite(image_probs)
+            self.image_sum[first:end] += np.nan_to_num(image_probs, nan=0.0)
+
+    def close_set(self, source: str = "") -> None:
+        """One set (every image) has been added."""
         self.count += 1
         if source:
             self.models.append(source)
 
+    def add(self, ids: Sequence[str], probs: np.ndarray, image_probs: np.ndarray | None = None,
+            source: str = "") -> None:
+        """A whole set; its ids must be the first set's."""
+        ids = np.asarray(ids, dtype=str)
+        if self.ids is None:
+            self._start(ids, probs.shape)
+        elif not np.array_equal(ids, self.ids):
+            raise UserError(f"{source or 'predictions'}: its ids differ from the first set's "
+                            f"({len(ids)} vs {len(self.ids)} ids); only predictions of the same images can be averaged")
+        self.add_batch(0, probs, image_probs)
+        self.close_set(source)
+
     def mean(self) -> Probabilities:
+        """The mean; the sum becomes the mean in place (no second (N, H, W) array), so call it once, at the end."""
         if self.count == 0:
             raise UserError("nothing to average")
+        if self.count > 1:
+            self.sum *= np.float32(1.0 / self.count)
         image = np.where(self.image_known, self.image_sum / self.count, np.nan).astype(np.float32)
-        return Probabilities(self.ids, self.sum / self.count, image, list(self.models))
+        self.count, self.image_sum = 1, np.nan_to_num(image).astype(np.float64)
+        return Probabilities(self.ids, self.sum, image, list(self.models))

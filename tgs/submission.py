@@ -5,6 +5,8 @@ to a list of expected ids, reporting how many are missing or unexpected and nami
 
     python -m tgs.submission --masks DATA/train/masks --out perfect.csv        # encode a folder of masks
     python -m tgs.submission --empty --ids DATA/train.csv --out empty.csv      # every mask empty
+
+A train.csv has the same format, so :func:`read_truth` reads true masks from it (or from a folder of mask PNGs).
 """
 from __future__ import annotations
 
@@ -24,23 +26,25 @@ HEADER = ("id", "rle_mask")
 
 
 def write(path: str | Path, ids: Sequence[str], masks: np.ndarray | None = None,
-          rles: Sequence[str] | None = None) -> None:
-    """Write a submission from masks (N, 101, 101) or from ready RLE strings, atomically."""
+          rles: Sequence[str] | None = None, atomic: bool = True) -> None:
+    """Write a submission from masks (N, 101, 101) or from ready RLE strings, atomically (``atomic=False``:
+    straight to ``path``, for a caller that commits a set of files itself, tgs.io.atomic_paths)."""
     if (masks is None) == (rles is None):
         raise ValueError("give exactly one of masks or rles")
     if rles is None:
         rles = rle.encode(masks)
     if len(rles) != len(ids):
         raise ValueError(f"{len(ids)} ids but {len(rles)} masks")
-    with atomic_open(path, "w", newline="") as fh:
+    with (atomic_open(path, "w", newline="") if atomic else open(path, "w", newline="")) as fh:
         pd.DataFrame({"id": np.asarray(ids, dtype=str), "rle_mask": list(rles)}).to_csv(fh, index=False)
 
 
-def read(path: str | Path) -> pd.DataFrame:
-    """Read and check a submission's structure: header ``id,rle_mask``, non-empty unique ids."""
+def read(path: str | Path, what: str = "submission") -> pd.DataFrame:
+    """Read and check a submission's structure (or a train.csv's: ``what``): header ``id,rle_mask``, non-empty
+    unique ids."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"submission {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     df = read_csv_strings(path, HEADER)
     ids = df["id"].to_numpy(str)
     if (ids == "").any():
@@ -83,6 +87,28 @@ def decode(df: pd.DataFrame) -> np.ndarray:
     return rle.decode(df["rle_mask"].tolist(), ids)
 
 
+def read_truth(path: str | Path, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """True masks from a train.csv (RLE) or from a folder of mask PNGs: (ids, masks (N, 101, 101) bool); a
+    folder's ids are its files' names, sorted."""
+    from tgs import png
+
+    path = Path(path)
+    if path.is_dir():
+        ids = np.array(sorted(png.stems(path)), dtype=str)
+        if len(ids) == 0:
+            raise DataError(f"{path}: no mask PNGs in this folder")
+        return ids, png.read_pngs(path, ids, "mask", workers)
+    df = read(path, "truth file")
+    return df["id"].to_numpy(str), decode(df)
+
+
+def images_beside(truth: str | Path) -> Path:
+    """The training images folder of a truth source (:func:`read_truth`'s argument): DATA/train/images next to
+    DATA/train.csv, or next to the DATA/train/masks folder."""
+    truth = Path(truth)
+    return truth.parent / "images" if truth.is_dir() else truth.parent / "train" / "images"
+
+
 @cli
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write a submission from a folder of masks, or an all-empty one.")
@@ -95,14 +121,10 @@ def main(argv=None) -> int:
     if args.empty:
         if not args.ids:
             raise UserError("--empty needs --ids CSV (a train.csv or sample_submission.csv)")
-        from datasets.kaggle import read_csv
-
-        ids = read_csv(args.ids, HEADER)["id"].to_numpy(str)
+        ids = read(args.ids, "--ids file")["id"].to_numpy(str)
         write(args.out, ids, rles=[""] * len(ids))
     else:
-        from datasets.kaggle import load_truth
-
-        ids, masks = load_truth(args.masks)
+        ids, masks = read_truth(args.masks)
         write(args.out, ids, masks=masks)
     print(f"wrote {args.out} ({len(ids)} ids)")
     return 0

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tgs.errors import UserError
+from datasets import folds, kaggle
+from engine import distributed, predict
+from engine.config import TrainConfig
+from tgs import runtime
+from tgs.errors import DataError, UserError
+from tgs.inputs import InputSpec
+from tgs.progress import bar
 
 SUFFIXES = (".pth", ".pt")
 
@@ -141,16 +147,15 @@ def average(paths: Sequence[Path], log: Callable[[str], None] = print, allow_mix
                 else:
                     total[name] = t.double().clone()
         meta = raw["meta"]
-        sources.append(Source(Path(path), meta.get("epoch"), meta.get("kind"), meta.get("fold")))
-        log(f"average {path} (epoch {meta.get('epoch', '?')}, {meta.get('kind', 'model')})")
+        kind = meta.get("kind") or "+".join(meta.get("names") or []) or "model"
+        sources.append(Source(Path(path), meta.get("epoch"), kind, meta.get("fold")))
+        log(f"average {path} (epoch {meta.get('epoch', '?')}, {kind})")
     n = len(sources)
     model = models.model_from_checkpoint(first_raw, first_path)
     state = model.state_dict()
     with torch.no_grad():
         for name, t in total.items():
             state[name].copy_((t / n).to(state[name].dtype))
-    from tgs.inputs import InputSpec
-
     return Averaged(model, InputSpec.from_dict(first_raw["input_spec"]), sources, skipped, dict(first_raw["meta"]))
 
 
@@ -163,8 +168,6 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
               amp: str = "none") -> int:
     """Recompute every BatchNorm layer's running statistics over ``images`` (N, 101, 101) uint8, in order,
     with the BN layers alone in training mode; returns the number of batches. The model ends in eval mode."""
-    from tgs import predict
-
     layers = batchnorm_layers(model)
     if not layers:
         return 0
@@ -176,6 +179,7 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
         m.reset_running_stats()
         m.train()
     seen = batches = 0
+    progress = bar(desc="BatchNorm", total=len(images), unit="img")
     try:
         for _, (batch,) in predict.batches([images], batch_size, device):
             b = len(batch)
@@ -186,8 +190,77 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
                 model(x)
             seen += b
             batches += 1
+            progress.update(b)
     finally:
+        progress.close()
         for m, momentum in zip(layers, momenta):
             m.momentum = momentum
         model.eval()
     return batches
+
+
+@dataclass(frozen=True)
+class SwaOptions:
+    """swa.py's options; None: the averaged checkpoints' setting (their training config)."""
+
+    inputs: tuple
+    output: str
+    data_dir: str | None = None
+    data_fold: str | None = None
+    folds_file: str | None = None
+    drop_mask_threshold: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    amp: str = "none"
+    threads: int = 0
+    decode_threads: int = 0
+    no_cache: bool = False
+
+
+def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
+    """Average, recompute BatchNorm on the fold's training images, write the checkpoint (see the module doc)."""
+    import time
+
+    import models
+
+    runtime.setup_cpu(opts.threads)
+    device = distributed.resolve_device(opts.device)
+    t0 = time.time()
+    paths = expand_inputs(opts.inputs, exclude=[opts.output])
+    avg = average(paths, log=log, allow_mixed_folds=opts.data_fold is not None)
+    if not all(bool(torch.isfinite(t).all()) for t in avg.model.state_dict().values() if t.is_floating_point()):
+        raise DataError(f"the average of {len(avg.sources)} models is not finite: a source's weights diverged "
+                        f"({', '.join(str(s.path) for s in avg.sources[:3])})")
+    trained = TrainConfig.from_checkpoint(avg.meta, paths[0])
+    fold = opts.data_fold or avg.meta.get("fold")
+    if fold is None:
+        raise UserError(f"{paths[0]} does not record its fold; give --data-fold")
+    data_dir = opts.data_dir or trained.data.data_dir
+    folds_file = opts.folds_file if opts.folds_file is not None else trained.data.folds_file
+    drop = opts.drop_mask_threshold if opts.drop_mask_threshold is not None else trained.data.drop_mask_threshold
+    train = kaggle.load_train(data_dir, cache=not opts.no_cache, workers=opts.decode_threads or None)
+    fingerprint = train.fingerprint()
+    if avg.meta.get("data_fingerprint") not in (None, fingerprint):
+        raise UserError(f"{paths[0]} was trained on other data than {data_dir} (data fingerprint "
+                        f"{avg.meta['data_fingerprint']}, not {fingerprint}): BatchNorm must be recomputed on the "
+                        "images the models trained on")
+    tr, _ = folds.training_rows(train.ids, train.masks, fold, folds_file, drop)
+    batch = opts.batch_size or trained.optim.batch_size
+    batches = update_bn(avg.model, avg.input_spec, train.images[tr], device, batch, opts.amp)
+    epochs = [s.epoch for s in avg.sources]
+    config = trained.replace(data_dir=str(data_dir), data_fold=fold, folds_file=folds_file,
+                             drop_mask_threshold=drop).to_dict()
+    out_meta = {
+        "kind": "swa", "fold": fold, "epoch": max((e for e in epochs if isinstance(e, int)), default=None),
+        "sources": [str(s.path) for s in avg.sources], "source_epochs": epochs,
+        "duplicates": [[str(a), str(b)] for a, b in avg.skipped],
+        "bn_images": int(len(tr)), "bn_batch_size": batch, "bn_batches": batches,
+        "config": config, "data_fingerprint": fingerprint,
+    }
+    models.save_checkpoint(opts.output, avg.model, avg.input_spec, out_meta)
+    spec = avg.input_spec
+    log(f"wrote {opts.output}: average of {len(avg.sources)} models (epochs {', '.join(map(str, epochs))})"
+        f"{f', {len(avg.skipped)} duplicates skipped' if avg.skipped else ''}; BatchNorm recomputed on "
+        f"{len(tr)} training images of {fold} ({spec.mode} {spec.source}->{spec.size}, "
+        f"{batches} batches of {batch}) in {time.time() - t0:.1f} s")
+    return 0

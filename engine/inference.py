@@ -1,17 +1,17 @@
-"""Predicting whole image sets with any number of models: the library behind test.py (and ensemble.py).
+"""Predicting whole image sets with any number of models: what test.py (engine.prediction) and the reports run.
 
 - :func:`test_set` / :func:`valid_set`: the images to predict, as in-memory arrays (the test set in
   ``sample_submission.csv`` order; a fold's validation images of the training set, with their masks);
 - :class:`Ensemble`: the running sum of the probabilities of any number of models, each loaded in turn, run with
-  :func:`tgs.predict.forward` (the same code path as validation in train.py: every model pads or resizes with
+  :func:`engine.predict.forward` (the same code path as validation in train.py: every model pads or resizes with
   its own checkpoint's :class:`~tgs.inputs.InputSpec` and comes back at 101x101), optionally with flip TTA, and
   freed before the next. Batches are slices of the uint8 array (no DataLoader), sent to the device as uint8 and
-  encoded there; their probabilities are added in place into one float32 (N, 101, 101) sum, so memory does not
-  grow with the number of models;
+  encoded there; their probabilities go into one float32 (N, 101, 101) running mean
+  (:class:`tgs.probabilities.RunningMean`), so memory does not grow with the number of models;
 - :func:`average_files` / :func:`saved_predictions`: the same average over saved ``.npz`` probabilities
   (ensembles built on several machines); :func:`merge_oof` / :func:`merged_oof`: per-fold out-of-fold predictions
   merged into one set;
-- :func:`write`: the submission CSV and the ``.npz`` probabilities, both written atomically.
+- :func:`write`: the submission CSV and the ``.npz`` probabilities, written as a consistent pair.
 """
 from __future__ import annotations
 
@@ -25,10 +25,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from datasets import folds, kaggle
+from engine import predict
+from engine.layout import Outputs
+from tgs import TILE, submission
 from tgs import probabilities as P
 from tgs.errors import DataError, UserError
-
-SIZE = 101
+from tgs.io import atomic_paths, remove_stale_temporaries
+from tgs.progress import bar
+from tgs.submission import match_ids
 
 
 @dataclass
@@ -52,8 +57,6 @@ class ImageSet:
 
 def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
     """The test images in ``sample_submission.csv`` order (a missing image is a DataError naming its id)."""
-    from datasets import kaggle
-
     t = kaggle.load_test(data_dir, cache=cache, workers=workers)
     return ImageSet(t.ids, t.images, "test")
 
@@ -61,8 +64,6 @@ def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | Non
 def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = None, cache: bool = True,
               workers: int | None = None) -> ImageSet:
     """The validation images (and masks) of ``fold``, in train.csv order: the split of train.py."""
-    from datasets import folds
-
     train = train_set(data_dir, cache=cache, workers=workers)
     _, va = folds.split(train.ids, fold, folds_file)
     if len(va) == 0:
@@ -72,8 +73,6 @@ def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = N
 
 def train_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
     """Every training image with its mask (for scoring merged out-of-fold predictions)."""
-    from datasets import kaggle
-
     train = kaggle.load_train(data_dir, cache=cache, workers=workers)
     return ImageSet(train.ids, train.images, "valid", train.masks)
 
@@ -101,49 +100,64 @@ class Timer:
 
 
 class Ensemble:
-    """Running sum of the probabilities of models predicting the same images (one float32 (N, 101, 101) sum)."""
+    """Running mean of the probabilities of models predicting the same images (a
+    :class:`tgs.probabilities.RunningMean`: one float32 (N, 101, 101) sum).
 
-    def __init__(self, n: int, size: int = SIZE):
-        self.sum = np.zeros((n, size, size), np.float32)
-        self.image_sum = np.zeros(n, np.float64)
-        self.image_known = np.ones(n, bool)
-        self.count = 0
-        self.models: list[str] = []
+    On the CPU each batch is added in place into the sum; on a GPU a model's batches are summed on the device and
+    copied to the host once per model, so prediction never waits for a host copy after each batch."""
+
+    def __init__(self, n: int, size: int = TILE):
+        self.mean = P.RunningMean(np.arange(n).astype(str), (n, size, size))
         self.forward_seconds = 0.0
+
+    @property
+    def count(self) -> int:
+        return self.mean.count
+
+    @property
+    def models(self) -> list[str]:
+        return self.mean.models
 
     @torch.inference_mode()
     def add_model(self, model: torch.nn.Module, spec, images: np.ndarray, device: torch.device, *,
                   batch_size: int = 64, tta: bool = False, amp: str = "none", channels_last: bool = False,
-                  name: str = "") -> None:
-        """Predict ``images`` (N, 101, 101) uint8 with ``model`` (eval mode, on ``device``) and add them in."""
-        from tgs import predict
-
-        if len(images) != len(self.sum):
-            raise ValueError(f"{len(images)} images for a sum of {len(self.sum)}")
-        sum_t = torch.from_numpy(self.sum)
-        image_sum = np.zeros(len(images), np.float64)
+                  name: str = "", progress=None) -> None:
+        """Predict ``images`` (N, 101, 101) uint8 with ``model`` (eval mode, on ``device``) and add them in.
+        ``progress(n)`` is called after each batch of ``n`` images. Non-finite probabilities are a DataError
+        naming the model (a diverged model is never averaged into a submission)."""
+        n = len(self.mean.sum)
+        if len(images) != n:
+            raise ValueError(f"{len(images)} images for a sum of {n}")
+        on_host = device.type == "cpu"
+        acc = torch.from_numpy(self.mean.sum) if on_host else torch.zeros((n, *self.mean.sum.shape[1:]),
+                                                                          device=device)
+        image = torch.zeros(n, dtype=torch.float64, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
         t0 = time.perf_counter()
         for first, (batch,) in predict.batches([images], batch_size, device):
             pred = predict.forward(model, spec, batch, tta=tta, amp=amp, channels_last=channels_last)
-            sum_t[first:first + len(batch)] += pred.probs[:, 0].float().cpu()
-            image_sum[first:first + len(batch)] = pred.image_prob.double().cpu().numpy()
+            probs = pred.probs[:, 0].float()
+            finite &= torch.isfinite(probs).all()
+            acc[first:first + len(batch)] += probs
+            image[first:first + len(batch)] = pred.image_prob.double()
+            if progress is not None:
+                progress(len(batch))
+        if not bool(finite):  # the run stops here: the sum is not used again
+            raise DataError(f"{name or 'a model'} predicts non-finite probabilities (its weights diverged); "
+                            "it is not used")
+        if not on_host:
+            self.mean.sum += acc.cpu().numpy()
         self.forward_seconds += time.perf_counter() - t0
-        self.image_known &= np.isfinite(image_sum)
-        self.image_sum += np.nan_to_num(image_sum)
-        self.count += 1
-        if name:
-            self.models.append(name)
+        self.mean.add_batch(0, None, image.cpu().numpy(), count=n)
+        self.mean.close_set(name)
 
-    def mean(self) -> tuple[np.ndarray, np.ndarray]:
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(probs (N, 101, 101) float32, image_probs (N,) float32, NaN where unknown); the sum becomes the mean
-        in place (no second (N, 101, 101) array), so call it once, at the end."""
-        if self.count == 0:
+        in place, so call it once, at the end."""
+        if self.mean.count == 0:
             raise UserError("no model to average")
-        if self.count > 1:
-            self.sum *= np.float32(1.0 / self.count)
-        img = (self.image_sum / self.count).astype(np.float32)
-        self.count, self.image_sum = 1, img.astype(np.float64)  # the sums now hold the mean
-        return self.sum, np.where(self.image_known, img, np.nan).astype(np.float32)
+        out = self.mean.mean()
+        return out.probs, out.image_probs
 
 
 def predict_models(paths: Sequence[str | os.PathLike], images: np.ndarray, device: torch.device, *,
@@ -157,21 +171,26 @@ def predict_models(paths: Sequence[str | os.PathLike], images: np.ndarray, devic
     import models
 
     ens = Ensemble(len(images))
+    progress = bar(desc="predict", total=len(images) * len(paths), unit="img")
     for i, path in enumerate(paths):
         loaded = models.load(path, device=device)
+        if not all(bool(torch.isfinite(t).all()) for t in loaded.model.state_dict().values()
+                   if t.is_floating_point()):
+            raise DataError(f"{path}: the model's weights are not finite (a diverged run); it is not used")
         if check is not None:
             check(path, loaded)
         if channels_last:
             loaded.model.to(memory_format=torch.channels_last)
         t0 = time.perf_counter()
         ens.add_model(loaded.model, loaded.input_spec, images, device, batch_size=batch_size, tta=tta, amp=amp,
-                      channels_last=channels_last, name=str(path))
+                      channels_last=channels_last, name=str(path), progress=progress.update)
         spec = loaded.input_spec
         log(f"model {i + 1}/{len(paths)}: {path} ({spec.mode} {spec.source}->{spec.size}, "
             f"{loaded.config.encoder}{', tta' if tta else ''}) {time.perf_counter() - t0:.1f} s")
         del loaded
         release(device)
-    probs, image_probs = ens.mean()
+    progress.close()
+    probs, image_probs = ens.result()
     return probs, image_probs, ens.models, ens.forward_seconds
 
 
@@ -198,8 +217,6 @@ def saved_predictions(paths: Sequence[str | os.PathLike], data_dir: str | os.Pat
     """The mean of saved probability files and the images they predict, in the dataset's order: the test set in
     ``sample_submission.csv`` order, or (out-of-fold files) their training images in train.csv order. The files'
     ids must be exactly those (a DataError names the first file and the first odd ids)."""
-    from tgs.submission import match_ids
-
     mean = average_files(paths)
     if mean.split == "test":
         data = test_set(data_dir, cache=cache, workers=workers)
@@ -261,15 +278,19 @@ def _positions(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return pd.Index(reference).get_indexer(ids)
 
 
-def write(prefix: str, ids: np.ndarray, probs: np.ndarray, image_probs: np.ndarray, masks: np.ndarray | None,
-          models: Sequence[str], split: str) -> tuple[Path | None, Path]:
-    """``PREFIX-submission.csv`` (when masks are given) and ``PREFIX-probabilities.npz``, both atomic."""
-    from tgs import submission
-
-    npz = Path(f"{prefix}-probabilities.npz")
-    P.save(npz, ids, probs, image_probs, models, split)
-    csv = None
-    if masks is not None:
-        csv = Path(f"{prefix}-submission.csv")
-        submission.write(csv, ids, masks=masks)
-    return csv, npz
+def write(outputs: Outputs, ids: np.ndarray, probs: np.ndarray, image_probs: np.ndarray, masks: np.ndarray | None,
+          models: Sequence[str], split: str, log=print) -> tuple[Path | None, Path]:
+    """``PREFIX-probabilities.npz`` and (when masks are given) ``PREFIX-submission.csv``, written as a pair: both
+    are complete on disk before either replaces its old version, and the old versions are removed first, so a kill
+    or a full disk never leaves a new file beside an old one (on a full disk the old pair stays). Says what it
+    overwrites."""
+    targets = [outputs.npz] + ([outputs.csv] if masks is not None else [])
+    old = [p for p in (outputs.npz, outputs.csv) if p.exists()]
+    if old:
+        log(f"overwriting {' and '.join(map(str, old))}")
+    remove_stale_temporaries(outputs.npz.parent, [p.name for p in (outputs.npz, outputs.csv)])
+    with atomic_paths(*targets, replace_also=[outputs.csv]) as tmps:
+        P.save(tmps[0], ids, probs, image_probs, models, split, atomic=False)
+        if masks is not None:
+            submission.write(tmps[1], ids, masks=masks, atomic=False)
+    return (outputs.csv if masks is not None else None), outputs.npz

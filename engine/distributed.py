@@ -76,6 +76,12 @@ def all_gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op without DDP)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def all_true(flag: bool, info: DistInfo) -> bool:
     """Logical AND of a flag over all ranks (so that every rank takes the same branch)."""
     if not info.enabled:

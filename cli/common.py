@@ -1,0 +1,64 @@
+"""What every command line shares: a parser whose mistakes are one line (exit 2, like every user error), range-
+checked number types, and the options several scripts take (device, amp, threads, decoding threads, cache)."""
+from __future__ import annotations
+
+import argparse
+
+from tgs.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors raised as :class:`~tgs.errors.UserError`: ``error: PROG: MESSAGE``, one line,
+    exit 2 (argparse's own would print the usage first)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def integer(low: int | None = None):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
+    return value
+
+
+def add_device(p, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, help="auto, cpu, cuda, cuda:N")
+
+
+def add_amp(p) -> None:
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision")
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=integer(0), default=0, help="torch CPU threads (0: torch's default)")
+
+
+def add_decoding(p) -> None:
+    p.add_argument("--decode-threads", type=integer(0), default=0, help="PNG decoding threads (0: automatic)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the decoded-PNG cache")
+
+
+def doc_parts(doc: str) -> tuple[str, str]:
+    """(description, epilog) of a script's docstring: its first paragraph and the rest."""
+    head, _, rest = doc.partition("\n\n")
+    return head, rest

@@ -1,0 +1,183 @@
+"""ensemble.py's command line: its own options, the pass-through options of train.py, swa.py and test.py (checked
+with those scripts' own parsers before anything runs) -> engine.ensemble.EnsembleOptions -> engine.ensemble.run."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+
+from cli import swa as swa_cli
+from cli import test as test_cli
+from cli import train as train_cli
+from cli.common import ArgumentParser, doc_parts, integer
+from tgs.errors import UserError, cli
+
+DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
+
+    python ensemble.py --data-dir DATA --run-dir runs/ens -- --pretrained imagenet --vtf --loss-on-center ...
+    python ensemble.py --data-dir DATA --run-dir runs/demo/ens --folds fold0,fold1 --modes resize --resize-size 32 \\
+        -- --basenet unet --encoder-width 4 --max-epochs 3 --device cpu
+
+For every mode (pad: reflect-pad 101 -> --pad-size; resize: 101 -> --resize-size) and every fold, one after
+another, or --parallel folds at a time: by default one process per GPU when several are visible (each with its
+own CUDA_VISIBLE_DEVICES); on the CPU, --parallel N runs N folds at once with the cores shared between them:
+
+1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes
+   from ``checkpoints/last-checkpoint-FOLD.pth``;
+2. ``swa.py --input RUN/MODE/FOLD/models --output RUN/MODE/FOLD_swa.pth``; a fold whose SWA model exists is
+   finished and skipped on the next run;
+
+then, with all the SWA models:
+
+3. out-of-fold predictions of each fold (its models of every mode averaged, ``test.py --split valid``) in
+   RUN/oof/FOLD-probabilities.npz, merged into RUN/oof-probabilities.npz and scored;
+4. ``score.py --search`` on them: the best post-processing, saved in RUN/postprocess.json;
+5. ``test.py`` with flip TTA over every SWA model and that post-processing (``--default-post``: test.py's
+   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked with
+   ``score.py --check``.
+
+A fold is reused only when it was made from the same data and the same training options: otherwise one line says
+what differs (--overwrite trains such folds afresh). Arguments after ``--`` (or in --train-args) go to every
+train.py; the data, fold, log dir, resume, input mode and size are set here. --device, --threads and --amp given
+there are used by swa.py and test.py too. Each step's output is shown prefixed with its fold and kept in RUN/logs/."""
+
+ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))
+# train.py options that ensemble.py sets itself, and what to use instead
+TRAIN_OWNED = {"data_dir": "--data-dir", "data_fold": "--folds", "log_dir": "--run-dir", "resume": "(automatic)",
+               "resize": "--modes", "input_size": "--pad-size / --resize-size", "folds_file": "--folds-file",
+               "overwrite": "--overwrite"}
+TEST_OWNED = ("models", "from_probabilities", "merge_oof", "split", "data_dir", "data_fold", "folds_file",
+              "output_prefix", "tta")  # test.py options ensemble.py sets itself
+SWA_OWNED = ("input", "output", "data_dir", "data_fold", "folds_file")
+SHARED = ("device", "threads", "amp")  # train.py options swa.py and test.py take as well
+
+
+def build_parser() -> ArgumentParser:
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="ensemble.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data", help="dataset in Kaggle's layout (default: data)")
+    p.add_argument("--run-dir", default="runs/ensemble",
+                   help="where every fold, model and submission goes (default: runs/ensemble)")
+    p.add_argument("--folds", default=ALL_FOLDS, help="comma-separated fold names (default: fold0,...,fold9)")
+    p.add_argument("--modes", default="pad,resize", help="comma-separated input modes: pad, resize (default: both)")
+    p.add_argument("--folds-file", help="CSV id,fold (python -m datasets.folds) instead of the 10 chunks")
+    p.add_argument("--pad-size", type=integer(101), default=128,
+                   help="pad mode: reflect-pad 101 to this size (default: 128)")
+    p.add_argument("--resize-size", type=integer(1), default=128,
+                   help="resize mode: resize 101 to this size (default: 128)")
+    p.add_argument("--train-args", default="", help="options for every train.py (also: everything after --)")
+    p.add_argument("--swa-args", default="", help="extra options for swa.py (e.g. '--batch-size 64')")
+    p.add_argument("--test-args", default="",
+                   help="extra options for test.py, out-of-fold and test (e.g. '--batch-size 256 --threshold 0.45')")
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="no flip TTA in test.py")
+    p.add_argument("--default-post", dest="tuned_post", action="store_false",
+                   help="submit with test.py's default post-processing instead of the setting the out-of-fold "
+                        "search found (RUN/postprocess.json); flags in --test-args (--threshold ..., "
+                        "--post-config FILE) override either")
+    p.add_argument("--gpus", default="auto",
+                   help="GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1")
+    p.add_argument("--parallel", type=integer(0), default=0,
+                   help="folds trained at the same time (default: one per GPU with 2+ GPUs, else 1); on the CPU "
+                        "each gets cores/N threads unless --threads is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a fold made from other data or options is trained afresh (its files removed) instead of "
+                        "stopping the run")
+    p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
+    return p
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str], what: str) -> dict:
+    """The options present in ``argv`` for ``parser`` (abbreviations and --x=y forms understood)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+        if action.dest == "models":
+            action.nargs = "*"
+
+    def error(message: str):
+        raise UserError(f"{what}: {message}")
+
+    parser.error = error
+    return vars(parser.parse_args(argv))
+
+
+def split_fields(text: str, name: str, allowed=None) -> tuple:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not items:
+        raise UserError(f"{name}: nothing given")
+    if len(set(items)) != len(items):
+        raise UserError(f"{name} {','.join(items)}: repeats an entry")
+    if allowed is not None and set(items) - set(allowed):
+        raise UserError(f"{name} {text!r}: use {', '.join(allowed)} or {','.join(allowed)}")
+    return items
+
+
+def parse(argv=None):
+    from datasets.folds import parse_fold
+    from engine import config
+    from engine.ensemble import MODES, EnsembleOptions
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    a = build_parser().parse_args(argv)
+    folds = split_fields(a.folds, "--folds")
+    modes = split_fields(a.modes, "--modes", MODES)
+    for fold in folds:
+        parse_fold(fold)
+    train_args = shlex.split(a.train_args) + passthrough
+    given = given_options(train_cli.build_parser(), train_args, "train options")
+    for key, instead in TRAIN_OWNED.items():
+        if key in given:
+            if key == "resume":
+                raise UserError("train options: --resume is automatic (a fold with a last checkpoint resumes)")
+            raise UserError(f"train options: {config.flag(key)} is set by ensemble.py for every fold; use "
+                            f"ensemble.py {instead}")
+    if "config" in given:
+        cfg = config.read_yaml(given["config"])
+        for key in TRAIN_OWNED:
+            if key in cfg:
+                raise UserError(f"{cfg[key][1]}: set by ensemble.py ({TRAIN_OWNED[key]}); remove it from the file")
+    swa_args, test_args = shlex.split(a.swa_args), shlex.split(a.test_args)
+    test_given = given_options(test_cli.build_parser(), test_args, "--test-args")
+    for key in TEST_OWNED:
+        if key in test_given and test_given[key] not in ([], None):
+            raise UserError(f"--test-args: --{key.replace('_', '-')} is set by ensemble.py")
+    swa_given = given_options(swa_cli.build_parser(), swa_args, "--swa-args")
+    for key in SWA_OWNED:
+        if key in swa_given:
+            raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
+    opts = EnsembleOptions(
+        data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, modes=modes, folds_file=a.folds_file,
+        pad_size=a.pad_size, resize_size=a.resize_size, train_args=tuple(train_args), swa_args=tuple(swa_args),
+        test_args=tuple(test_args), shared={k: given[k] for k in SHARED if k in given}, tta=a.tta,
+        tuned_post=a.tuned_post, gpus=a.gpus, parallel=a.parallel, overwrite=a.overwrite, dry_run=a.dry_run)
+    # every fold's complete train.py command must be valid before anything runs
+    from engine.ensemble import jobs_of, train_argv
+
+    for job in jobs_of(opts):
+        train_cli.parse(train_argv(job, opts))
+    return opts
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # the running steps are stopped on the way out, as on Ctrl-C
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import ensemble
+
+    opts = parse(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return ensemble.run(opts, train_cli.parse)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return ensemble.run(opts, train_cli.parse)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,77 @@
+"""report.py's command line: a run folder or saved probabilities -> engine.report."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import ArgumentParser, add_device, doc_parts, integer, probability
+from tgs.errors import UserError, cli
+
+DOC = """Reports of a training run or of saved probabilities, as PNG plots and CSV tables.
+
+    python report.py runs/fold0                                   # learning curves + the fold's validation report
+    python report.py runs/fold0 --source npz                      # from a *-probabilities.npz of split valid there
+    python report.py --probabilities OOF.npz --truth DATA/train.csv [--out DIR]
+
+A run folder gets learning-curves.png (loss, metric, learning rate per epoch; best epochs marked) and, from its best
+model (models/best-metric-FOLD.pth, else last-FOLD.pth) over the fold's validation images, valid-thresholds.png
+(pixel ROC, precision-recall, competition metric over thresholds, best threshold marked), valid-coverage.png
+(metric by mask coverage), valid-samples.png (worst, best and random images) and the numbers as CSV
+(valid-threshold-sweep.csv, valid-coverage-bins.csv, valid-samples.csv, valid-per-image.csv). A probabilities file
+gets the same validation files, named after it (OOF-thresholds.png ...). Parts whose inputs are missing (a run
+still in its first epoch) are skipped with a note."""
+
+
+def build_parser() -> ArgumentParser:
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="report.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", type=Path, help="a train.py log folder (metrics.csv, models/)")
+    p.add_argument("--probabilities", type=Path, metavar="NPZ",
+                   help="report on saved probabilities (out-of-fold, ensemble) instead of a run")
+    p.add_argument("--truth", type=Path, help="with --probabilities: train.csv or a folder of true mask PNGs")
+    p.add_argument("--data-dir", type=Path,
+                   help="dataset in Kaggle's layout (default: the one the run was trained on; with "
+                        "--probabilities: truth and images from DATA/train.csv and DATA/train/images)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for the files (default: the run folder, or the folder of the .npz)")
+    g = p.add_argument_group("run folders")
+    g.add_argument("--source", choices=("auto", "model", "npz"), default="auto",
+                   help="validation predictions: 'model' runs the run's best model over the fold, 'npz' uses the "
+                        "newest *-probabilities.npz of split valid in the run folder, 'auto' (default) that file "
+                        "when it is newer than the model, else the model")
+    g.add_argument("--checkpoint", type=Path, help="model to predict with (default models/best-metric-FOLD.pth, "
+                                                   "else models/last-FOLD.pth)")
+    g.add_argument("--folds-file", type=Path, help="folds CSV (default: the run's)")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="horizontal-flip TTA (default: as the run validated, its --vtf)")
+    add_device(g)
+    g.add_argument("--batch-size", type=integer(1), default=32)
+    g = p.add_argument_group("report")
+    g.add_argument("--threshold", type=probability, default=0.5,
+                   help="probability threshold of the masks (default 0.5)")
+    g.add_argument("--samples", type=integer(0), default=6, help="worst, best and random images shown (6 each)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import report
+
+    args = build_parser().parse_args(argv)
+    common = dict(out_dir=args.out, threshold=args.threshold, samples=args.samples, seed=args.seed)
+    if args.probabilities is not None:
+        if args.run is not None:
+            raise UserError("give either a run folder or --probabilities, not both")
+        outcome = report.report_probabilities(args.probabilities, args.truth, args.data_dir, **common)
+    elif args.run is not None:
+        if args.truth is not None:
+            raise UserError("--truth goes with --probabilities; a run's truth comes from its data (or --data-dir)")
+        outcome = report.report_run(args.run, args.source, args.checkpoint, args.data_dir, args.folds_file,
+                                    device=args.device, tta=args.tta, batch_size=args.batch_size, **common)
+    else:
+        raise UserError("give a run folder (python report.py runs/fold0) or --probabilities FILE.npz --truth "
+                        "DATA/train.csv")
+    print(outcome.text())
+    return 0

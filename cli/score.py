@@ -1,0 +1,63 @@
+"""score.py's command line: one of scoring a submission, checking a test submission, or the post-processing
+search (engine.scoring)."""
+from __future__ import annotations
+
+import argparse
+
+from cli.common import ArgumentParser, doc_parts
+from tgs.errors import UserError, cli
+
+DOC = """Score a submission with the competition metric, or check a test-set submission's format.
+
+    python score.py SUBMISSION.csv --truth DATA/train.csv        # or --truth DATA/train/masks
+    python score.py SUBMISSION.csv --truth DATA/train.csv --per-image scores.csv
+    python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
+    python score.py --search OOF.npz --truth DATA/train.csv       # best post-processing on out-of-fold predictions
+    python score.py --search OOF.npz --truth DATA/train.csv --save-best post.json   # for test.py --post-config
+
+The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py)."""
+
+
+def build_parser() -> ArgumentParser:
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="score.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("submission", nargs="?", help="CSV with header id,rle_mask")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--truth", help="train.csv (id,rle_mask) or a folder of true mask PNGs")
+    mode.add_argument("--check", metavar="DATA", help="validate a test-set submission against DATA/sample_submission.csv")
+    p.add_argument("--per-image", metavar="FILE", help="write id,score,iou per image to this CSV")
+    p.add_argument("--subset", action="store_true",
+                   help="score only the truth ids the submission has (e.g. one fold's validation images)")
+    p.add_argument("--search", metavar="OOF.npz",
+                   help="grid-search threshold, minimum area, gating (and the flat-image rule) on out-of-fold "
+                        "probabilities (test.py --split valid / --merge-oof) against --truth")
+    p.add_argument("--save-best", metavar="JSON",
+                   help="with --search: write the best setting here (read by test.py --post-config)")
+    return p
+
+
+def parse(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.save_best and not args.search:
+        raise UserError("--save-best goes with --search")
+    if args.search:
+        if args.submission or not args.truth or args.per_image or args.subset:
+            raise UserError("--search OOF.npz goes with --truth only (no submission, --check, --per-image, --subset)")
+    elif not args.submission:
+        raise UserError("give a SUBMISSION.csv to score or check (or --search OOF.npz --truth ...)")
+    if args.check and (args.per_image or args.subset):
+        raise UserError("--per-image and --subset go with --truth, not --check")
+    return args
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import scoring
+
+    args = parse(argv)
+    if args.search:
+        return scoring.search(args.search, args.truth, args.save_best)
+    if args.check:
+        return scoring.check(args.submission, args.check)
+    return scoring.score(args.submission, args.truth, args.per_image, args.subset)

@@ -1,0 +1,56 @@
+"""swa.py's command line: options -> engine.swa.SwaOptions -> engine.swa.run."""
+from __future__ import annotations
+
+import argparse
+
+from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_threads, doc_parts, integer
+from tgs.errors import cli
+
+DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training images.
+
+    python swa.py --input runs/fold0/models --output runs/fold0_swa.pth
+    python swa.py --input runs/fold0/models/snapshot-e049-fold0.pth runs/fold0/models/snapshot-e099-fold0.pth \\
+        --output fold0_swa.pth --data-dir DATA
+
+Every file of a folder is averaged with weight 1; files holding the same weights (best-metric, best-loss and last
+of one epoch) count once. Models of different architectures or input modes are refused. The data dir, fold, folds
+file and drop-mask threshold come from the checkpoints' training config unless given. See engine/swa.py."""
+
+
+def build_parser() -> ArgumentParser:
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="swa.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, help="model files and/or folders of them (e.g. LOG_DIR/models)")
+    p.add_argument("--output", required=True, help="the averaged checkpoint to write")
+    p.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the checkpoints' data dir)")
+    p.add_argument("--data-fold", help="fold whose training images recompute BatchNorm (default: the checkpoints')")
+    p.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
+    p.add_argument("--drop-mask-threshold", type=integer(0), help="as in train.py (default: the checkpoints')")
+    p.add_argument("--batch-size", type=integer(1), help="BatchNorm recompute batch (default: the run's --batch-size)")
+    add_device(p)
+    add_amp(p)
+    add_threads(p)
+    add_decoding(p)
+    return p
+
+
+def parse(argv=None):
+    from engine.swa import SwaOptions
+
+    a = build_parser().parse_args(argv)
+    if a.data_fold is not None:
+        from datasets.folds import parse_fold
+
+        parse_fold(a.data_fold)
+    return SwaOptions(inputs=tuple(a.input), output=a.output, data_dir=a.data_dir, data_fold=a.data_fold,
+                      folds_file=a.folds_file, drop_mask_threshold=a.drop_mask_threshold, batch_size=a.batch_size,
+                      device=a.device, amp=a.amp, threads=a.threads, decode_threads=a.decode_threads,
+                      no_cache=a.no_cache)
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import swa
+
+    return swa.run(parse(argv))

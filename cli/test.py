@@ -1,0 +1,107 @@
+"""test.py's command line: options -> engine.prediction.PredictOptions -> engine.prediction.run."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_threads, doc_parts, integer,
+                        probability)
+from tgs import postprocess
+from tgs.errors import UserError, cli
+
+DOC = """Predict with one model or an ensemble, post-process, and write a submission and the probabilities.
+
+    python test.py --tta fold0_swa.pth --output-prefix fold0            # fold0-submission.csv, fold0-probabilities.npz
+    python test.py --tta runs/*/fold*_swa.pth --output-prefix ens       # fold averaging (pad and resize models mixed)
+    python test.py --from-probabilities a.npz b.npz --output-prefix ens --data-dir DATA   # average saved predictions
+    python test.py --split valid --data-fold fold0 --tta fold0_swa.pth --output-prefix oof/fold0   # out-of-fold
+    python test.py --merge-oof oof/fold*-probabilities.npz --output-prefix oof --data-dir DATA     # all folds' OOF
+
+Every model pads or resizes with its own checkpoint's input config and comes back at 101x101 (engine.predict,
+the code path of train.py's validation); probabilities are averaged in one running mean, one model in memory at a
+time. Post-processing (tgs/postprocess.py): --threshold, --min-area, --gate, flat images empty (--no-flat to keep
+them); `score.py --search OOF.npz --truth DATA/train.csv` finds the best setting on out-of-fold predictions.
+The submission and the probabilities are written as a pair (an existing pair is replaced, and that is said)."""
+
+
+def build_parser() -> ArgumentParser:
+    d = postprocess.DEFAULTS
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="test.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help="checkpoints (models.save_checkpoint files, e.g. swa.py outputs)")
+    src = p.add_argument_group("other sources")
+    src.add_argument("--from-probabilities", nargs="+", metavar="NPZ", help="average saved probabilities instead")
+    src.add_argument("--merge-oof", nargs="+", metavar="NPZ",
+                     help="merge per-fold out-of-fold probabilities (disjoint ids) into one file, and score it")
+    g = p.add_argument_group("prediction")
+    g.add_argument("--tta", action="store_true", help="horizontal-flip TTA")
+    g.add_argument("--output-prefix", required=True,
+                   help="writes PREFIX-submission.csv and PREFIX-probabilities.npz (e.g. runs/fold0)")
+    g.add_argument("--split", choices=("test", "valid"), default="test",
+                   help="test: the test set; valid: --data-fold's validation images (out-of-fold)")
+    g.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the first checkpoint's, else 'data')")
+    g.add_argument("--data-fold", help="--split valid: the fold (default: the checkpoints')")
+    g.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
+    add_device(g)
+    g.add_argument("--batch-size", type=integer(1), default=64)
+    add_amp(g)
+    g.add_argument("--channels-last", action="store_true")
+    add_threads(g)
+    add_decoding(g)
+    g.add_argument("--message", help="the -m text of the printed kaggle command")
+    pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
+    pp.add_argument("--post-config", metavar="JSON",
+                    help="the setting of score.py --search --save-best JSON; the flags below override its values")
+    pp.add_argument("--threshold", type=probability, help=f"salt where probability > this (default {d.threshold:g})")
+    pp.add_argument("--min-area", type=integer(0),
+                    help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
+    pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
+                    help="empty where the image-level salt probability < this (none: off; default off)")
+    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False,
+                    help="keep predictions on flat single-valued images (default: empty)")
+    return p
+
+
+def post_setting(args: argparse.Namespace) -> tuple:
+    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
+    given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
+    if hasattr(args, "gate"):  # --gate none is a value (off), so "not given" is the attribute's absence
+        given["gate"] = args.gate
+    return postprocess.resolve(args.post_config, given)
+
+
+def parse(argv=None):
+    from engine.prediction import PredictOptions
+
+    args = build_parser().parse_args(argv)
+    sources = sum(bool(x) for x in (args.models, args.from_probabilities, args.merge_oof))
+    if sources != 1:
+        raise UserError("give model files, or --from-probabilities NPZ ..., or --merge-oof NPZ ... (exactly one)")
+    if args.data_fold and args.split != "valid" and not args.merge_oof:
+        raise UserError("--data-fold goes with --split valid")
+    if args.data_fold:
+        from datasets.folds import parse_fold
+
+        parse_fold(args.data_fold)
+    for paths in (args.models, args.from_probabilities or [], args.merge_oof or []):
+        dup = [x for i, x in enumerate(paths) if Path(x).resolve() in {Path(y).resolve() for y in paths[:i]}]
+        if dup:
+            raise UserError(f"{dup[0]} is listed twice")
+        missing = [x for x in paths if not Path(x).is_file()]
+        if missing:
+            raise UserError(f"{missing[0]} does not exist")
+    post, source = post_setting(args)
+    return PredictOptions(
+        output_prefix=args.output_prefix, post=post, post_source=source, models=tuple(args.models),
+        from_probabilities=tuple(args.from_probabilities or ()), merge_oof=tuple(args.merge_oof or ()), tta=args.tta,
+        split=args.split, data_dir=args.data_dir, data_fold=args.data_fold, folds_file=args.folds_file,
+        device=args.device, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
+        threads=args.threads, decode_threads=args.decode_threads, no_cache=args.no_cache, message=args.message)
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import prediction
+
+    return prediction.run(parse(argv))

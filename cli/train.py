@@ -1,0 +1,44 @@
+"""train.py's command line: every flag is generated from the typed configuration (engine.config), so flags and
+``--config FILE.yaml`` keys pass the same checks; the result is a TrainConfig handed to engine.trainer.run."""
+from __future__ import annotations
+
+import argparse
+
+from cli.common import ArgumentParser
+from engine import config as C
+from tgs.errors import cli
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="train.py", description="Train one fold of the TGS salt UNet.", epilog=C.RECIPE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML file whose keys (flag names with _ or -) override the defaults")
+    groups = {title: p.add_argument_group(title) for title in C.SECTIONS}
+    for name, (title, f) in C.options().items():
+        o = f.metadata["option"]
+        default = "none" if f.default is None else f.default
+        help_text = f"{o.help} (default: {default})" if o.kind != "bool" else o.help
+        if o.kind == "bool":
+            groups[title].add_argument(C.flag(name), action="store_true", help=help_text)
+        else:
+            metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
+            groups[title].add_argument(C.flag(name), metavar=metavar, help=help_text)
+    return p
+
+
+def given(argv=None) -> tuple[dict, str | None]:
+    """({option: command-line value} for the flags present, the --config file)."""
+    values = vars(build_parser().parse_args(argv))
+    return {k: v for k, v in values.items() if k != "config"}, values.get("config")
+
+
+def parse(argv=None) -> C.TrainConfig:
+    flags, config_file = given(argv)
+    return C.resolve(flags, config_file)
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import trainer
+
+    return trainer.run(parse(argv))

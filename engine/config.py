@@ -1,0 +1,387 @@
+"""The typed configuration of a training run: five sections (data, model, loss, optimisation, run), each a frozen
+dataclass whose fields describe themselves (kind, choices, range, help).
+
+One description serves every source: ``cli/train.py`` builds its argument parser from it, and every value, from
+a flag, from a ``--config FILE.yaml`` key or from a checkpoint, passes the same :func:`coerce` (type, choices,
+range) and the same cross-field checks, with the same one-line error naming the flag, or the key and the file.
+The library (``engine.trainer``) takes a :class:`TrainConfig`, never an ``argparse.Namespace``.
+
+Precedence: built-in defaults < keys of ``--config FILE.yaml`` < flags given on the command line. The resolved
+configuration (:meth:`TrainConfig.to_dict`, flat: one key per option) is written to ``LOG_DIR/config.yaml`` and
+into every checkpoint's meta (``meta["config"]``); ``python train.py --config LOG_DIR/config.yaml`` repeats the
+run, and :meth:`TrainConfig.from_checkpoint` reads the options of the run a checkpoint came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from tgs.errors import UserError, excerpt
+from tgs.io import atomic_open
+
+RECIPE = """the 9th-place recipe (2 GPUs):
+  torchrun --nproc_per_node=2 train.py --vtf --pretrained imagenet --loss-on-center --batch-size 32 \\
+      --optim adamw --learning-rate 5e-4 --lr-scheduler noam --basenet senet154 --max-epochs 250 \\
+      --data-fold fold0 --log-dir runs/fold0 --resume runs/fold0/checkpoints/last-checkpoint-fold0.pth
+(offline, --pretrained takes a local weights file, e.g. senet154-c7b49a05.pth, or none)"""
+
+SCHEDULERS = ("noam", "cos", "clr", "step", "plateau")
+AMP = ("none", "bf16", "fp16")
+OC = ("both", "center", "decoder", "none")
+SKIP = ("concat", "add", "max", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PSEUDO_SCHEDULES = ("mix", "pretrain")
+
+# options that are about this invocation, not the training: not written to config.yaml, not re-applied from it
+NOT_REPEATED = ("resume", "overwrite")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one field is given and checked. ``kind``: int, float, str, path, bool or choice; ``low``/``high``:
+    inclusive bounds unless ``open_low``/``open_high``; ``optional``: None (YAML ``null``) is allowed;
+    ``check(value)``: a further test returning the problem as text, or None."""
+
+    kind: str
+    help: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    optional: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+def opt(default, kind: str, help: str, **kw):
+    return field(default=default, metadata={"option": Option(kind, help, **kw)})
+
+
+def _fold_name(value: str) -> str | None:
+    from datasets.folds import parse_fold
+
+    try:
+        parse_fold(value)
+    except UserError as exc:
+        text = str(exc)
+        prefix = f"--data-fold {value!r} "
+        return text[len(prefix):] if text.startswith(prefix) else text
+    return None
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def _device(value: str) -> str | None:
+    return None if _DEVICE.match(value) else "is not a device: use auto, cpu, cuda or cuda:N"
+
+
+def _loss_spec(value: str) -> str | None:
+    from losses import parse_spec
+
+    try:
+        parse_spec(value)
+    except UserError as exc:
+        return f"is not a loss ({exc})"
+    return None
+
+
+def _weights(value: str) -> str | None:
+    if value in ("none", "imagenet") or Path(value).is_file():
+        return None
+    return "is not a file (give imagenet, none, or a local weights file)"
+
+
+# -- the sections -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataOptions:
+    data_dir: str = opt("data", "path", "dataset in Kaggle's layout")
+    data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name)
+    folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
+                                               "chunks", optional=True)
+    resize: bool = opt(False, "bool", "resize 101 -> input size instead of reflect-padding")
+    input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1)
+    disable_cutout: bool = opt(False, "bool", "no cutout augmentation")
+    no_augment: bool = opt(False, "bool", "no augmentation at all")
+    drop_mask_threshold: int = opt(0, "int", "drop training images whose mask has 1..N-1 salt pixels (tiny, "
+                                             "doubtful labels)", low=0)
+    dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0)
+    no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    basenet: str = opt("senet154", "str", "encoder: a timm model, a recipe alias (senet154, se_resnext50_32x4d, "
+                                          "...), unet, unet_nopool")
+    pretrained: str = opt("none", "str", "imagenet (timm), a local weights file, or none", check=_weights)
+    input_upsample: int = opt(2, "int", "up-sample the input before the encoder (recipe: 2)", choices=(1, 2, 4))
+    oc: str = opt("both", "choice", "object-context blocks in the centre and/or decoder blocks", choices=OC)
+    scse: bool = opt(False, "bool", "scSE attention in decoder blocks")
+    skip: str = opt("concat", "choice", "skip fusion", choices=SKIP)
+    center_channels: int = opt(256, "int", "width of the centre block", low=1)
+    decoder_channels: int = opt(64, "int", "width of each decoder block", low=1)
+    encoder_width: int = opt(64, "int", "base width of the from-scratch encoders", low=1)
+    dropout: float = opt(0.5, "float", "dropout of the heads", low=0.0, high=1.0, open_high=True)
+    sync_bn: bool = opt(False, "bool", "SyncBatchNorm under DDP")
+
+    def model_config(self, pretrained: bool = True):
+        """The architecture (:class:`models.ModelConfig`); ``pretrained=False`` leaves the weights random (a resumed
+        run loads its own)."""
+        import models
+
+        weights = None if (not pretrained or self.pretrained in ("", "none")) else self.pretrained
+        return models.ModelConfig(
+            encoder=self.basenet, pretrained=weights, input_upsample=self.input_upsample,
+            center_channels=self.center_channels, decoder_channels=self.decoder_channels,
+            oc_center=self.oc in ("both", "center"), oc_decoder=self.oc in ("both", "decoder"),
+            scse=self.scse, skip=self.skip, dropout=self.dropout, encoder_width=self.encoder_width)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    loss: str = opt("deep", "str", "deep (the recipe), lovasz, symmetric_lovasz, bce, dice, bce+dice, or weighted: "
+                                   "lovasz:0.7,bce:0.15,dice:0.15", check=_loss_spec)
+    image_loss_weight: float = opt(0.05, "float", "deep: weight of the image-level BCE", low=0.0)
+    aux_loss_weight: float = opt(0.1, "float", "deep: weight of each deep-supervision Lovasz", low=0.0)
+    final_loss_weight: float = opt(1.0, "float", "deep: weight of the final Lovasz", low=0.0)
+    loss_on_center: bool = opt(False, "bool", "loss on the central 101x101 only (pad mode)")
+
+    def criterion(self):
+        from losses import build_loss
+
+        kwargs = {}
+        if "deep" in self.loss:
+            kwargs = dict(image_weight=self.image_loss_weight, aux_weight=self.aux_loss_weight,
+                          final_weight=self.final_loss_weight)
+        return build_loss(self.loss, **kwargs)
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    batch_size: int = opt(32, "int", "per process", low=1)
+    val_batch_size: int = opt(0, "int", "0: same as --batch-size", low=0)
+    optim: str = opt("adamw", "choice", "optimiser", choices=OPTIMIZERS)
+    learning_rate: float = opt(5e-4, "float", "base learning rate", low=0.0, open_low=True)
+    weight_decay: float = opt(1e-4, "float", "weight decay", low=0.0)
+    momentum: float = opt(0.9, "float", "sgd", low=0.0, high=1.0, open_high=True)
+    gradient_accumulation: int = opt(1, "int", "batches per optimizer step", low=1)
+    lr_scheduler: str = opt("noam", "choice", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_epochs: int = opt(10, "int", "noam warm-up w", low=1)
+    cycle_epochs: int = opt(50, "int", "cos: epochs per restart cycle (a snapshot each)", low=1)
+    min_lr: float = opt(1e-6, "float", "cos/clr floor, plateau minimum", low=0.0)
+    step_epochs: int = opt(30, "int", "step: epochs between decays; clr: half cycle", low=1)
+    gamma: float = opt(0.1, "float", "step: decay factor", low=0.0, open_low=True)
+    plateau_patience: int = opt(10, "int", "plateau: epochs without a better metric before a decay", low=0)
+    plateau_factor: float = opt(0.5, "float", "plateau: decay factor", low=0.0, high=1.0, open_low=True,
+                                open_high=True)
+    max_epochs: int = opt(250, "int", "epochs to train", low=1)
+    early_stopping: int = opt(0, "int", "stop after N epochs without a better metric (0: off)", low=0)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/")
+    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True)
+    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)")
+    vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
+    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device)
+    amp: str = opt("none", "choice", "mixed precision", choices=AMP)
+    channels_last: bool = opt(False, "bool", "channels-last memory format")
+    compile: bool = opt(False, "bool", "torch.compile the model")
+    seed: int = opt(0, "int", "random seed", low=0)
+    comment: str = opt("", "str", "free text kept in config.yaml and checkpoints")
+    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0)
+
+
+SECTIONS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "loss": LossOptions,
+                             "optimisation": OptimOptions, "run": RunOptions}
+_ATTR = {"data": "data", "model": "model", "loss": "loss", "optimisation": "optim", "run": "run"}
+
+
+def options() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every option by name: (section title, its dataclass field)."""
+    out = {}
+    for title, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out[f.name] = (title, f)
+    return out
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def spec(name: str) -> Option:
+    return options()[name][1].metadata["option"]
+
+
+# -- checking one value -----------------------------------------------------------------------------------------
+def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
+    """``value`` of option ``name`` as its type, or a UserError ``{where}: {problem}``. ``text``: the value is a
+    command-line string (``"32"``), else a YAML/checkpoint value whose type must already be right (``2.5`` is no
+    batch size, ``"yes"`` no bool)."""
+    o = spec(name)
+
+    def bad(problem: str):
+        raise UserError(f"{where}: {problem}")
+
+    if value is None:
+        if o.optional:
+            return None
+        bad("a value is required")
+    kind = o.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        bad(f"{excerpt(value)} is not true or false")
+    if kind in ("int", "float"):
+        number_kind = kind
+        if text:
+            try:
+                value = int(value) if number_kind == "int" else float(value)
+            except ValueError:
+                bad(f"{excerpt(value)} is not {'an integer' if number_kind == 'int' else 'a number'}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                number_kind == "int" and not isinstance(value, int)):
+            bad(f"{excerpt(value)} is not {'an integer' if number_kind == 'int' else 'a number'}")
+        value = int(value) if number_kind == "int" else float(value)
+        if number_kind == "float" and not math.isfinite(value):
+            bad(f"{value} is not a finite number")
+    elif not isinstance(value, str):
+        bad(f"{excerpt(value)} is not a string")
+    if o.choices and value not in o.choices:
+        bad(f"{excerpt(value)} is not one of {', '.join(map(str, o.choices))}")
+    if o.low is not None and (value < o.low or (o.open_low and value == o.low)):
+        bad(f"must be {'>' if o.open_low else '>='} {o.low:g}, got {value:g}")
+    if o.high is not None and (value > o.high or (o.open_high and value == o.high)):
+        bad(f"must be {'<' if o.open_high else '<='} {o.high:g}, got {value:g}")
+    if o.check is not None:
+        problem = o.check(value)
+        if problem:
+            bad(f"{excerpt(value)} {problem}")
+    return value
+
+
+# -- the whole configuration ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    loss: LossOptions = field(default_factory=LossOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    def to_dict(self, repeated_only: bool = True) -> dict:
+        """Flat ``{option: value}`` of builtins, sorted (without ``resume``/``overwrite`` unless
+        ``repeated_only=False``)."""
+        out = {}
+        for attr in _ATTR.values():
+            out.update(dataclasses.asdict(getattr(self, attr)))
+        if repeated_only:
+            for key in NOT_REPEATED:
+                out.pop(key, None)
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: Mapping[str, str] | None = None,
+                  text: frozenset | set = frozenset()) -> "TrainConfig":
+        """A validated config from flat ``values`` (missing options take their defaults). ``where[name]`` says
+        where a value came from, for errors (default: its flag); names in ``text`` are command-line strings."""
+        where = dict(where or {})
+        known = options()
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise UserError(f"{where.get(unknown[0], unknown[0])}: unknown option{_did_you_mean(unknown[0])}")
+        parts: dict[str, dict] = {title: {} for title in SECTIONS}
+        for name, value in values.items():
+            title = known[name][0]
+            parts[title][name] = coerce(name, value, where.get(name, flag(name)), text=name in text)
+        cfg = cls(**{_ATTR[t]: SECTIONS[t](**kw) for t, kw in parts.items()})
+        cfg.check(lambda n: where.get(n, flag(n)))
+        return cfg
+
+    def check(self, where: Callable[[str], str] = flag) -> None:
+        """The checks that involve several options."""
+        if self.loss.loss_on_center and self.data.resize:
+            raise UserError(f"{where('loss_on_center')} needs reflect padding: it cannot be used with "
+                            f"{where('resize')}")
+        if self.run.resume and self.run.overwrite:
+            raise UserError(f"{where('overwrite')} starts afresh: it cannot be used with {where('resume')}")
+
+    def replace(self, **flat) -> "TrainConfig":
+        """A copy with some options changed (validated like any other value)."""
+        return TrainConfig.from_dict({**self.to_dict(repeated_only=False), **flat})
+
+    @classmethod
+    def from_checkpoint(cls, meta: Mapping, path: str | Path = "checkpoint") -> "TrainConfig":
+        """The options of the run a checkpoint's ``meta`` came from (older files: ``meta["options"]``); options it
+        does not record take their defaults, and keys this code does not know are ignored."""
+        legacy = {k: meta[k] for k in ("data_dir", "folds_file", "drop_mask_threshold", "comment") if k in meta}
+        stored = {**legacy, **(meta.get("config") or meta.get("options") or {})}  # older files: top-level keys
+        known = options()
+        values = {k: v for k, v in stored.items() if k in known and k not in NOT_REPEATED}
+        where = {k: f"{path}: stored option {k}" for k in values}
+        return cls.from_dict(values, where)
+
+    def differences(self, other: "TrainConfig", ignore: tuple = ()) -> list[str]:
+        """``name a -> b`` for each option whose value differs (``ignore``: names left out)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k} {a[k]!r} -> {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(options()), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# -- YAML files -------------------------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
+    """``--config FILE.yaml``: ``{option: (value, where)}``, keys as flag names with ``_`` or ``-``; an unknown key,
+    a file that is not a mapping or not YAML is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option: value")
+    known = options()
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        where = f"--config {path}, key {key}"
+        if name not in known:
+            raise UserError(f"--config {path}: unknown option {excerpt(key)}{_did_you_mean(name)}")
+        if name in NOT_REPEATED:
+            raise UserError(f"{where}: give {flag(name)} on the command line, not in a config file")
+        out[name] = (value, where)
+    return out
+
+
+def resolve(given: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """Defaults < ``config_file``'s keys < ``given`` (command-line strings, or True for a switch given)."""
+    values, where = {}, {}
+    if config_file:
+        for name, (value, w) in read_yaml(config_file).items():
+            values[name], where[name] = value, w
+    for name, value in given.items():
+        values[name], where[name] = value, flag(name)
+    text = {n for n, v in given.items() if isinstance(v, str)}
+    return TrainConfig.from_dict(values, where, text=text)
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write("# resolved configuration of this run; `python train.py --config THIS_FILE` repeats it\n")
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=True)

@@ -1,0 +1,173 @@
+"""What test.py does, from typed options: predict with checkpoints (or average saved probabilities, or merge
+out-of-fold files), post-process, write the submission and the probabilities as a pair, score out-of-fold
+predictions, print the kaggle submit line.
+
+Every model pads or resizes with its own checkpoint's input spec and comes back at 101x101
+(:func:`engine.predict.forward`, the code path of train.py's validation); probabilities are averaged in one
+running mean, one model in memory at a time (:mod:`engine.inference`). Post-processing is
+:mod:`tgs.postprocess`.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import distributed, inference
+from engine.config import TrainConfig
+from engine.layout import Outputs
+from tgs import metric, postprocess, runtime
+from tgs import probabilities as P
+from tgs.errors import UserError
+
+COMPETITION = "tgs-salt-identification-challenge"
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """test.py's options. Exactly one source: ``models``, ``from_probabilities`` or ``merge_oof``."""
+
+    output_prefix: str
+    post: postprocess.PostProcess
+    post_source: str = "defaults"
+    models: tuple = ()
+    from_probabilities: tuple = ()
+    merge_oof: tuple = ()
+    tta: bool = False
+    split: str = "test"
+    data_dir: str | None = None
+    data_fold: str | None = None
+    folds_file: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    amp: str = "none"
+    channels_last: bool = False
+    threads: int = 0
+    decode_threads: int = 0
+    no_cache: bool = False
+    message: str | None = None
+
+    @property
+    def outputs(self) -> Outputs:
+        return Outputs(self.output_prefix)
+
+    @property
+    def workers(self) -> int | None:
+        return self.decode_threads or None
+
+
+def fraction_empty(masks: np.ndarray) -> str:
+    empty = ~masks.reshape(len(masks), -1).any(axis=1)
+    return f"empty predictions: {empty.mean():.1%} ({int(empty.sum())} of {len(masks)})"
+
+
+def score_lines(masks, truth, ids_note: str) -> list[str]:
+    rep = metric.report(masks, truth)
+    return [f"out-of-fold score of {ids_note}:", *rep.lines()]
+
+
+def kaggle_line(csv: Path, message: str) -> str:
+    return f"kaggle competitions submit -c {COMPETITION} -f {shlex.quote(str(csv))} -m {shlex.quote(message)}"
+
+
+def describe(opts: PredictOptions, n_models: int) -> str:
+    what = f"{n_models} model{'s' if n_models != 1 else ''}{' + flip TTA' if opts.tta else ''}"
+    return f"{what}; {opts.post.describe()}"
+
+
+def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
+    """(image set, probs, image_probs, model names) from checkpoints."""
+    import models
+
+    runtime.setup_cpu(opts.threads)
+    device = distributed.resolve_device(opts.device)
+    first = models.read_checkpoint(opts.models[0])["meta"]
+    trained = TrainConfig.from_checkpoint(first, opts.models[0])
+    data_dir = opts.data_dir or trained.data.data_dir
+    t0 = time.perf_counter()
+    if opts.split == "valid":
+        fold = opts.data_fold or first.get("fold")
+        if not fold:
+            raise UserError(f"{opts.models[0]} does not record its fold; give --data-fold")
+        folds_file = opts.folds_file or trained.data.folds_file
+        data = inference.valid_set(data_dir, fold, folds_file, cache=not opts.no_cache, workers=opts.workers)
+    else:
+        data = inference.test_set(data_dir, cache=not opts.no_cache, workers=opts.workers)
+    timer.add("data", time.perf_counter() - t0)
+    print(f"{opts.split} set: {len(data)} images from {data_dir}{f' ({data.fold})' if data.fold else ''}; "
+          f"{len(opts.models)} models on {device}", flush=True)
+
+    def check(path, loaded):
+        fold = loaded.meta.get("fold")
+        if data.split == "valid" and fold is not None and fold != data.fold:
+            raise UserError(f"{path} was trained on {fold}, not {data.fold}: its out-of-fold images are another "
+                            f"fold's (predict each fold's validation images with that fold's models)")
+
+    t0 = time.perf_counter()
+    probs, image_probs, names, forward_s = inference.predict_models(
+        opts.models, data.images, device, batch_size=opts.batch_size, tta=opts.tta, amp=opts.amp,
+        channels_last=opts.channels_last, check=check, log=lambda s: print(s, flush=True))
+    timer.add("loading models", time.perf_counter() - t0 - forward_s)
+    timer.add("prediction", forward_s)
+    return data, probs, image_probs, names
+
+
+def from_probabilities(opts: PredictOptions, timer: inference.Timer) -> tuple:
+    t0 = time.perf_counter()
+    data, mean = inference.saved_predictions(opts.from_probabilities, opts.data_dir or "data",
+                                             cache=not opts.no_cache, workers=opts.workers)
+    timer.add("probabilities and data", time.perf_counter() - t0)
+    print(f"averaged {len(opts.from_probabilities)} probability files ({mean.split}, {len(data)} images)", flush=True)
+    return data, mean.probs, mean.image_probs, mean.models
+
+
+def merge(opts: PredictOptions, timer: inference.Timer) -> int:
+    t0 = time.perf_counter()
+    merged, data, n_train = inference.merged_oof(opts.merge_oof, opts.data_dir, cache=not opts.no_cache,
+                                                 workers=opts.workers)
+    npz = P.save(opts.outputs.npz, merged.ids, merged.probs, merged.image_probs, merged.models, "valid")
+    print(f"merged {len(opts.merge_oof)} out-of-fold files: {len(merged)} images -> {npz}")
+    if data is None:
+        print("(give --data-dir to order them as train.csv and score them)")
+        return 0
+    print(f"covers {len(data)} of the {n_train} training images{' (all of them)' if len(data) == n_train else ''}")
+    masks = postprocess.apply(merged.probs, merged.image_probs, data.images, opts.post)
+    print(f"post-processing: {opts.post.describe()} ({opts.post_source})")
+    print(fraction_empty(masks))
+    print("\n".join(score_lines(masks, data.masks, f"{len(data)} images")))
+    timer.add("merge", time.perf_counter() - t0)
+    print(f"search the post-processing: python score.py --search {shlex.quote(str(npz))} --truth "
+          f"{shlex.quote(str(Path(opts.data_dir) / 'train.csv'))}")
+    return 0
+
+
+def run(opts: PredictOptions) -> int:
+    timer = inference.Timer()
+    if opts.merge_oof:
+        return merge(opts, timer)
+    if opts.models:
+        data, probs, image_probs, names = predict_with_models(opts, timer)
+    else:
+        data, probs, image_probs, names = from_probabilities(opts, timer)
+
+    t0 = time.perf_counter()
+    masks = postprocess.apply(probs, image_probs, data.images, opts.post)
+    timer.add("post-processing", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    csv, npz = inference.write(opts.outputs, data.ids, probs, image_probs, masks, names, data.split,
+                               log=lambda s: print(s, flush=True))
+    timer.add("writing", time.perf_counter() - t0)
+    print(f"post-processing: {opts.post.describe()} ({opts.post_source})")
+    print(fraction_empty(masks))
+    print(f"wrote {csv} and {npz}")
+    if data.split == "valid":
+        print("\n".join(score_lines(masks, data.masks, f"{len(data)} images"
+                                    f"{f' of {data.fold}' if data.fold else ''}")))
+    print(timer.line())
+    if data.split == "test":
+        print("submit with:")
+        print(kaggle_line(csv, opts.message or describe(opts, len(names))))
+    return 0

@@ -1,0 +1,305 @@
+"""Reports of a training run or of saved probabilities: finding the inputs, computing (engine.report.stats),
+drawing (engine.report.plots) and writing the files. :func:`report_run` and :func:`report_probabilities` are what
+``report.py`` runs: they return an :class:`Outcome` (summary lines, files written, parts skipped)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from datasets import folds, kaggle
+from engine.config import TrainConfig, read_yaml
+from engine.inference import Ensemble
+from engine.layout import Outputs, RunLayout
+from engine.report.plots import plot_coverage, plot_learning_curves, plot_samples, plot_thresholds, write_csv
+from engine.report.stats import (as_levels, best_epochs, coverage_table, image_histograms, per_image, pixel_curves,
+                                 read_metrics, select_samples, threshold_sweep)
+from tgs import png, probabilities, submission
+from tgs.errors import DataError, UserError, few
+from tgs.probabilities import quantize
+
+# -- one validation set, every report ---------------------------------------------------------------------------
+@dataclass
+class Validation:
+    """Predictions of images with known masks: what the validation part of a report is made of."""
+
+    ids: np.ndarray  # (N,) str
+    q: np.ndarray  # (N, H, W) uint8 probability levels
+    truth: np.ndarray  # (N, H, W) bool
+    images: np.ndarray | None  # (N, H, W) uint8, None if not found
+    source: str  # where the predictions come from (for the summary)
+
+
+@dataclass
+class Outcome:
+    """What a report did: summary lines, files written, parts skipped (with the reason)."""
+
+    lines: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        out = list(self.lines)
+        if self.written:
+            out += ["wrote:"] + [f"  {p}" for p in self.written]
+        out += [f"skipped: {s}" for s in self.skipped]
+        return "\n".join(out)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    shown = table.drop(columns=["lower", "upper"])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def report_validation(v: Validation, out_dir: Path, prefix: str, threshold: float = 0.5, samples: int = 6,
+                      seed: int = 0, outcome: Outcome | None = None, notes: Sequence[str] = ()) -> Outcome:
+    """Threshold curves, coverage bins, sample grid and their CSVs for one validation set, files named
+    ``out_dir/PREFIX-*``; summary lines added to ``outcome`` (``notes`` after the metric at the threshold)."""
+    outcome = outcome or Outcome()
+    if len(v.ids) == 0:
+        raise UserError(f"{v.source}: no images to report on")
+    hist = image_histograms(v.q, v.truth)
+    curves, sweep = pixel_curves(v.q, v.truth, hist), threshold_sweep(v.q, v.truth, hist)
+    table_images = per_image(v.ids, v.q, v.truth, threshold)
+    best_images = per_image(v.ids, v.q, v.truth, sweep.best_threshold)
+    table = coverage_table(table_images)
+    table["score_best"] = coverage_table(best_images)["score"]
+    groups = select_samples(table_images, samples, seed)
+    frame = curves.frame().merge(sweep.frame(), on="threshold")
+    shown = pd.concat([table_images.iloc[g.index].assign(group=g.name, rank=np.arange(1, len(g.index) + 1))
+                       for g in groups])[["group", "rank", "id", "score", "iou", "coverage", "pred_area"]]
+    name = (lambda s: out_dir / f"{prefix}-{s}")
+    w = outcome.written
+    w.append(plot_thresholds(curves, sweep, threshold, name("thresholds.png"),
+                             f"{v.source}: {len(v.ids)} images"))
+    w.append(write_csv(frame, name("threshold-sweep.csv")))
+    w.append(plot_coverage(table, name("coverage.png"), threshold, sweep.best_threshold,
+                           f"{v.source}: metric by mask coverage"))
+    w.append(write_csv(table, name("coverage-bins.csv")))
+    if samples > 0:
+        w.append(plot_samples(v.images, v.truth, v.q, table_images, groups, threshold, name("samples.png"),
+                              f"{v.source}: worst, best and random (seed {seed}) images"))
+        w.append(write_csv(shown, name("samples.csv")))
+    else:
+        outcome.skipped.append("the sample grid (--samples 0)")
+    w.append(write_csv(table_images.assign(score_best=best_images["score"]), name("per-image.csv")))
+    outcome.lines += [
+        f"validation: {len(v.ids)} images, {v.source}",
+        f"  metric at threshold {threshold:.2f}: {sweep.at(threshold):.4f}",
+        *notes,
+        f"  best threshold {sweep.best_threshold:.3f} (prob > {sweep.best_threshold:.3f}): {sweep.best_score:.4f}",
+        f"  salt pixels: ROC AUC {curves.roc_auc:.4f}, average precision {curves.average_precision:.4f}",
+        f"metric by mask coverage (score at {threshold:.2f}, score_best at {sweep.best_threshold:.3f}):",
+        *("  " + line for line in format_table(table).splitlines()),
+    ]
+    if v.images is None and samples > 0:
+        outcome.skipped.append("the images column of the sample grid: training images not found (pass --data-dir)")
+    return outcome
+
+
+# -- inputs: saved probabilities --------------------------------------------------------------------------------
+def images_folder(truth: Path | None, data_dir: Path | None) -> Path | None:
+    """Where the training images of a truth source live: DATA/train/images next to DATA/train.csv or to
+    DATA/train/masks, or under --data-dir."""
+    if data_dir is not None:
+        return Path(data_dir) / "train" / "images"
+    return None if truth is None else submission.images_beside(truth)
+
+
+def read_images(folder: Path | None, ids: np.ndarray) -> np.ndarray | None:
+    """The images of ``ids`` from a folder of PNGs, or None when the folder lacks any of them."""
+    if folder is None or not folder.is_dir():
+        return None
+    if not np.isin(ids, list(png.stems(folder))).all():
+        return None
+    return png.read_pngs(folder, ids, "image")
+
+
+def align_truth(ids: np.ndarray, truth_ids: np.ndarray, source: str, truth_source: str) -> np.ndarray:
+    """Rows of ``truth_ids`` holding each of ``ids``; an id without truth is an error."""
+    where = pd.Index(truth_ids).get_indexer(ids)
+    if (where < 0).any():
+        missing = ids[where < 0]
+        raise DataError(f"{source}: {len(missing)} of its {len(ids)} ids have no true mask in {truth_source}: "
+                        f"{few(missing, 3)}")
+    return where
+
+
+def validation_from_npz(path: Path, truth: Path | None = None, data_dir: Path | None = None,
+                        train=None) -> Validation:
+    """A probabilities file against true masks (train.csv, a mask folder, --data-dir, or a loaded TrainSet)."""
+    p = probabilities.load(path)
+    source = f"{path} (split {p.split}{', ' + str(len(p.models)) + ' models' if len(p.models) > 1 else ''})"
+    if train is not None:
+        rows = align_truth(p.ids, train.ids, str(path), f"the training set {data_dir}")
+        return Validation(p.ids, as_levels(p.probs), train.masks[rows], train.images[rows], source)
+    if truth is None:
+        if data_dir is None:
+            raise UserError(f"{path}: say where the true masks are: --truth DATA/train.csv (or DATA/train/masks), "
+                            "or --data-dir DATA")
+        truth = Path(data_dir) / "train.csv"
+    truth_ids, masks = submission.read_truth(truth)
+    rows = align_truth(p.ids, truth_ids, str(path), str(truth))
+    masks = masks[rows]
+    if masks.shape[1:] != p.probs.shape[1:]:
+        raise DataError(f"{path}: probabilities are {p.probs.shape[1:]}, the masks of {truth} {masks.shape[1:]}")
+    return Validation(p.ids, as_levels(p.probs), masks, read_images(images_folder(truth, data_dir), p.ids), source)
+
+
+def report_probabilities(npz: Path, truth: Path | None = None, data_dir: Path | None = None,
+                         out_dir: Path | None = None, threshold: float = 0.5, samples: int = 6,
+                         seed: int = 0) -> Outcome:
+    """``report.py --probabilities F.npz --truth DATA/train.csv``: the validation report of saved predictions,
+    written next to the file (or into ``out_dir``), file names starting with the file's name."""
+    npz = Path(npz)
+    v = validation_from_npz(npz, truth, data_dir)
+    return report_validation(v, Path(out_dir) if out_dir else npz.parent, Outputs.name_of(npz), threshold, samples,
+                             seed)
+
+
+# -- inputs: a run folder ----------------------------------------------------------------------------------------
+MODEL_KINDS = ("best-metric", "last")
+
+
+def find_checkpoint(layout: RunLayout | None) -> Path | None:
+    """``models/best-metric-FOLD.pth``, else ``models/last-FOLD.pth``; None if none."""
+    if layout is None:
+        return None
+    return next((layout.model(k) for k in MODEL_KINDS if layout.model(k).is_file()), None)
+
+
+def find_valid_probabilities(run: Path) -> list[Path]:
+    """``*-probabilities.npz`` files in the run folder whose split is ``valid``, newest first."""
+    found = []
+    for path in run.glob("*-probabilities.npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "split" in z.files and str(z["split"]) == "valid":
+                    found.append(path)
+        except (OSError, ValueError, EOFError):
+            continue
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def predict_levels(loaded, images: np.ndarray, device, tta: bool | None = None,
+                   batch_size: int = 32) -> tuple[np.ndarray, bool]:
+    """Run a loaded checkpoint (:func:`models.load`) over uint8 images (N, 101, 101) as test.py does
+    (:class:`engine.inference.Ensemble` of one model): (probability levels uint8 (N, 101, 101), whether flip TTA was
+    used; by default as the run validated, its ``--vtf``)."""
+    import torch
+
+    if tta is None:
+        tta = TrainConfig.from_checkpoint(loaded.meta).run.vtf
+    ens = Ensemble(len(images))
+    ens.add_model(loaded.model, loaded.input_spec, np.ascontiguousarray(images), torch.device(device),
+                  batch_size=batch_size, tta=tta)
+    return quantize(ens.result()[0]), tta
+
+
+def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, data_dir: Path | None = None,
+               folds_file: Path | None = None, out_dir: Path | None = None, threshold: float = 0.5,
+               samples: int = 6, seed: int = 0, device: str = "auto", tta: bool | None = None,
+               batch_size: int = 32) -> Outcome:
+    """``report.py RUN``: learning curves from ``RUN/metrics.csv`` and the validation report of the fold, from the
+    run's best model (``source='model'``), from a ``*-probabilities.npz`` of split 'valid' in the run folder
+    (``'npz'``), or (``'auto'``) from such a file when it is newer than the model, else the model.
+
+    What is missing is skipped with a note (a run still training may have one epoch and no model yet); a folder
+    with neither metrics nor predictions is a UserError that says how to make them.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist (train into it with `python train.py --data-dir DATA "
+                        f"--log-dir {run}`)")
+    out_dir = Path(out_dir) if out_dir else run
+    outcome = Outcome()
+    layout = RunLayout.discover(run)
+    metrics_df = read_metrics(run / "metrics.csv")
+    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(layout)
+    if checkpoint and not ckpt.is_file():
+        raise UserError(f"--checkpoint {ckpt} does not exist")
+    npzs = find_valid_probabilities(run) if source in ("auto", "npz") else []
+    if source == "npz" and not npzs:
+        raise UserError(f"{run}: no *-probabilities.npz with split 'valid' (write one with test.py's --split valid, "
+                        "or use --source model)")
+    use_npz = npzs[0] if npzs and (source == "npz" or ckpt is None
+                                   or npzs[0].stat().st_mtime >= ckpt.stat().st_mtime) else None
+    use_model = ckpt if use_npz is None and source in ("auto", "model") else None
+    if source == "model" and ckpt is None:
+        raise UserError(f"{run}: no models/best-metric-*.pth or models/last-*.pth to predict with (they appear "
+                        "after the first epoch of `python train.py --log-dir RUN`)")
+    if (metrics_df is None or metrics_df.empty) and use_npz is None and use_model is None:
+        raise UserError(
+            f"{run} has nothing to report: no metrics.csv rows, no models/best-metric-*.pth or models/last-*.pth, "
+            f"no *-probabilities.npz of split 'valid'; train into it with `python train.py --data-dir DATA "
+            f"--log-dir {run}` (both appear after the first epoch), or report saved predictions with "
+            f"`python report.py --probabilities FILE.npz --truth DATA/train.csv`")
+
+    # the inputs of the validation report, checked before anything is written
+    loaded, dev, data, cfg = None, None, None, None
+    if use_model is not None:
+        import models
+        from engine.distributed import resolve_device
+
+        dev = resolve_device(device)
+        loaded = models.load(use_model, device=dev)
+        cfg = TrainConfig.from_checkpoint(loaded.meta, use_model)
+    elif layout is not None and layout.config.is_file():
+        stored = read_yaml(layout.config)
+        cfg = TrainConfig.from_dict({k: v for k, (v, _) in stored.items()}, {k: w for k, (_, w) in stored.items()})
+    if use_npz is not None or use_model is not None:
+        stored = cfg.data.data_dir if cfg is not None else None
+        data = Path(data_dir) if data_dir else (Path(stored) if stored else None)
+        if data is None:
+            raise UserError(f"{run}: the run does not say where its data is; pass --data-dir DATA")
+        if not data.is_dir():
+            if data_dir:
+                raise UserError(f"--data-dir {data} does not exist")
+            raise UserError(f"data folder {data} (from {use_model or run / 'config.yaml'}) does not exist; "
+                            "pass --data-dir DATA")
+
+    # learning curves
+    if metrics_df is None:
+        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} does not exist")
+    elif metrics_df.empty:
+        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} has no epochs yet")
+    else:
+        best = best_epochs(metrics_df)
+        outcome.written.append(plot_learning_curves(metrics_df, best, out_dir / "learning-curves.png",
+                                                    f"{run}: {best.epochs} epochs"))
+        outcome.lines.append(f"run {run}: {best.epochs} epochs (last {best.last_epoch})")
+        if best.metric_epoch is not None:
+            loss = (f"; best validation loss {best.loss:.4f} at epoch {best.loss_epoch}"
+                    if best.loss_epoch is not None else "")
+            outcome.lines.append(f"  best epoch {best.metric_epoch}: validation metric {best.metric:.4f}{loss}")
+
+    # validation predictions
+    if data is None:
+        outcome.skipped.append(f"validation plots: no models/best-metric-*.pth or models/last-*.pth in {run} and no "
+                               "*-probabilities.npz of split 'valid' yet (a model appears after the first epoch)")
+        return outcome
+    notes = []
+    if npzs and use_npz is None:
+        outcome.lines.append(f"ignored {npzs[0].name}: older than {ckpt.name} (--source npz uses it)")
+    train = kaggle.load_train(data)
+    if use_npz is not None:
+        v = validation_from_npz(use_npz, data_dir=data, train=train)
+        if len(npzs) > 1:
+            outcome.lines.append(f"(the newest of {len(npzs)} validation probability files: "
+                                 f"{few((p.name for p in npzs), 3)})")
+    else:
+        meta = loaded.meta
+        fold = meta.get("fold") or cfg.data.data_fold
+        ff = folds_file or cfg.data.folds_file
+        _, rows = folds.split(train.ids, fold, ff)
+        q, used_tta = predict_levels(loaded, train.images[rows], dev, tta, batch_size)
+        epoch = meta.get("epoch")
+        v = Validation(train.ids[rows], q, train.masks[rows], train.images[rows],
+                       f"{fold} predicted by {use_model.name} (epoch {epoch}{', flip TTA' if used_tta else ''})")
+        own = (meta.get("metrics") or {}).get("val_metric")
+        if own is not None:
+            notes.append(f"  during training (epoch {epoch}, unquantised probabilities > 0.5): {own:.4f}")
+    return report_validation(v, out_dir, "valid", threshold, samples, seed, outcome, notes)

@@ -1,0 +1,489 @@
+"""Training one fold from a :class:`engine.config.TrainConfig`: one function per phase.
+
+``run(cfg)`` = :func:`setup` (data, model, loss, optimiser, schedule, resume) -> :func:`fit` (per epoch
+:func:`train_one_epoch`, :func:`evaluate`, :func:`save_epoch`). The files of the run folder are named by
+:class:`engine.layout.RunLayout`; the checkpoint set is written by :class:`engine.saver.CheckpointSaver` (each
+state once, best names linked, consistent after a kill at any moment).
+
+Promises:
+- a fresh run into a folder that holds a run is refused (``--resume`` it, ``--overwrite`` it, or use another);
+- ``--resume`` continues exactly (on the CPU with a fixed seed, bit for bit) and only on the same data and the same
+  training-defining options (a data fingerprint and the options are stored in every checkpoint);
+- a non-finite training loss, validation loss, output or weight stops the run before anything of that epoch is
+  saved: the last finite state stays the last checkpoint;
+- every file is written atomically by rank 0 only; validation shards the fold's images over the ranks and gathers
+  per-image counts, so the metric equals a single-process run's.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+import models
+from datasets import augment, folds, kaggle
+from datasets.torchdata import SaltDataset
+from engine import distributed, logs, predict, schedulers
+from engine.config import TrainConfig, save_yaml
+from engine.distributed import DistInfo
+from engine.layout import RunLayout
+from engine.saver import CheckpointSaver
+from tgs import metric, runtime
+from tgs.errors import UserError, few
+from tgs.inputs import InputSpec
+from tgs.io import atomic_open
+
+KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
+# options that may change when a run is resumed: where and how fast it runs, and how long it trains
+RESUMABLE_CHANGES = ("max_epochs", "early_stopping", "device", "threads", "dataload_workers_nums", "no_cache",
+                     "compile", "comment", "log_dir", "data_dir", "val_batch_size", "amp", "channels_last")
+
+
+class TrainingError(UserError):
+    """The run cannot go on (e.g. the loss became NaN); the message says what is left on disk."""
+
+
+@dataclass
+class RunState:
+    """Everything about the run's progress that a resume must restore."""
+
+    epoch: int = -1  # last finished epoch
+    step: int = 0  # optimiser steps so far
+    best: dict = field(default_factory=lambda: {"metric": -math.inf, "loss": math.inf, "accuracy": -math.inf})
+    best_epoch: dict = field(default_factory=lambda: {"metric": -1, "loss": -1, "accuracy": -1})
+    since_best_metric: int = 0
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": dict(self.best), "best_epoch": dict(self.best_epoch),
+                "since_best_metric": self.since_best_metric, "history": list(self.history)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(int(d["epoch"]), int(d["step"]), dict(d["best"]), dict(d["best_epoch"]),
+                   int(d["since_best_metric"]), list(d["history"]))
+
+
+@dataclass
+class Context:
+    cfg: TrainConfig
+    info: DistInfo
+    spec: InputSpec
+    model: torch.nn.Module  # possibly DDP / compiled
+    core: torch.nn.Module  # the plain model (for saving)
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    train_set: SaltDataset
+    train_loader: DataLoader
+    train_sampler: DistributedSampler
+    valid_images: np.ndarray
+    valid_masks: np.ndarray
+    layout: RunLayout
+    saver: CheckpointSaver
+    state: RunState
+    data_fingerprint: str = ""
+    writer: object = None
+
+    @property
+    def fold(self) -> str:
+        return self.cfg.data.data_fold
+
+
+# -- setup ----------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def input_spec(cfg: TrainConfig) -> InputSpec:
+    return InputSpec(mode="resize" if cfg.data.resize else "pad", size=cfg.data.input_size)
+
+
+def build_criterion(cfg: TrainConfig):
+    return cfg.loss.criterion()
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optim == "sgd":
+        return torch.optim.SGD(params, lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.optim == "adam":
+        return torch.optim.Adam(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer):
+    o = cfg.optim
+    return schedulers.build(o.lr_scheduler, optimizer, base_lr=o.learning_rate, warmup=o.warmup_epochs,
+                            cycle=o.cycle_epochs, min_lr=o.min_lr, step_epochs=o.step_epochs, gamma=o.gamma,
+                            patience=o.plateau_patience, factor=o.plateau_factor)
+
+
+def load_split(cfg: TrainConfig):
+    """The training set and the fold's (train, valid) rows (:func:`datasets.folds.training_rows`)."""
+    d = cfg.data
+    train = kaggle.load_train(d.data_dir, cache=not d.no_cache, workers=None)
+    tr, va = folds.training_rows(train.ids, train.masks, d.data_fold, d.folds_file, d.drop_mask_threshold)
+    return train, tr, va
+
+
+def read_resume(cfg: TrainConfig) -> dict | None:
+    """The checkpoint to resume from, checked: training state present, same fold."""
+    path = cfg.run.resume
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise UserError(f"--resume {path} does not exist (a missing resume file never starts a fresh run)")
+    raw = models.read_checkpoint(path)
+    if raw.get("extra") is None:
+        raise UserError(f"--resume {path} is a model file without training state; resume from a "
+                        "checkpoints/*-checkpoint-*.pth file")
+    fold = raw["meta"].get("fold")
+    if fold not in (None, cfg.data.data_fold):
+        raise UserError(f"--resume {path} is from {fold}, not --data-fold {cfg.data.data_fold}")
+    return raw
+
+
+def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str) -> None:
+    """A resumed run goes on only with the same data and the same training-defining options."""
+    path = cfg.run.resume
+    stored = raw["meta"].get("data_fingerprint")
+    if stored is not None and stored != fingerprint:
+        raise UserError(f"--resume {path} was trained on other data than {cfg.data.data_dir} (its data fingerprint "
+                        f"{stored} is not {fingerprint}); start afresh with --overwrite or use another --log-dir")
+    before = TrainConfig.from_checkpoint(raw["meta"], path)
+    diff = before.differences(cfg, ignore=RESUMABLE_CHANGES)
+    if diff:
+        raise UserError(f"--resume {path} was trained with other options ({few(diff, 3)}); resume with the same "
+                        "options, or start afresh with --overwrite or another --log-dir")
+
+
+def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
+    """A fresh run may only start in a folder without a run, or with ``--overwrite`` (which removes the old run's
+    files first, so old and new models never mix)."""
+    if cfg.run.resume or not layout.holds_run():
+        return
+    if not cfg.run.overwrite:
+        last = sorted(layout.checkpoints.glob("last-checkpoint-*.pth")) if layout.checkpoints.is_dir() else []
+        resume = f"--resume {last[0]}" if last else "--resume CHECKPOINT"
+        raise UserError(f"--log-dir {layout.root} already holds a run ({len(layout.run_files())} files); continue "
+                        f"it with {resume}, start afresh with --overwrite (removes them), or choose a new --log-dir")
+    if info.is_main:
+        for p in layout.run_files():
+            p.unlink()
+        logs.info(f"--overwrite: removed the previous run's files in {layout.root}")
+    distributed.barrier(info)
+
+
+def setup(cfg: TrainConfig, info: DistInfo) -> Context:
+    runtime.setup_cpu(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if cfg.model.sync_bn and info.device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
+    claim_log_dir(cfg, layout, info)
+    spec = input_spec(cfg)
+    criterion = build_criterion(cfg)
+    resume = read_resume(cfg)
+    core = models.build_model(cfg.model.model_config(pretrained=resume is None))
+
+    train, tr, va = load_split(cfg)
+    fingerprint = train.fingerprint()
+    if resume is not None:
+        check_resume_matches(cfg, resume, fingerprint)
+        try:
+            core.load_state_dict(resume["state_dict"])
+        except RuntimeError as exc:
+            raise UserError(f"--resume {cfg.run.resume} does not fit the model of these options: "
+                            f"{str(exc).splitlines()[0]}") from None
+    core.to(info.device)
+    if cfg.run.channels_last:
+        core.to(memory_format=torch.channels_last)
+    model = core
+    if info.enabled:
+        if cfg.model.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            core = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.run.compile:
+        model = torch.compile(model)
+
+    optimizer = build_optimizer(cfg, core.parameters())
+    scheduler = build_scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.run.amp == "fp16")
+
+    d = cfg.data
+    transform = None if d.no_augment else augment.recipe(mean=float(train.images[tr].mean()),
+                                                         cutout=not d.disable_cutout)
+    train_set = SaltDataset(train.images[tr], train.masks[tr], transform, seed=cfg.run.seed)
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.run.seed, drop_last=False)
+    bs = cfg.optim.batch_size
+    loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=d.dataload_workers_nums,
+                        pin_memory=info.device.type == "cuda", drop_last=len(train_set) // info.world_size > bs)
+
+    state = RunState()
+    if resume is not None:
+        extra = resume["extra"]
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        if extra.get("scaler"):
+            scaler.load_state_dict(extra["scaler"])
+        state = RunState.from_dict(extra["state"])
+        torch.set_rng_state(extra["rng"]["torch"])
+        if info.device.type == "cuda" and extra["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(extra["rng"]["cuda"][0], info.device)
+
+    saver = CheckpointSaver(layout)
+    ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
+                  train.images[va], train.masks[va], layout, saver, state, fingerprint)
+    if info.is_main:
+        saver.prepare()
+        if resume is not None:
+            mended = saver.restore(state.epoch, state.best_epoch, _snapshot_epoch(ctx, state.epoch))
+            if mended:
+                logs.info(f"restored {len(mended)} files of epoch {state.epoch} from its last checkpoint: "
+                          f"{few(mended, 3)}")
+        save_yaml(cfg, layout.config)
+        from torch.utils.tensorboard import SummaryWriter
+
+        ctx.writer = SummaryWriter(log_dir=str(layout.root))
+    logs.info(f"fold {d.data_fold}: {len(tr)} training, {len(va)} validation images; "
+              f"{spec.mode} {spec.source}->{spec.size}; {cfg.model.basenet}; device {info.device}"
+              f"{f' x{info.world_size} processes' if info.enabled else ''}"
+              f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
+    return ctx
+
+
+def _snapshot_epoch(ctx: Context, epoch: int) -> int | None:
+    """``epoch`` when the schedule saves a snapshot at its end (the end of a cosine cycle), else None."""
+    if epoch < 0:
+        return None
+    lam = getattr(ctx.scheduler, "lr_lambdas", [None])[0]
+    return epoch if isinstance(lam, schedulers.CosineRestarts) and lam.cycle_ends(epoch) else None
+
+
+# -- one epoch ------------------------------------------------------------------------------------------------------
+def to_model_targets(out: dict, masks: torch.Tensor, spec: InputSpec, loss_on_center: bool):
+    if loss_on_center:  # pad mode: outputs cropped to the image's 101x101, where the masks already are
+        return predict.crop_to_source(out, spec), (masks > 0).float()
+    return out, spec.encode_masks(masks)
+
+
+class PartsMean:
+    """Batch-size-weighted means of a criterion's named parts (``last_parts``) over an epoch, kept on the device
+    until the end (no synchronisation per batch)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, parts: dict, n: int) -> None:
+        for k, v in parts.items():
+            v = v.detach().double() * n
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += n
+
+    def means(self, info: DistInfo, prefix: str) -> dict:
+        local = ({k: float(v) for k, v in self.sums.items()}, self.count)
+        gathered = distributed.all_gather_objects(local, info)
+        total = sum(c for _, c in gathered)
+        keys = sorted({k for s, _ in gathered for k in s})
+        return {f"{prefix}_{k.replace('/', '.')}": sum(s.get(k, 0.0) for s, _ in gathered) / max(total, 1)
+                for k in keys}
+
+
+def _diverged(what: str, value, ctx: Context, where: str) -> TrainingError:
+    return TrainingError(f"the {what} became {value} at {where}, step {ctx.state.step}; stopped "
+                         f"({ctx.saver.describe()})")
+
+
+def train_step(ctx: Context, images: torch.Tensor, masks: torch.Tensor, stepping: bool = True,
+               where: str = "") -> torch.Tensor:
+    """Forward and backward of one batch (uint8 images and bool masks (B, 1, 101, 101) on the device), then an
+    optimiser step when ``stepping`` (else the gradients accumulate, without a DDP all-reduce). Returns the
+    batch's loss, detached. A non-finite loss on any rank stops training with a TrainingError naming ``where``."""
+    cfg, info = ctx.cfg, ctx.info
+    x = ctx.spec.encode_images(images)
+    if cfg.run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    skip_sync = info.enabled and not stepping and hasattr(ctx.model, "no_sync")
+    with ctx.model.no_sync() if skip_sync else contextlib.nullcontext():  # all-reduce only when stepping
+        with predict.autocast(info.device, cfg.run.amp):
+            out = ctx.model(x)
+        out, y = to_model_targets(out, masks, ctx.spec, cfg.loss.loss_on_center)
+        loss = ctx.criterion(out, y)
+        if not distributed.all_true(bool(torch.isfinite(loss.detach())), info):
+            raise _diverged("loss", loss.item(), ctx, where)
+        ctx.scaler.scale(loss / cfg.optim.gradient_accumulation).backward()
+    if stepping:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.state.step += 1
+    return loss.detach()
+
+
+def train_one_epoch(ctx: Context, epoch: int) -> dict:
+    info = ctx.info
+    ctx.model.train()
+    ctx.train_sampler.set_epoch(epoch)
+    ctx.train_set.set_epoch(epoch)
+    accum = ctx.cfg.optim.gradient_accumulation
+    parts = PartsMean()
+    n_batches = len(ctx.train_loader)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    bar = logs.progress(ctx.train_loader, info, desc=f"train {epoch}", total=n_batches)
+    for i, (images, masks, _) in enumerate(bar):
+        images = images.to(info.device, non_blocking=True)
+        masks = masks.to(info.device, non_blocking=True)
+        stepping = (i + 1) % accum == 0 or i + 1 == n_batches
+        loss = train_step(ctx, images, masks, stepping, where=f"epoch {epoch}, batch {i}")
+        parts.add({**getattr(ctx.criterion, "last_parts", {}), "loss": loss}, len(images))
+        if not bar.disable:
+            bar.set_postfix(loss=f"{float(parts.sums['loss']) / max(parts.count, 1):.4f}")
+    out = parts.means(info, "train")
+    return {"train_loss": out.pop("train_loss"), **out}
+
+
+@torch.no_grad()
+def evaluate(ctx: Context, epoch: int) -> dict:
+    """Validation loss, competition metric and pixel accuracy on the fold's images, at 101x101."""
+    cfg, info = ctx.cfg, ctx.info
+    ctx.model.eval()
+    shard = np.arange(info.rank, len(ctx.valid_images), info.world_size)  # each image on exactly one rank
+    bs = cfg.optim.val_batch_size or cfg.optim.batch_size
+    batches = predict.batches([ctx.valid_images[shard], ctx.valid_masks[shard]], bs, info.device)
+    evaluator, parts, correct, finite = metric.SaltEvaluator(), PartsMean(), 0, True
+    grid = None
+    for _, (images, masks) in logs.progress(batches, info, desc=f"valid {epoch}", total=math.ceil(len(shard) / bs)):
+        pred = predict.forward(ctx.model, ctx.spec, images, tta=cfg.run.vtf, amp=cfg.run.amp,
+                               channels_last=cfg.run.channels_last)
+        finite &= bool(torch.isfinite(pred.probs).all())
+        out, y = to_model_targets(pred.outputs, masks, ctx.spec, cfg.loss.loss_on_center)
+        loss = ctx.criterion(out, y)
+        parts.add({**getattr(ctx.criterion, "last_parts", {}), "loss": loss}, len(images))
+        hard = (pred.probs > 0.5)[:, 0].cpu().numpy()
+        truth = masks[:, 0].cpu().numpy()
+        evaluator.process(hard, truth)
+        correct += int((hard == truth).sum())
+        if grid is None:
+            grid = (images[:8].float().cpu() / 255, masks[:8].float().cpu(), pred.probs[:8].cpu())
+    if not distributed.all_true(finite, info):
+        raise _diverged("validation output", "non-finite", ctx, f"epoch {epoch}")
+    local = (shard, *evaluator.counts(), correct)
+    gathered = distributed.all_gather_objects(local, info)
+    order = np.argsort(np.concatenate([p[0] for p in gathered]))
+    rep = metric.summarize(*(np.concatenate([p[i] for p in gathered])[order] for i in (1, 2, 3)))
+    n = len(ctx.valid_images)
+    losses = parts.means(info, "val")
+    if not math.isfinite(losses["val_loss"]):
+        raise _diverged("validation loss", losses["val_loss"], ctx, f"epoch {epoch}")
+    return {"val_loss": losses.pop("val_loss"), "val_metric": rep.score,
+            "val_accuracy": sum(p[4] for p in gathered) / (n * ctx.spec.source ** 2),
+            "val_empty_score": rep.empty_score, "val_salt_score": rep.nonempty_score, **losses, "_grid": grid}
+
+
+# -- saving ---------------------------------------------------------------------------------------------------------
+def resume_state(ctx: Context) -> dict:
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": [torch.cuda.get_rng_state(ctx.info.device)] if ctx.info.device.type == "cuda" else None}
+    return {"optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+            "scaler": ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None, "state": ctx.state.to_dict(),
+            "rng": rng}
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
+    meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
+            "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint}
+    ctx.saver.save(ctx.core, ctx.spec, meta, resume_state(ctx), improved, _snapshot_epoch(ctx, epoch))
+
+
+def write_metrics(ctx: Context) -> None:
+    with atomic_open(ctx.layout.metrics, "w", newline="") as fh:
+        pd.DataFrame(ctx.state.history).to_csv(fh, index=False, float_format="%.6g")
+
+
+def log_tensorboard(ctx: Context, row: dict, grid) -> None:
+    w = ctx.writer
+    if w is None:
+        return
+    e = row["epoch"]
+    for k, v in row.items():
+        if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+            w.add_scalar(k.replace("_", "/", 1), v, e)
+    if grid is not None:
+        image, truth, prob = grid
+        w.add_images("valid/image", image, e)
+        w.add_images("valid/truth", truth, e)
+        w.add_images("valid/probability", prob, e)
+    w.flush()
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+def fit(ctx: Context) -> RunState:
+    cfg, info, state = ctx.cfg, ctx.info, ctx.state
+    for epoch in range(state.epoch + 1, cfg.optim.max_epochs):
+        if cfg.optim.early_stopping and state.since_best_metric >= cfg.optim.early_stopping:
+            logs.info(f"early stopping: no better metric for {state.since_best_metric} epochs", info)
+            break
+        t0 = time.time()
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "lr": lr, **train_one_epoch(ctx, epoch), **evaluate(ctx, epoch)}
+        grid = row.pop("_grid")
+        if not distributed.all_true(weights_finite(ctx.core), info):
+            raise _diverged("model's weights", "non-finite", ctx, f"epoch {epoch}")
+        row["time_s"] = time.time() - t0
+        improved = []
+        for kind, better in KINDS.items():
+            value = row[f"val_{kind}"]
+            if better(value, state.best[kind]):
+                state.best[kind], state.best_epoch[kind] = value, epoch
+                improved.append(kind)
+        state.since_best_metric = 0 if "metric" in improved else state.since_best_metric + 1
+        schedulers.step(ctx.scheduler, row["val_metric"])
+        state.epoch = epoch
+        state.history.append(row)
+        if info.is_main:
+            save_epoch(ctx, epoch, row, improved)
+            write_metrics(ctx)
+            log_tensorboard(ctx, row, grid)
+            star = " *" if "metric" in improved else ""
+            logs.info(f"epoch {epoch:3d}  lr {lr:.2e}  train loss {row['train_loss']:.4f}  val loss "
+                      f"{row['val_loss']:.4f}  metric {row['val_metric']:.4f}{star}  accuracy "
+                      f"{row['val_accuracy']:.4f}  {row['time_s']:.0f}s")
+    return state
+
+
+def run(cfg: TrainConfig) -> int:
+    info = distributed.setup(cfg.run.device)
+    logs.set_rank(info.rank)
+    try:
+        ctx = setup(cfg, info)
+        state = fit(ctx)
+        if ctx.writer is not None:
+            ctx.writer.close()
+        logs.info(f"best metric {state.best['metric']:.4f} at epoch {state.best_epoch['metric']}; "
+                  f"models in {ctx.layout.models}")
+        return 0
+    finally:
+        distributed.cleanup()
