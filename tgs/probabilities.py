@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +25,13 @@ import numpy as np
 
 from tgs.errors import DataError, UserError
 from tgs.io import atomic_path
+from tgs.rle import SHAPE as IMAGE_SHAPE  # (101, 101), the competition's tiles
 
 SCALE = 255.0
+SPLITS = ("test", "valid")  # the values of the ``split`` array
+ARRAYS = ("ids", "probs", "image_probs", "models", "split")  # all written by save
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass
@@ -112,24 +119,93 @@ def save(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, image_p
 
 
 def load(path: str | os.PathLike) -> Probabilities:
-    """Read a predictions file; a file that is not one gives a one-line error naming it."""
+    """Read a predictions file written by :func:`save`. Anything else (a missing, truncated or corrupt file, a
+    pickle, a missing array, a wrong shape, dtype or value) is a one-line error naming the file and what is
+    wrong, never a traceback and never silently accepted (predictions of 50x50 tiles would make a submission
+    that looks valid)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"probabilities file {path} does not exist")
+    arrays = _read_arrays(path)
+    ids = _checked_ids(path, arrays["ids"])
+    q = arrays["probs"]
+    if q.dtype != np.uint8 or q.shape != (len(ids), *IMAGE_SHAPE):
+        raise DataError(f"{path}: 'probs' must be uint8 of shape ({len(ids)}, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
+                        f"(one {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} tile per id), got {q.dtype} {q.shape}")
+    img = _checked_image_probs(path, arrays["image_probs"], ids)
+    models = arrays["models"]
+    if models.ndim != 1 or models.dtype.kind != "U":
+        raise DataError(f"{path}: 'models' must be a 1-D array of strings, got {models.dtype} {models.shape}")
+    split = arrays["split"]
+    if split.ndim != 0 or split.dtype.kind != "U" or str(split) not in SPLITS:
+        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {_excerpt(split)}")
+    return Probabilities(ids, q.astype(np.float32) / SCALE, img, models.tolist(), str(split))
+
+
+def _excerpt(value, n: int = 40) -> str:
+    """A short quoted excerpt of a bad value for an error message."""
+    text = str(value)
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of :data:`ARRAYS`, read without pickle; a DataError for a file that is not a readable
+    ``.npz`` holding them all."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head.startswith(_NPY_MAGIC):
+        raise DataError(f"{path} is a single .npy array, not a .npz probabilities file")
+    if not head.startswith(_ZIP_MAGIC):
+        raise DataError(f"{path} is not a readable .npz probabilities file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("ids", "probs") if k not in z.files]
+            missing = [k for k in ARRAYS if k not in z.files]
             if missing:
                 raise DataError(f"{path} is not a probabilities file (no {missing[0]!r} array)")
-            ids, q = z["ids"], z["probs"]
-            img = z["image_probs"] if "image_probs" in z.files else np.full(len(ids), np.nan, np.float32)
-            models = z["models"].tolist() if "models" in z.files else []
-            split = str(z["split"]) if "split" in z.files else "test"
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz probabilities file ({exc})") from None
-    if q.dtype != np.uint8 or q.ndim != 3 or len(q) != len(ids):
-        raise DataError(f"{path}: 'probs' must be uint8 (N, H, W) matching {len(ids)} ids, got {q.dtype} {q.shape}")
-    return Probabilities(ids.astype(str), q.astype(np.float32) / SCALE, img.astype(np.float32), list(models), split)
+            return {k: z[k] for k in ARRAYS}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path} holds an object array (pickled data), refused: probabilities files hold "
+                            "plain arrays only") from None
+        raise DataError(f"{path} is not a readable .npz probabilities file: corrupt or truncated "
+                        f"({_first_line(exc)})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npz probabilities file: corrupt or truncated "
+                        f"({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception, n: int = 100) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:
+    """``ids``: a non-empty 1-D array of distinct, non-empty strings."""
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        raise DataError(f"{path}: 'ids' must be a 1-D array of strings, got {ids.dtype} {ids.shape}")
+    if len(ids) == 0:
+        raise DataError(f"{path} holds no predictions (no ids)")
+    empty = np.flatnonzero(np.char.str_len(ids) == 0)
+    if empty.size:
+        raise DataError(f"{path}: id number {empty[0]} is empty ({empty.size} empty ids)")
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) < len(ids):
+        dup = unique[counts > 1]
+        raise DataError(f"{path}: id {_excerpt(dup[0])} appears {counts[counts > 1][0]} times "
+                        f"({dup.size} duplicated ids); each image is predicted once")
+    return ids
+
+
+def _checked_image_probs(path: Path, img: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``image_probs``: float (N,), each value in [0, 1] or NaN (unknown); as float32."""
+    if img.dtype.kind != "f" or img.shape != (len(ids),):
+        raise DataError(f"{path}: 'image_probs' must be float of shape ({len(ids)},) (one per id), "
+                        f"got {img.dtype} {img.shape}")
+    bad = np.flatnonzero(~(np.isnan(img) | ((img >= 0) & (img <= 1))))
+    if bad.size:
+        raise DataError(f"{path}: image probability of id {_excerpt(ids[bad[0]])} is {img[bad[0]]}, not in [0, 1] "
+                        f"or NaN ({bad.size} such values)")
+    return img.astype(np.float32)
 
 
 class RunningMean:
