@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from tgs.errors import DataError, UserError, cli
+from tgs.errors import DataError, UserError, cli, excerpt
 
 CSV_FILES = ("train.csv", "depths.csv", "sample_submission.csv")
 SPLITS = ("train", "test")
@@ -70,11 +70,6 @@ def _size(n: int) -> str:
         if n >= unit:
             return f"{n / unit:.4g} {name}"
     return f"{n} bytes"
-
-
-def _short(name: str, n: int = 80) -> str:
-    """A member name for an error message, quoted, at most about ``n`` characters."""
-    return repr(name if len(name) <= n else name[:n] + "...")
 
 
 def _target(name: str, split: str | None) -> PurePosixPath | None:
@@ -172,11 +167,11 @@ class _Unpacker:
                 claimed += info.file_size
             bound = self.limits.bound(member.kind)
             if info.file_size > bound:
-                raise DataError(f"{label}: member {_short(info.filename)} says it is {info.file_size} bytes, "
+                raise DataError(f"{label}: member {excerpt(info.filename)} says it is {info.file_size} bytes, "
                                 f"over the bound of {_size(bound)} for a {member.kind.upper()}")
             if claimed > self.limits.total:
                 raise DataError(f"{label}: its members add up to more than {_size(self.limits.total)}, the bound "
-                                f"for the whole dataset (at member {_short(info.filename)})")
+                                f"for the whole dataset (at member {excerpt(info.filename)})")
             plan.append(member)
         return plan
 
@@ -185,7 +180,7 @@ class _Unpacker:
         """Copy one member to ``dest``, enforcing its bound (and the total when ``counted``) while reading."""
         bound = self.limits.bound(member.kind)
         limit = min(bound, self.limits.total - self.written) if counted else bound
-        name = _short(member.info.filename)
+        name = excerpt(member.info.filename)
         try:
             with archive.open(member.info) as src:
                 n = _copy_bounded(src, dest, limit)

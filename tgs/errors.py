@@ -25,6 +25,8 @@ def few(items, n: int = 5) -> str:
 def excerpt(value, limit: int = 40) -> str:
     """A short ``repr`` of a (possibly huge) bad value for an error message: ``'1234567890...' (20000 characters)``
     when it is longer than ``limit``."""
+    if isinstance(value, str):
+        value = str(value)  # a numpy string's repr would name its type
     text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
         return repr(value) if isinstance(value, str) else text

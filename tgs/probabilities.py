@@ -23,9 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from tgs.errors import DataError, UserError
+from tgs.errors import DataError, UserError, excerpt
 from tgs.io import atomic_path
-from tgs.rle import SHAPE as IMAGE_SHAPE  # (101, 101), the competition's tiles
+from tgs import TILE
+
+IMAGE_SHAPE = (TILE, TILE)
 
 SCALE = 255.0
 SPLITS = ("test", "valid")  # the values of the ``split`` array
@@ -138,14 +140,8 @@ def load(path: str | os.PathLike) -> Probabilities:
         raise DataError(f"{path}: 'models' must be a 1-D array of strings, got {models.dtype} {models.shape}")
     split = arrays["split"]
     if split.ndim != 0 or split.dtype.kind != "U" or str(split) not in SPLITS:
-        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {_excerpt(split)}")
+        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(split)}")
     return Probabilities(ids, q.astype(np.float32) / SCALE, img, models.tolist(), str(split))
-
-
-def _excerpt(value, n: int = 40) -> str:
-    """A short quoted excerpt of a bad value for an error message."""
-    text = str(value)
-    return repr(text if len(text) <= n else text[:n] + "...")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -191,7 +187,7 @@ def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) < len(ids):
         dup = unique[counts > 1]
-        raise DataError(f"{path}: id {_excerpt(dup[0])} appears {counts[counts > 1][0]} times "
+        raise DataError(f"{path}: id {excerpt(dup[0])} appears {counts[counts > 1][0]} times "
                         f"({dup.size} duplicated ids); each image is predicted once")
     return ids
 
@@ -203,7 +199,7 @@ def _checked_image_probs(path: Path, img: np.ndarray, ids: np.ndarray) -> np.nda
                         f"got {img.dtype} {img.shape}")
     bad = np.flatnonzero(~(np.isnan(img) | ((img >= 0) & (img <= 1))))
     if bad.size:
-        raise DataError(f"{path}: image probability of id {_excerpt(ids[bad[0]])} is {img[bad[0]]}, not in [0, 1] "
+        raise DataError(f"{path}: image probability of id {excerpt(ids[bad[0]])} is {img[bad[0]]}, not in [0, 1] "
                         f"or NaN ({bad.size} such values)")
     return img.astype(np.float32)
 
