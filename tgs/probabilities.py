@@ -140,7 +140,8 @@ def load(path: str | os.PathLike) -> Probabilities:
         raise DataError(f"{path}: 'models' must be a 1-D array of strings, got {models.dtype} {models.shape}")
     split = arrays["split"]
     if split.ndim != 0 or split.dtype.kind != "U" or str(split) not in SPLITS:
-        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(str(split) if split.dtype.kind == "U" and split.ndim == 0 else split)}")
+        shown = str(split) if split.ndim == 0 and split.dtype.kind == "U" else split
+        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(shown)}")
     return Probabilities(ids, q.astype(np.float32) / SCALE, img, models.tolist(), str(split))
 
 
