@@ -1,0 +1,187 @@
+"""Faults injected at chosen moments: a full disk (a file-size limit in a subprocess), a kill between the files of a
+pair, diverged weights, stale temporary files. The promises: one line and exit 2, nothing half-written under a
+final name, the last complete checkpoint and outputs intact."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from cli import swa as swa_cli
+from cli import test as test_cli
+from tgs.errors import UserError
+from tgs.inputs import InputSpec
+from tgs.io import atomic_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
+        "--input-upsample", "1", "--oc", "center", "--resize", "--input-size", "32", "--batch-size", "8",
+        "--dataload-workers-nums", "0", "--device", "cpu", "--warmup-epochs", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from datasets.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("faultdata")
+    write_dataset(root, n_train=40, n_test=8, seed=4)
+    return root
+
+
+def limited(limit_bytes: int):
+    """preexec_fn: writes past ``limit_bytes`` fail with EFBIG (SIGXFSZ ignored), like a disk that is full."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def script(name: str, *argv, limit: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+                          preexec_fn=limited(limit) if limit else None)
+
+
+def one_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def test_full_disk_in_train_keeps_the_last_complete_checkpoint(data, tmp_path):
+    log = tmp_path / "run"
+    assert script("train", "--data-dir", data, "--log-dir", log, *TINY, "--max-epochs", "1").returncode == 0
+    last = log / "checkpoints" / "last-checkpoint-fold0.pth"
+    size = last.stat().st_size
+    r = script("train", "--data-dir", data, "--log-dir", log, *TINY, "--max-epochs", "2", "--resume", last,
+               limit=size // 2)
+    err = one_line(r)
+    assert f"cannot write {last}: the disk is full or a size limit was reached" in err
+    assert "its previous version is intact" in err
+    assert models.read_checkpoint(last)["meta"]["epoch"] == 0  # the epoch before, complete
+    assert not list(log.rglob(".*.tmp"))
+
+
+def _model(path: Path, spec=InputSpec("resize", 32), poison: bool = False) -> Path:
+    torch.manual_seed(0)
+    model = models.build_model(encoder="unet", encoder_width=4, decoder_channels=8, center_channels=16,
+                               input_upsample=1, oc_decoder=False, fuse_channels=8, image_channels=8)
+    if poison:
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+    return models.save_checkpoint(path, model, spec, {"fold": "fold0"})
+
+
+def test_full_disk_in_swa_and_test_is_one_line_and_keeps_the_old_outputs(data, tmp_path):
+    src = _model(tmp_path / "m.pth")
+    out = tmp_path / "swa.pth"
+    err = one_line(script("swa", "--input", src, "--output", out, "--data-dir", data, "--device", "cpu",
+                          limit=100_000))
+    assert f"cannot write {out}: the disk is full" in err and not out.exists()
+    prefix = tmp_path / "sub"
+    assert script("test", src, "--data-dir", data, "--output-prefix", prefix, "--device", "cpu").returncode == 0
+    csv, npz = Path(f"{prefix}-submission.csv"), Path(f"{prefix}-probabilities.npz")
+    before = (csv.read_bytes(), npz.read_bytes())
+    err = one_line(script("test", src, "--data-dir", data, "--output-prefix", prefix, "--device", "cpu",
+                          "--threshold", "0.3", limit=300))
+    assert "the disk is full or a size limit was reached" in err and "previous version is intact" in err
+    assert (csv.read_bytes(), npz.read_bytes()) == before  # the old pair, untouched
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_a_kill_while_committing_a_pair_never_leaves_a_new_file_beside_an_old_one(tmp_path, monkeypatch):
+    a, b = tmp_path / "x-probabilities.npz", tmp_path / "x-submission.csv"
+    a.write_text("old a")
+    b.write_text("old b")
+    real, calls = os.replace, {"n": 0}
+
+    def replace_then_die(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Killed()
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(Killed):
+        with atomic_paths(a, b) as (ta, tb):
+            ta.write_text("new a")
+            tb.write_text("new b")
+    assert a.read_text() == "new a" and not b.exists()  # the old CSV is gone, not left beside the new .npz
+
+
+def test_test_py_says_what_it_overwrites_and_removes_its_stale_temporaries(data, tmp_path, capsys):
+    src = _model(tmp_path / "m.pth")
+    prefix = tmp_path / "o"
+    stale = tmp_path / ".o-submission.csv.dead1234.tmp"
+    stale.write_text("left by a killed run")
+    argv = [str(src), "--data-dir", str(data), "--output-prefix", str(prefix), "--device", "cpu"]
+    assert test_cli.main(argv) == 0
+    assert "overwriting" not in capsys.readouterr().out and not stale.exists()
+    assert test_cli.main(argv) == 0
+    assert f"overwriting {prefix}-probabilities.npz and {prefix}-submission.csv" in capsys.readouterr().out
+
+
+def test_diverged_models_are_refused_by_swa_and_test(data, tmp_path, capsys):
+    bad = _model(tmp_path / "nan.pth", poison=True)
+    assert swa_cli.main(["--input", str(bad), "--output", str(tmp_path / "s.pth"), "--data-dir", str(data),
+                         "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finite" in err and not (tmp_path / "s.pth").exists()
+    assert test_cli.main([str(bad), "--data-dir", str(data), "--output-prefix", str(tmp_path / "t"),
+                          "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights are not finite" in err and str(bad) in err
+    assert not list(tmp_path.glob("t-*"))
+
+
+def test_non_finite_predictions_are_refused(data, tmp_path, monkeypatch, capsys):
+    from engine import predict
+
+    good = _model(tmp_path / "m.pth")
+    real = predict.forward
+
+    def nan_forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.probs[:] = float("nan")
+        return out
+
+    monkeypatch.setattr(predict, "forward", nan_forward)
+    assert test_cli.main([str(good), "--data-dir", str(data), "--output-prefix", str(tmp_path / "t"),
+                          "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite probabilities" in err
+    assert not list(tmp_path.glob("t-*"))
+
+
+def test_a_full_disk_message_names_the_file_and_what_is_left(tmp_path, monkeypatch):
+    """The translation itself, for the OSError of a full filesystem (ENOSPC) as well as a size limit."""
+    import errno
+
+    from tgs.io import atomic_open
+
+    target = tmp_path / "f.csv"
+    target.write_text("old")
+
+    class Full:
+        def write(self, *_):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match=rf"cannot write {target}: the disk is full .*No space left on device.*"
+                                        "previous version is intact"):
+        with atomic_open(target, "w") as fh:
+            fh.write("x")
+            Full().write()
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
