@@ -8,6 +8,7 @@ PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-runs/demo}
 DATA=${DATA:-}
 ENS="$DEMO_DIR/ens"
+if [ -n "$DATA" ]; then ENS="$DEMO_DIR/ens-real"; fi  # real-data folds never share a folder with synthetic ones
 mkdir -p "$DEMO_DIR"
 
 if [ -z "$DATA" ]; then
