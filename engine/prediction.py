@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import distributed, inference
+from engine import distributed, inference, logs
 from engine.config import TrainConfig
 from engine.layout import Outputs
 from tgs import metric, postprocess, runtime
@@ -97,8 +97,8 @@ def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
     else:
         data = inference.test_set(data_dir, cache=not opts.no_cache, workers=opts.workers)
     timer.add("data", time.perf_counter() - t0)
-    print(f"{opts.split} set: {len(data)} images from {data_dir}{f' ({data.fold})' if data.fold else ''}; "
-          f"{len(opts.models)} models on {device}", flush=True)
+    logs.info(f"{opts.split} set: {len(data)} images from {data_dir}{f' ({data.fold})' if data.fold else ''}; "
+          f"{len(opts.models)} models on {device}")
 
     def check(path, loaded):
         fold = loaded.meta.get("fold")
@@ -109,7 +109,7 @@ def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
     t0 = time.perf_counter()
     probs, image_probs, names, forward_s = inference.predict_models(
         opts.models, data.images, device, batch_size=opts.batch_size, tta=opts.tta, amp=opts.amp,
-        channels_last=opts.channels_last, check=check, log=lambda s: print(s, flush=True))
+        channels_last=opts.channels_last, check=check, log=logs.info)
     timer.add("loading models", time.perf_counter() - t0 - forward_s)
     timer.add("prediction", forward_s)
     return data, probs, image_probs, names
@@ -120,7 +120,7 @@ def from_probabilities(opts: PredictOptions, timer: inference.Timer) -> tuple:
     data, mean = inference.saved_predictions(opts.from_probabilities, opts.data_dir or "data",
                                              cache=not opts.no_cache, workers=opts.workers)
     timer.add("probabilities and data", time.perf_counter() - t0)
-    print(f"averaged {len(opts.from_probabilities)} probability files ({mean.split}, {len(data)} images)", flush=True)
+    logs.info(f"averaged {len(opts.from_probabilities)} probability files ({mean.split}, {len(data)} images)")
     return data, mean.probs, mean.image_probs, mean.models
 
 
@@ -129,17 +129,17 @@ def merge(opts: PredictOptions, timer: inference.Timer) -> int:
     merged, data, n_train = inference.merged_oof(opts.merge_oof, opts.data_dir, cache=not opts.no_cache,
                                                  workers=opts.workers)
     npz = P.save(opts.outputs.npz, merged.ids, merged.probs, merged.image_probs, merged.models, "valid")
-    print(f"merged {len(opts.merge_oof)} out-of-fold files: {len(merged)} images -> {npz}")
+    logs.info(f"merged {len(opts.merge_oof)} out-of-fold files: {len(merged)} images -> {npz}")
     if data is None:
-        print("(give --data-dir to order them as train.csv and score them)")
+        logs.info("(give --data-dir to order them as train.csv and score them)")
         return 0
-    print(f"covers {len(data)} of the {n_train} training images{' (all of them)' if len(data) == n_train else ''}")
+    logs.info(f"covers {len(data)} of the {n_train} training images{' (all of them)' if len(data) == n_train else ''}")
     masks = postprocess.apply(merged.probs, merged.image_probs, data.images, opts.post)
-    print(f"post-processing: {opts.post.describe()} ({opts.post_source})")
-    print(fraction_empty(masks))
-    print("\n".join(score_lines(masks, data.masks, f"{len(data)} images")))
+    logs.info(f"post-processing: {opts.post.describe()} ({opts.post_source})")
+    logs.info(fraction_empty(masks))
+    logs.info("\n".join(score_lines(masks, data.masks, f"{len(data)} images")))
     timer.add("merge", time.perf_counter() - t0)
-    print(f"search the post-processing: python score.py --search {shlex.quote(str(npz))} --truth "
+    logs.info(f"search the post-processing: python score.py --search {shlex.quote(str(npz))} --truth "
           f"{shlex.quote(str(Path(opts.data_dir) / 'train.csv'))}")
     return 0
 
@@ -158,16 +158,16 @@ def run(opts: PredictOptions) -> int:
     timer.add("post-processing", time.perf_counter() - t0)
     t0 = time.perf_counter()
     csv, npz = inference.write(opts.outputs, data.ids, probs, image_probs, masks, names, data.split,
-                               log=lambda s: print(s, flush=True))
+                               log=logs.info)
     timer.add("writing", time.perf_counter() - t0)
-    print(f"post-processing: {opts.post.describe()} ({opts.post_source})")
-    print(fraction_empty(masks))
-    print(f"wrote {csv} and {npz}")
+    logs.info(f"post-processing: {opts.post.describe()} ({opts.post_source})")
+    logs.info(fraction_empty(masks))
+    logs.info(f"wrote {csv} and {npz}")
     if data.split == "valid":
-        print("\n".join(score_lines(masks, data.masks, f"{len(data)} images"
+        logs.info("\n".join(score_lines(masks, data.masks, f"{len(data)} images"
                                     f"{f' of {data.fold}' if data.fold else ''}")))
-    print(timer.line())
+    logs.info(timer.line())
     if data.split == "test":
-        print("submit with:")
-        print(kaggle_line(csv, opts.message or describe(opts, len(names))))
+        logs.info("submit with:")
+        logs.info(kaggle_line(csv, opts.message or describe(opts, len(names))))
     return 0

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from tgs import TILE
 from tgs.errors import UserError
 
-SOURCE_SIZE = 101
+SOURCE_SIZE = TILE
 MODES = ("pad", "resize")
 BORDERS = {"reflect_101": "reflect", "replicate": "replicate", "constant": "constant"}
 
