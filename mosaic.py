@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the mosaics of the train and test tiles: ``python mosaic.py --data-dir DATA --out DIR`` (see cli/mosaic.py)."""
+"""Rebuild the mosaics of the train and test tiles: ``python mosaic.py --data-dir DATA --out DIR`` (cli/mosaic.py)."""
 import sys
 
 import tgs.compat  # noqa: F401

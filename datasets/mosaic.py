@@ -321,7 +321,8 @@ def neighbour_shares(mosaics: Mosaics, train_ids: np.ndarray, test_ids: np.ndarr
     stacked = np.stack([nb.up, nb.down, nb.left, nb.right])
     next_to_train = ((stacked >= 0) & (stacked < n_train)).any(axis=0)[n_train:]
     n_test = len(ids) - n_train
-    return {"tiles": len(ids), "with_neighbour": int(has.sum()), "with_neighbour_share": has.mean() if len(ids) else 0.0,
+    return {"tiles": len(ids), "with_neighbour": int(has.sum()),
+            "with_neighbour_share": has.mean() if len(ids) else 0.0,
             "train_with_neighbour": int(has[:n_train].sum()), "test_with_neighbour": int(has[n_train:].sum()),
             "test_next_to_train": int(next_to_train.sum()),
             "test_next_to_train_share": next_to_train.mean() if n_test else 0.0}

@@ -17,7 +17,8 @@ Like the real data, the tiles are cut from a few large seismic sections and spli
 - salt: domes from a smooth random field with a depth trend (salt comes up from below), salt walls whose sides
   are exactly vertical from their top to the bottom of the section (so the masks of the tiles they cross have all
   rows equal), and small bodies; the threshold of the domes is set so that about 39% of the masks are empty.
-  Inside, the reflectors give way to weak chaotic texture, and the boundary is a strong reflector (a bright rim);
+  Inside, the reflectors give way to chaotic texture, and the boundary is a strong reflector (a bright rim). The
+  same texture runs faintly through the sediment too (fine detail along the layers, as in real sections);
 - a brightness and contrast per section with a mild jitter per tile, and pixel noise (so matching the edges of
   neighbours needs normalisation, as on the real data); depths (``z``) grow with the row inside a section;
 - some masks saved as 16-bit PNGs (0/65535) and some images saved in L mode rather than RGB, like the real files.
@@ -51,7 +52,6 @@ from tgs.io import atomic_open, read_csv_strings
 
 SIZE = 101
 MARGIN = 8  # fields are evaluated on a window of the tile plus this margin: filters and the rim see past its edge
-WINDOW = SIZE + 2 * MARGIN
 EMPTY_FRACTION = 0.39
 MOSAIC_SHARE = 0.26  # share of the tiles drawn from mosaic sections (a few of them end up without a neighbour)
 BLANK_ROW_FRACTION = 0.14  # sections whose last row is blank: about 2% flat tiles
@@ -107,7 +107,7 @@ def _section_cells(rng: np.random.Generator, mosaic: bool, width: int, height: i
     """(row, col) of the kept cells of one section, in random order."""
     r, c = np.mgrid[:height, :width]
     if mosaic:
-        keep = rng.random((height, width)) < rng.uniform(0.6, 0.95)
+        keep = rng.random((height, width)) < rng.uniform(0.7, 0.97)
     else:  # one checkerboard colour, thinned: no two kept cells share an edge
         keep = ((r + c) % 2 == rng.integers(2)) & (rng.random((height, width)) < 0.6)
     cells = np.stack([r[keep], c[keep]], axis=1)
@@ -166,7 +166,8 @@ class Grids:
             values.append(field.astype(np.float32).ravel())
             offset.append(at)
             at += field.size
-        return cls(np.concatenate(values), np.array(offset, np.int64), shape[:, 1].copy(), shape[:, 0].copy(),
+        values = np.concatenate(values) if values else np.zeros(0, np.float32)
+        return cls(values, np.array(offset, np.int64), shape[:, 1].copy(), shape[:, 0].copy(),
                    lo[:, 0], lo[:, 1], step)
 
     def sample(self, sec: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -363,7 +364,8 @@ def draw_sections(rng: np.random.Generator, n: int) -> Sections:
     m = len(cells.section)
     sections = Sections(
         cells=cells, fold_amp=fold_amp, fold_wavelength=fold_wavelength, fold_phase=fold_phase, tilt=tilt,
-        undulation=undulation, undulation_amp=undulation_amp, trace=np.concatenate(traces), trace_offset=trace_offset,
+        undulation=undulation, undulation_amp=undulation_amp,
+        trace=np.concatenate(traces) if traces else np.zeros(0, np.float32), trace_offset=trace_offset,
         trace_length=trace_length, trace_u0=u_lo, modulation=modulation, modulation_amp=rng.uniform(0.3, 0.6, s),
         dome=dome, dome_trend=rng.uniform(0.5, 3.0, s), dome_offset=rng.normal(0, 0.6, s), threshold=0.0,
         shapes=_draw_shapes(rng, wpx, hpx), chaos_salt=rng.integers(0, 2 ** 32, s, dtype=np.uint32),
@@ -396,7 +398,8 @@ def _dome_field(sections: Sections, sec: np.ndarray, y: np.ndarray, x: np.ndarra
     S = sections
     trend = _per_tile(S.dome_trend, sec) * (y - _per_tile(S.cells.height * SIZE / 2, sec)) / 1000
     depth = (_per_tile(S.z_top, sec) + y / SIZE * _per_tile(S.z_step, sec) - 505) / 454
-    return S.dome.sample_windows(sec, y[:, 0, 0], x[:, 0, 0], y.shape[1]) + trend + 0.8 * depth + _per_tile(S.dome_offset, sec)
+    field = S.dome.sample_windows(sec, y[:, 0, 0], x[:, 0, 0], y.shape[1])
+    return field + trend + 0.8 * depth + _per_tile(S.dome_offset, sec)
 
 
 def _horizon_shift(sections: Sections, sec: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -211,7 +211,8 @@ class Mosaics:
         np.maximum.at(width, self.mosaic, self.col - c0[self.mosaic] + 1)
         start = np.concatenate([[0], np.cumsum(height * width)])
         flat = np.full(int(start[-1]), -1, np.int64)
-        flat[start[self.mosaic] + (self.row - r0[self.mosaic]) * width[self.mosaic] + self.col - c0[self.mosaic]] = value
+        m = self.mosaic
+        flat[start[m] + (self.row - r0[m]) * width[m] + self.col - c0[m]] = value
         return [flat[start[m]:start[m + 1]].reshape(height[m], width[m]) for m in range(n)]  # loop per mosaic
 
     def adjacent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
