@@ -156,7 +156,8 @@ class Candidates:
 
 def match(images: np.ndarray, ratio: float = RATIO, seams: dict[str, Seam] = SEAMS) -> Candidates:
     """The unambiguous neighbour pairs among ``images`` (N, 101, 101): mutual best matches whose best distance is
-    below ``ratio`` times the second best in both directions and below the seam's absolute bound."""
+    below ``ratio`` times the second best in both directions, below the seam's absolute bound, and below
+    SELF_RATIO times the same distance measured inside the two tiles (:func:`interior_distances`)."""
     found = []
     for rel in RELATIONS:
         seam = seams[rel]
