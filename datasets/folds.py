@@ -9,6 +9,11 @@ A folds file (CSV ``id,fold``, e.g. from :func:`stratified_folds`) replaces the 
 on the ids whose fold is K.
 
     python -m datasets.folds --data-dir DATA --k 5 --seed 0 --out folds.csv
+    python -m datasets.folds --data-dir DATA --k 10 --seed 0 --out folds.csv --mosaics DIR/mosaics.csv
+
+With ``--mosaics`` (from mosaic.py) the split keeps every train tile of one mosaic in one fold
+(:func:`mosaic_folds`), so no validation tile has a training neighbour across an edge, and it prints how many
+train-train neighbour pairs each kind of split (the consecutive chunks, stratified, mosaic) puts across folds.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import pandas as pd
 
 from tgs.errors import DataError, UserError, cli
 from tgs.io import atomic_open
+from tgs.mosaic import Mosaics
 
 CHUNKS = 10
 _NAME = re.compile(r"^fold(\d+)$")
@@ -90,6 +96,14 @@ def coverage_class(masks: np.ndarray, bins: int = 10) -> np.ndarray:
     return np.where(cov == 0, 0, 1 + np.minimum((cov * bins).astype(np.int64), bins - 1))
 
 
+def depth_classes(depths: np.ndarray, depth_bins: int = 4) -> np.ndarray:
+    """Depth quantile (0 .. depth_bins - 1) of each row; unknown depths count as the median."""
+    d = np.asarray(depths, dtype=np.float64)
+    d = np.nan_to_num(d, nan=np.nanmedian(d) if np.isfinite(d).any() else 0)
+    edges = np.quantile(d, np.linspace(0, 1, depth_bins + 1)[1:-1]) if len(d) else []
+    return np.searchsorted(edges, d, side="right")
+
+
 def stratified_folds(coverage: np.ndarray, depths: np.ndarray, k: int, seed: int = 0,
                      depth_bins: int = 4) -> np.ndarray:
     """Fold number per row, balanced over (coverage class, depth quantile) strata.
@@ -100,10 +114,7 @@ def stratified_folds(coverage: np.ndarray, depths: np.ndarray, k: int, seed: int
     n = len(coverage)
     if k < 2 or k > n:
         raise UserError(f"--k {k}: need 2 <= k <= {n} (the number of images)")
-    d = np.nan_to_num(np.asarray(depths, dtype=np.float64), nan=np.nanmedian(depths) if np.isfinite(depths).any() else 0)
-    edges = np.quantile(d, np.linspace(0, 1, depth_bins + 1)[1:-1]) if n else []
-    depth_class = np.searchsorted(edges, d, side="right")
-    stratum = np.asarray(coverage) * (depth_bins + 1) + depth_class
+    stratum = np.asarray(coverage) * (depth_bins + 1) + depth_classes(depths, depth_bins)
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(n), stratum))
     folds = np.empty(n, dtype=np.int64)
@@ -116,6 +127,89 @@ def write_folds(path: str | Path, ids: np.ndarray, folds: np.ndarray) -> None:
         pd.DataFrame({"id": ids, "fold": folds}).to_csv(fh, index=False)
 
 
+def mosaic_groups(ids: np.ndarray, mosaics: Mosaics) -> np.ndarray:
+    """The mosaic of each id (train.csv order), -1 for ids in no mosaic."""
+    where = mosaics.index_of(ids)
+    return np.where(where >= 0, mosaics.mosaic[np.maximum(where, 0)], -1)
+
+
+def _water_fill(counts: np.ndarray, m: int, sizes: np.ndarray) -> np.ndarray:
+    """How many of ``m`` new items each fold gets so that ``counts`` end as level as possible (ties: the folds of
+    smallest ``sizes`` get the spare ones)."""
+    lo, hi = int(counts.min()), int(counts.max()) + m + 1
+    while hi - lo > 1:  # the highest level L that m items can fill up to
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if np.maximum(0, mid - counts).sum() <= m else (lo, mid)
+    quota = np.maximum(0, lo - counts)
+    spare = m - int(quota.sum())
+    at_level = np.flatnonzero(counts + quota == lo)
+    quota[at_level[np.argsort(sizes[at_level], kind="stable")[:spare]]] += 1
+    return quota
+
+
+def mosaic_folds(coverage: np.ndarray, depths: np.ndarray, groups: np.ndarray, k: int, seed: int = 0,
+                 depth_bins: int = 4) -> np.ndarray:
+    """Fold number per row, with every row of one mosaic (``groups`` >= 0) in the same fold.
+
+    Whole mosaics go first, largest first, each to the fold where it adds least to the sums of squared fold sizes
+    and per-class counts (relative to their targets): a greedy balance of size and coverage class. The rows in no
+    mosaic then level each coverage class over the folds (water-filling), dealt in depth order so that each fold
+    gets a spread of depths, as :func:`stratified_folds` does.
+    """
+    coverage = np.asarray(coverage, np.int64)
+    groups = np.asarray(groups, np.int64)
+    n = len(coverage)
+    if k < 2 or k > n:
+        raise UserError(f"--k {k}: need 2 <= k <= {n} (the number of images)")
+    rng = np.random.default_rng(seed)
+    n_class = int(coverage.max(initial=0)) + 1
+    class_weight = k / np.maximum(np.bincount(coverage, minlength=n_class), 1)  # 1 / per-fold target
+    size_weight = k / n
+    folds = np.full(n, -1, np.int64)
+    count = np.zeros((k, n_class), np.int64)
+    size = np.zeros(k, np.int64)
+    in_mosaic = np.flatnonzero(groups >= 0)
+    labels, member = np.unique(groups[in_mosaic], return_inverse=True)
+    group_class = np.zeros((len(labels), n_class), np.int64)
+    np.add.at(group_class, (member, coverage[in_mosaic]), 1)
+    group_size = group_class.sum(axis=1)
+    chosen = np.empty(len(labels), np.int64)
+    for g in np.lexsort((rng.random(len(labels)), -group_size)):  # a loop per mosaic, largest first
+        v = group_class[g]
+        cost = ((count + v) ** 2 - count ** 2) @ class_weight + ((size + group_size[g]) ** 2 - size ** 2) * size_weight
+        f = int(np.argmin(cost))
+        chosen[g] = f
+        count[f] += v
+        size[f] += group_size[g]
+    folds[in_mosaic] = chosen[member]
+
+    depth_class = depth_classes(depths, depth_bins)
+    alone = groups < 0
+    for c in range(n_class):  # a loop per coverage class
+        rows = np.flatnonzero(alone & (coverage == c))
+        if not rows.size:
+            continue
+        rows = rows[np.lexsort((rng.random(rows.size), depth_class[rows]))]
+        quota = _water_fill(count[:, c], rows.size, size)
+        slot_fold = np.repeat(np.arange(k), quota)
+        slot_rank = np.concatenate([(np.arange(q) + 0.5) / q for q in quota if q])  # spread each fold over depths
+        folds[rows] = slot_fold[np.lexsort((rng.random(slot_fold.size), slot_rank))]
+        count[:, c] += quota
+        size += quota
+    return folds
+
+
+def crossing_pairs(ids: np.ndarray, folds: np.ndarray, mosaics: Mosaics) -> tuple[int, int]:
+    """Train-train neighbour pairs (adjacent in ``mosaics``, both in ``ids``) whose tiles are in different folds,
+    i.e. that cross between training and validation in some fold's split: (crossing, all such pairs)."""
+    a, b, _ = mosaics.adjacent()
+    where = pd.Index(np.asarray(ids, str))
+    ia, ib = where.get_indexer(mosaics.ids[a]), where.get_indexer(mosaics.ids[b])
+    both = (ia >= 0) & (ib >= 0)
+    folds = np.asarray(folds)
+    return int((folds[ia[both]] != folds[ib[both]]).sum()), int(both.sum())
+
+
 @cli
 def main(argv=None) -> int:
     from datasets import kaggle
@@ -125,12 +219,31 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="CSV to write: id,fold")
+    p.add_argument("--mosaics", help="mosaics.csv from mosaic.py: every train tile of one mosaic goes to one fold, "
+                                     "and the train-train neighbour pairs crossing each kind of split are reported")
     args = p.parse_args(argv)
     train = kaggle.load_train(args.data_dir)
-    folds = stratified_folds(coverage_class(train.masks), train.depths, args.k, args.seed)
+    coverage = coverage_class(train.masks)
+    stratified = stratified_folds(coverage, train.depths, args.k, args.seed)
+    folds = stratified
+    if args.mosaics:
+        layout = kaggle.Layout.of(args.data_dir)
+        test_ids = kaggle.read_sample_submission(layout.sample_submission) if layout.sample_submission.is_file() \
+            else np.array([], str)
+        mosaics = Mosaics.read(args.mosaics, known_ids=np.concatenate([train.ids, test_ids]))
+        folds = mosaic_folds(coverage, train.depths, mosaic_groups(train.ids, mosaics), args.k, args.seed)
     write_folds(args.out, train.ids, folds)
     sizes = np.bincount(folds, minlength=args.k)
     print(f"wrote {args.out}: {len(train)} ids in {args.k} folds of {sizes.min()}..{sizes.max()} images")
+    if args.mosaics:
+        spread = max(int(np.ptp(np.bincount(folds[coverage == c], minlength=args.k))) for c in np.unique(coverage))
+        print(f"each mosaic's train tiles in one fold; per coverage class, fold counts differ by at most {spread}")
+        print(f"{'split':34s} {'train-train neighbour pairs across folds':>42s}")
+        for name, f in ((f"{CHUNKS} consecutive chunks (fold0..fold9)", chunk_of_rows(len(train))),
+                        (f"stratified (k={args.k}, seed={args.seed})", stratified),
+                        (f"mosaic (k={args.k}, seed={args.seed})", folds)):
+            crossing, total = crossing_pairs(train.ids, f, mosaics)
+            print(f"{name:34s} {crossing:>34d} of {total}")
     return 0
 
 

@@ -76,3 +76,86 @@ def test_folds_cli(synthetic_root, tmp_path):
     assert folds.main(["--data-dir", str(synthetic_root), "--k", "4", "--out", str(out)]) == 0
     df = pd.read_csv(out, dtype={"id": str})
     assert len(df) == 120 and set(df["fold"]) == {0, 1, 2, 3}
+
+
+def random_groups(rng, n, sizes):
+    """Group labels (-1 = in no mosaic) for n rows: one group per size, at random rows."""
+    groups = np.full(n, -1)
+    rows = rng.permutation(n)
+    start = 0
+    for g, size in enumerate(sizes):
+        groups[rows[start:start + size]] = g
+        start += size
+    return groups
+
+
+def test_mosaic_folds_keep_mosaics_whole_and_balanced():
+    rng = np.random.default_rng(0)
+    n, k = 1200, 5
+    cov = rng.integers(0, 11, n)
+    depth = rng.uniform(50, 950, n)
+    sizes = rng.integers(2, 30, 30)
+    groups = random_groups(rng, n, sizes)
+    f = folds.mosaic_folds(cov, depth, groups, k=k, seed=1)
+    assert set(f) == set(range(k))
+    for g in range(len(sizes)):
+        assert len(set(f[groups == g])) == 1  # no mosaic split across folds
+    counts = np.bincount(f, minlength=k)
+    assert counts.max() - counts.min() <= 2, counts
+    for c in range(11):  # each coverage class levelled by the rows in no mosaic
+        per_fold = np.bincount(f[cov == c], minlength=k)
+        assert per_fold.max() - per_fold.min() <= 2, (c, per_fold)
+    assert np.array_equal(f, folds.mosaic_folds(cov, depth, groups, k=k, seed=1))
+    assert not np.array_equal(f, folds.mosaic_folds(cov, depth, groups, k=k, seed=2))
+
+
+def test_mosaic_folds_with_big_mosaics_stay_within_one_mosaic_of_even():
+    rng = np.random.default_rng(1)
+    n, k = 400, 4
+    cov = rng.integers(0, 11, n)
+    sizes = [60, 40, 35, 20, 10]
+    groups = random_groups(rng, n, sizes)
+    f = folds.mosaic_folds(cov, np.zeros(n), groups, k=k, seed=0)
+    counts = np.bincount(f, minlength=k)
+    assert abs(counts - n / k).max() <= max(sizes), counts
+    assert all(len(set(f[groups == g])) == 1 for g in range(len(sizes)))
+
+
+def test_water_fill():
+    q = folds._water_fill(np.array([5, 0, 2, 9]), 8, sizes=np.array([0, 0, 1, 0]))
+    assert list(q) == [0, 5, 3, 0] and q.sum() == 8  # levels 5, 5, 5, 9
+    q = folds._water_fill(np.array([3, 3, 3]), 2, sizes=np.array([10, 0, 5]))
+    assert list(q) == [0, 1, 1]  # the spare items go to the smallest folds
+
+
+def test_crossing_pairs_by_hand():
+    from tgs.mosaic import Mosaics
+
+    # a b c          folds: a b d -> 0, c e f -> 1; x is a test tile (not in the training ids)
+    # d e f x
+    m = Mosaics(list("abcdefx"), [0] * 7, [0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 0, 1, 2, 3])
+    ids = np.array(list("fedcba"))
+    f = np.array([1, 1, 0, 1, 0, 0])  # in ids order
+    assert folds.crossing_pairs(ids, f, m) == (3, 7)  # b-c, d-e, b-e cross; f-x is not train-train
+    assert folds.crossing_pairs(ids, np.zeros(6, int), m) == (0, 7)
+
+
+def test_folds_cli_with_mosaics(synthetic_root, tmp_path, capsys):
+    from cli import mosaic as mosaic_cli
+    from tgs.mosaic import Mosaics
+
+    assert mosaic_cli.main(["--data-dir", str(synthetic_root), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "f.csv"
+    assert folds.main(["--data-dir", str(synthetic_root), "--k", "4", "--out", str(out),
+                       "--mosaics", str(tmp_path / "m" / "mosaics.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "10 consecutive chunks (fold0..fold9)" in printed and "stratified (k=4, seed=0)" in printed
+    mosaic_line = [line for line in printed.splitlines() if line.startswith("mosaic (k=4")][0]
+    assert mosaic_line.split()[-3] == "0"  # "... 0 of N": no neighbour pair crosses the mosaic split
+    df = pd.read_csv(out, dtype={"id": str})
+    m = Mosaics.read(tmp_path / "m" / "mosaics.csv")
+    fold_of = df.set_index("id")["fold"]
+    train = m.ids[np.isin(m.ids, df["id"])]
+    per_mosaic = pd.Series(fold_of.loc[train].to_numpy()).groupby(m.mosaic[np.isin(m.ids, df["id"])]).nunique()
+    assert len(per_mosaic) > 0 and (per_mosaic == 1).all()

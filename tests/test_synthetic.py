@@ -1,20 +1,76 @@
-"""The synthetic generator: Kaggle's layout and file variety, the real data's statistics, determinism."""
+"""The synthetic generator: sections cut into tiles (the true layout), Kaggle's layout and file variety, the real
+data's statistics, the per-tile look, determinism."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from datasets import synthetic
 
 
-def test_statistics_of_a_large_batch():
-    s = synthetic.generate(1500, np.random.default_rng(0))
+@pytest.fixture(scope="module")
+def big():
+    return synthetic.generate(1500, np.random.default_rng(0))
+
+
+def true_pairs(s, dr, dc):
+    """(a, b) indices of tiles with b at (row + dr, col + dc) of a in the same section."""
+    key = pd.Series(np.arange(len(s.ids)), index=pd.MultiIndex.from_arrays([s.section, s.row, s.col]))
+    want = pd.MultiIndex.from_arrays([s.section, s.row + dr, s.col + dc])
+    b = key.reindex(want).to_numpy()
+    a = np.flatnonzero(~np.isnan(b))
+    return a, b[a].astype(np.int64)
+
+
+def test_statistics_of_a_large_batch(big):
+    s = big
     empty = ~s.masks.any(axis=(1, 2))
     assert 0.35 < empty.mean() < 0.43  # about 39% empty, as in the competition
     assert s.flat.any() and not s.masks[s.flat].any()
     assert (s.images[s.flat].min(axis=(1, 2)) == s.images[s.flat].max(axis=(1, 2))).all()
     cov = s.masks.mean(axis=(1, 2))[~empty]
     assert (cov == 1).any() and (cov < 0.02).any()  # full and tiny salt bodies both occur
+    vertical = (s.masks == s.masks[:, :1]).all(axis=(1, 2)) & ~empty & (s.masks.mean(axis=(1, 2)) < 1)
+    assert vertical.mean() > 0.02  # salt walls: masks whose rows are all equal, neither empty nor full
     assert len(set(s.ids)) == 1500 and all(len(i) == 10 for i in s.ids)
     int(s.ids[0], 16)
+
+
+def test_sections_layout(big):
+    s = big
+    positions = pd.DataFrame({"s": s.section, "r": s.row, "c": s.col})
+    assert not positions.duplicated().any()
+    pairs = [true_pairs(s, 1, 0), true_pairs(s, 0, 1)]
+    has = np.zeros(len(s.ids), bool)
+    for a, b in pairs:
+        has[a] = has[b] = True
+    assert 0.18 < has.mean() < 0.32  # about a quarter of the tiles have a kept neighbour
+    assert len(np.unique(s.section)) >= 10  # several sections, most tiles isolated
+    # depths grow with the row inside a section
+    a, b = pairs[0]
+    assert (s.depths[b] > s.depths[a]).all()
+    # flat tiles are a blank last row of their section
+    last = s.row == pd.Series(s.row).groupby(s.section).transform("max").to_numpy()
+    assert last[s.flat].all()
+
+
+def test_tiles_continue_across_edges(big):
+    """Edges of neighbours continue each other (up to jitter and noise); edges of other tiles do not."""
+    s = big
+    img = s.images.astype(np.float32)
+    rng = np.random.default_rng(0)
+    for (a, b), first, second in ((true_pairs(s, 0, 1), img[:, :, -1], img[:, :, 0]),
+                                  (true_pairs(s, 1, 0), img[:, -1, :], img[:, 0, :])):
+        ok = ~s.flat[a] & ~s.flat[b]
+        a, b = a[ok], b[ok]
+
+        def corr(x, y):
+            x = x - x.mean(axis=1, keepdims=True)
+            y = y - y.mean(axis=1, keepdims=True)
+            return (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+
+        true = corr(first[a], second[b])
+        other = corr(first[a], second[rng.permutation(b)])
+        assert np.median(true) > 0.8 and np.median(np.abs(other)) < 0.4, (np.median(true), np.median(other))
 
 
 def test_salt_texture_differs_from_sediment():
@@ -29,12 +85,28 @@ def test_salt_texture_differs_from_sediment():
     ratio_out = dy[outside].mean() / dx[outside].mean()
     ratio_in = dy[inside].mean() / dx[inside].mean()
     assert ratio_out > 1.5 and ratio_in < 1.3, (ratio_out, ratio_in)
+    # the salt boundary is a bright rim: brighter than the tile's salt interior on average
+    edge = s.masks ^ np.roll(s.masks, 1, axis=2)
+    edge[:, :, 0] = False
+    salty = s.masks.any(axis=(1, 2)) & ~s.masks.all(axis=(1, 2))
+    rim = [np.abs(img[i][edge[i]] - img[i].mean()).mean() for i in np.flatnonzero(salty)[:50]]
+    interior = [np.abs(img[i][s.masks[i] & ~edge[i]] - img[i].mean()).mean() for i in np.flatnonzero(salty)[:50]]
+    assert np.mean(rim) > np.mean(interior)
 
 
 def test_seeded(tmp_path):
-    a = synthetic.generate(20, np.random.default_rng(5))
-    b = synthetic.generate(20, np.random.default_rng(5))
+    a = synthetic.generate(60, np.random.default_rng(5))
+    b = synthetic.generate(60, np.random.default_rng(5))
     assert np.array_equal(a.images, b.images) and np.array_equal(a.ids, b.ids)
+    assert np.array_equal(a.section, b.section) and np.array_equal(a.col, b.col)
+    c = synthetic.generate(60, np.random.default_rng(6))
+    assert not np.array_equal(a.images, c.images)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 40])
+def test_tiny_sets(n):
+    s = synthetic.generate(n, np.random.default_rng(n))
+    assert s.images.shape == (n, 101, 101) and len(s.section) == n
 
 
 def test_layout_written(synthetic_root):
@@ -47,6 +119,18 @@ def test_layout_written(synthetic_root):
     assert ss.columns.tolist() == ["id", "rle_mask"] and (ss["rle_mask"] == "1 1").all()
     assert (tr["rle_mask"] == "").any()
     assert len(list((synthetic_root / "test/images").glob("*.png"))) == 40
+    layout = synthetic.read_layout(synthetic_root)
+    assert layout.columns.tolist() == ["id", "section", "row", "col"]
+    assert set(layout["id"]) == set(dp["id"]) and not layout.duplicated(["section", "row", "col"]).any()
+    assert not (synthetic_root / "train" / synthetic.LAYOUT_FILE).exists()  # beside Kaggle's layout, not in it
+
+
+def test_write_dataset_is_seeded(tmp_path):
+    a = synthetic.write_dataset(tmp_path / "a", 20, 10, seed=3)
+    synthetic.write_dataset(tmp_path / "b", 20, 10, seed=3)
+    assert a["sections"] >= 1 and a["train"] == 20
+    for name in ("train.csv", "depths.csv", "sample_submission.csv", synthetic.LAYOUT_FILE):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_cli_refuses_non_empty_folder(tmp_path, capsys):

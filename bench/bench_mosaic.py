@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Mosaic assembly benchmark: time, memory and quality of mosaic.py on a Kaggle-sized synthetic set.
+
+    python -m bench.bench_mosaic                       # makes a 4000 + 18000 synthetic set in a temp folder
+    python -m bench.bench_mosaic --data DATA           # reuses a synthetic set (it needs DATA/synthetic-layout.csv)
+
+Prints a table: loading, matching + layout, total time; the peak memory of the process; precision of the
+neighbour pairs in the mosaics and recall of the pairs that can be recovered (both tiles present, neither facing
+edge flat), measured against the true layout; the share of tiles with a neighbour and of test tiles next to a
+train tile, true and found. Targets: at most 30 s for 22000 tiles on 2 cores, precision >= 0.999, recall >= 0.95.
+Nothing here is asserted by the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datasets import kaggle, mosaic, synthetic
+from tgs.mosaic import Mosaics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="synthetic dataset folder (default: generate --train + --test tiles)")
+    p.add_argument("--train", type=int, default=4000)
+    p.add_argument("--test", type=int, default=18000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratio", type=float, default=mosaic.RATIO)
+    args = p.parse_args()
+
+    tmp = None
+    data = args.data
+    if data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tgs-bench-mosaic-")
+        data = tmp.name
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", data, "--train", str(args.train),
+                        "--test", str(args.test), "--seed", str(args.seed), "--force"], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)  # a separate process: its memory is not counted below
+        print(f"generated a synthetic {args.train} + {args.test} set in {time.perf_counter() - t:.1f} s")
+
+    t0 = time.perf_counter()
+    train = kaggle.load_train(data, cache=False)
+    test = kaggle.load_test(data, cache=False)
+    ids = np.concatenate([train.ids, test.ids])
+    images = np.concatenate([train.images, test.images])
+    t1 = time.perf_counter()
+    result = mosaic.assemble(ids, images, args.ratio)
+    t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tgs-bench-mosaic-out-") as out:
+        result.mosaics.write(Path(out) / "mosaics.csv")
+        result.pairs.write(Path(out) / "pairs.csv")
+    t3 = time.perf_counter()
+
+    layout = synthetic.read_layout(data).set_index("id").loc[ids]
+    truth = Mosaics(ids, layout["section"], layout["row"], layout["col"])
+    quality = mosaic.evaluate(result.mosaics, truth, ids, images)
+    true_shares = mosaic.neighbour_shares(truth, train.ids, test.ids)
+    found_shares = mosaic.neighbour_shares(result.mosaics, train.ids, test.ids)
+
+    rows = [
+        ("tiles (train + test)", f"{len(ids)} ({len(train)} + {len(test)})", ""),
+        ("load PNGs (s)", f"{t1 - t0:.1f}", ""),
+        ("match + layout (s)", f"{t2 - t1:.1f}", ""),
+        ("write mosaics.csv + pairs.csv (s)", f"{t3 - t2:.2f}", ""),
+        ("total (s)", f"{t3 - t0:.1f}", "<= 30"),
+        ("peak memory of the process (MB)", f"{peak_mb():.0f}", ""),
+        ("pairs matched / kept by the layout", f"{result.candidates} / {len(result.pairs)}", ""),
+        ("mosaics / tiles placed", f"{result.mosaics.sizes().size} / {len(result.mosaics)}", ""),
+        ("adjacent pairs found / correct", f"{quality['found_pairs']} / {quality['correct']}", ""),
+        ("precision", f"{quality['precision']:.5f}", ">= 0.999"),
+        ("recoverable true pairs / recovered", f"{quality['recoverable']} / {quality['recovered']}", ""),
+        ("recall of recoverable pairs", f"{quality['recall']:.4f}", ">= 0.95"),
+        ("tiles with a neighbour: true / found",
+         f"{true_shares['with_neighbour_share']:.1%} / {found_shares['with_neighbour_share']:.1%}", "about 25%"),
+        ("test tiles next to a train tile: true / found",
+         f"{true_shares['test_next_to_train_share']:.1%} / {found_shares['test_next_to_train_share']:.1%}",
+         "about 1/9 at 4000 + 18000"),
+        ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
+    ]
+    print(f"\n{'mosaic.py on synthetic sections':48s} {'value':>24s}  target   (cpu cores: {os.cpu_count()})")
+    for name, value, target in rows:
+        print(f"{name:48s} {value:>24s}  {target}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""``python mosaic.py --data-dir DATA --out DIR``: rebuild the mosaics (the jigsaw) of the train and test tiles.
+
+Writes ``DIR/mosaics.csv`` (``id,mosaic,row,col``: the tiles with at least one neighbour) and ``DIR/pairs.csv``
+(``a,b,rel,score``: the matched edges), both atomically, and prints how many tiles were placed and the mosaic sizes.
+"""
+from __future__ import annotations
+
+import argparse
+
+from datasets import mosaic
+from tgs.errors import UserError, cli
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2 (a UserError), like every other bad input."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mosaic.py", description=__doc__.split("\n\n")[0].strip("`"),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
+    p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
+    p.add_argument("--ratio", type=float, default=mosaic.RATIO,
+                   help=f"accept a pair only when its distance is below RATIO times the second best, both ways "
+                        f"(default {mosaic.RATIO}; lower is stricter)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the image cache in DATA/.cache")
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.ratio <= 1:
+        raise UserError(f"--ratio {args.ratio}: must be in (0, 1]")
+    s = mosaic.build(args.data_dir, args.out, args.ratio, cache=not args.no_cache)
+    print(f"placed {s['with_neighbour']} of {s['tiles']} tiles ({s['with_neighbour_share']:.1%}) in {s['mosaics']} "
+          f"mosaics: {s['train_with_neighbour']} train, {s['test_with_neighbour']} test; {s['pairs']} pairs kept of "
+          f"{s['candidates']} matched")
+    print(f"test tiles next to a train tile: {s['test_next_to_train']} ({s['test_next_to_train_share']:.1%} of the "
+          "test set)")
+    print("largest mosaics: " + (", ".join(map(str, s["largest"])) or "none"))
+    print("mosaic sizes: " + ", ".join(f"{label} tiles: {count}" for label, count in s["histogram"]))
+    print(f"wrote {s['out']}/mosaics.csv and {s['out']}/pairs.csv")
+    return 0

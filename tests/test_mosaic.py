@@ -1,0 +1,263 @@
+"""Mosaic assembly and the layout object: hand-built sections, conflicts, the synthetic truth, files and the CLI."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from cli import mosaic as mosaic_cli
+from datasets import folds, mosaic, synthetic
+from tgs.errors import DataError
+from tgs.mosaic import Mosaics, Pairs
+
+S = 101
+
+
+def textured(rng, height, width, sigma=2.0):
+    """A smooth random texture (uint8) of height x width tiles, continuous everywhere."""
+    field = ndimage.gaussian_filter(rng.standard_normal((height * S, width * S)), sigma)
+    field = (field - field.mean()) / field.std()
+    return np.clip(128 + 35 * field, 0, 255).astype(np.uint8)
+
+
+def cut(section):
+    """Tiles of a section, row by row, and their (row, col)."""
+    h, w = section.shape[0] // S, section.shape[1] // S
+    tiles = [section[r * S:(r + 1) * S, c * S:(c + 1) * S] for r in range(h) for c in range(w)]
+    return np.stack(tiles), np.array([(r, c) for r in range(h) for c in range(w)])
+
+
+def ids_for(n):
+    return np.array([f"t{i:04d}" for i in range(n)])
+
+
+def test_a_shuffled_section_is_rebuilt_exactly():
+    rng = np.random.default_rng(0)
+    tiles, pos = cut(textured(rng, 3, 3))
+    others, _ = cut(textured(rng, 2, 4, sigma=1.5))  # another section: its tiles are never neighbours of these
+    others = others[[0, 2, 5, 7]]  # keep only tiles that are not next to each other
+    images = np.concatenate([tiles, others])
+    order = rng.permutation(len(images))
+    ids = ids_for(len(images))
+    result = mosaic.assemble(ids, images[order])
+    m = result.mosaics
+    section = order < 9  # which shuffled tiles come from the 3x3 section
+    assert sorted(m.ids) == sorted(ids[section]) and set(m.mosaic) == {0}
+    where = m.index_of(ids[section])
+    true_pos = pos[order[section]]
+    assert np.array_equal(np.stack([m.row[where], m.col[where]], axis=1), true_pos)
+    assert len(result.pairs) == 12 and set(result.pairs.rel) == {"LR", "TB"}
+    assert (result.pairs.score > 0.9).all()
+
+
+def test_flat_edges_never_match():
+    rng = np.random.default_rng(1)
+    section = textured(rng, 1, 2)
+    section[:, S - 6:S + 6] = 100  # the seam runs through a blank band: both facing edges are constant
+    tiles, _ = cut(section)
+    blank = np.full((2, S, S), 77, np.uint8)  # two identical flat tiles
+    images = np.concatenate([tiles, blank, cut(textured(rng, 1, 3))[0][[0, 2]]])
+    assert mosaic.flat_edges(images, "right")[0] and mosaic.flat_edges(images, "left")[1]
+    assert mosaic.flat_edges(images, "top")[2:4].all() and not mosaic.flat_edges(images, "top")[0]
+    cand = mosaic.match(images)
+    assert len(cand.a) == 0
+
+
+def test_an_ambiguous_pair_is_refused():
+    rng = np.random.default_rng(2)
+    tiles, _ = cut(textured(rng, 1, 2))
+    distractors = cut(textured(rng, 1, 5))[0][[0, 2, 4]]
+    plain = mosaic.match(np.concatenate([tiles, distractors]))
+    assert list(zip(plain.a, plain.b, plain.rel)) == [(0, 1, "LR")]  # the pair alone is found
+    twice = np.concatenate([tiles, tiles[1:], distractors])  # two identical candidates right of tile 0
+    cand = mosaic.match(twice)
+    assert not ((cand.a == 0) & (cand.rel == "LR")).any()
+
+
+def test_a_conflict_drops_the_weakest_pair_and_keeps_the_rest():
+    # a 2x2 square (tiles 0 1 / 2 3), a chain 4 - 5 to its right, and two wrong pairs:
+    # 6 left of 1 (tile 6 would sit on tile 0's cell) and 0 left of 3 (a cycle that does not close)
+    a = np.array([0, 2, 0, 1, 1, 4, 6, 0])
+    b = np.array([1, 3, 2, 3, 4, 5, 1, 3])
+    rel = np.array(["LR", "LR", "TB", "TB", "LR", "LR", "LR", "LR"])
+    cost = np.array([0.1, 0.1, 0.2, 0.2, 0.15, 0.1, 0.3, 0.35])
+    place = mosaic.layout(7, a, b, rel, cost)
+    assert list(place.kept) == [True] * 6 + [False, False]
+    placed = np.flatnonzero(place.component >= 0)
+    assert list(placed) == [0, 1, 2, 3, 4, 5] and len(set(place.component[placed])) == 1
+    rows, cols = place.row[placed] - place.row[0], place.col[placed] - place.col[0]
+    assert list(zip(rows, cols)) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3)]
+
+
+def test_one_wrong_pair_gluing_two_mosaics_is_the_one_dropped():
+    """A strong wrong pair that lays mosaic B onto mosaic A clashes in every cell; the pair on all the clashing
+    paths goes, not the weakest true pairs of each path."""
+    square = [(0, 1, "LR"), (2, 3, "LR"), (0, 2, "TB"), (1, 3, "TB")]
+    a = np.array([p[0] for p in square] + [p[0] + 4 for p in square] + [0])
+    b = np.array([p[1] for p in square] + [p[1] + 4 for p in square] + [5])
+    rel = np.array([p[2] for p in square] * 2 + ["LR"])
+    cost = np.array([0.1, 0.4, 0.1, 0.45, 0.1, 0.5, 0.1, 0.1, 0.2])  # the wrong pair 0 -> 5 is not the weakest
+    place = mosaic.layout(8, a, b, rel, cost)
+    assert list(place.kept) == [True] * 8 + [False]
+    assert len(set(place.component[:4])) == 1 and len(set(place.component[4:])) == 1
+    assert place.component[0] != place.component[4]
+
+
+@pytest.fixture(scope="module")
+def sections():
+    return synthetic.generate(400, np.random.default_rng(3))
+
+
+def test_precision_and_recall_against_the_synthetic_layout(sections):
+    s = sections
+    result = mosaic.assemble(s.ids, s.images)
+    truth = Mosaics(s.ids, s.section, s.row, s.col)
+    q = mosaic.evaluate(result.mosaics, truth, s.ids, s.images)
+    assert q["recoverable"] > 80
+    assert q["precision"] >= 0.999 and q["recall"] >= 0.95, q
+    assert result.mosaics.collisions().size == 0
+    assert (result.mosaics.row.min(initial=0), result.mosaics.col.min(initial=0)) == (0, 0)
+
+
+def test_evaluate_counts_by_hand():
+    truth = Mosaics(["a", "b", "c", "d"], [0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0])  # a b / c ; d alone
+    found = Mosaics(["a", "b", "d", "c"], [0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0])  # a b / d: one wrong pair
+    images = np.full((4, S, S), 50, np.uint8)
+    images += np.arange(S, dtype=np.uint8)[None, :, None]  # rows vary: no edge is flat
+    images += np.arange(S, dtype=np.uint8)[None, None, :]
+    q = mosaic.evaluate(found, truth, np.array(["a", "b", "c", "d"]), images)
+    assert (q["found_pairs"], q["correct"], q["recoverable"], q["recovered"]) == (2, 1, 2, 1)
+    assert q["precision"] == 0.5 and q["recall"] == 0.5
+
+
+# -- the layout object ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def layout():
+    # mosaic 0:  a b .      mosaic 1:  e
+    #            c . d                 f
+    return Mosaics(["a", "b", "c", "d", "e", "f"], [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 1], [0, 1, 0, 2, 0, 0])
+
+
+def test_neighbours(layout):
+    q = np.array(["d", "a", "b", "c", "x", "f", "e"])  # any order; x is in no mosaic
+    nb = layout.neighbours(q)
+    assert list(nb.right) == [-1, 2, -1, -1, -1, -1, -1]  # a's right neighbour is b (index 2 in q)
+    assert list(nb.left) == [-1, -1, 1, -1, -1, -1, -1]
+    assert list(nb.down) == [-1, 3, -1, -1, -1, -1, 5]  # a above c, e above f
+    assert list(nb.up) == [-1, -1, -1, 1, -1, 6, -1]
+    assert list(nb.count()) == [0, 2, 1, 1, 0, 1, 1]
+    only_test = layout.neighbours(np.array(["a", "c"]))  # neighbours outside the list are -1
+    assert list(only_test.right) == [-1, -1] and list(only_test.down) == [1, -1]
+    with pytest.raises(ValueError):
+        layout.neighbours(np.array(["a", "a"]))
+
+
+def test_grids_and_adjacent(layout):
+    g = layout.grids()
+    assert g[0].tolist() == [[0, 1, -1], [2, -1, 3]] and g[1].tolist() == [[4], [5]]
+    q = np.array(["f", "a", "d"])
+    assert layout.grids(q)[0].tolist() == [[1, -1, -1], [-1, -1, 2]]
+    pairs = layout.adjacent_ids()
+    assert sorted(map(tuple, pairs.to_numpy())) == [("a", "b", "LR"), ("a", "c", "TB"), ("e", "f", "TB")]
+    assert list(layout.sizes()) == [4, 2]
+
+
+def test_files_round_trip(layout, tmp_path):
+    path = tmp_path / "mosaics.csv"
+    layout.write(path)
+    assert path.read_text().splitlines()[0] == "id,mosaic,row,col"
+    back = Mosaics.read(path, known_ids=list("abcdefgh"))
+    assert sorted(zip(back.ids, back.mosaic, back.row, back.col)) == \
+        sorted(zip(layout.ids, layout.mosaic, layout.row, layout.col))
+    pairs = Pairs(["a", "a"], ["b", "c"], ["LR", "TB"], [0.9876543, 0.5])
+    pairs.write(tmp_path / "pairs.csv")
+    assert (tmp_path / "pairs.csv").read_text().splitlines() == ["a,b,rel,score", "a,b,LR,0.987654", "a,c,TB,0.5"]
+    back = Pairs.read(tmp_path / "pairs.csv", known_ids=list("abc"))
+    assert list(back.rel) == ["LR", "TB"] and back.score[1] == 0.5
+
+
+BAD_MOSAICS = {
+    "header": ("id,mosaic,row,column\na,0,0,0\n", "header is"),
+    "integer": ("id,mosaic,row,col\na,0,0,0\nb,0,x1,1\n", "row 'x1' is not a non-negative integer"),
+    "duplicate id": ("id,mosaic,row,col\na,0,0,0\na,0,0,1\n", "listed more than once"),
+    "two ids one cell": ("id,mosaic,row,col\na,0,0,0\nb,0,0,0\n", "are both at mosaic 0 row 0 col 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MOSAICS))
+def test_bad_mosaics_files(tmp_path, case):
+    text, message = BAD_MOSAICS[case]
+    path = tmp_path / "mosaics.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        Mosaics.read(path, known_ids=["a", "b"])
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pairs_file_errors(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("a,b,rel,score\na,b,RL,0.5\n")
+    with pytest.raises(DataError, match="rel 'RL' is not LR or TB"):
+        Pairs.read(path)
+    path.write_text("a,b,rel,score\na,b,LR,high\n")
+    with pytest.raises(DataError, match="score 'high' is not a number"):
+        Pairs.read(path)
+    path.write_text("a,b,rel,score\na,zz,LR,0.5\n")
+    with pytest.raises(DataError, match="not in this dataset's train or test ids: zz"):
+        Pairs.read(path, known_ids=["a", "b", "c"])
+
+
+# -- through the CLIs ------------------------------------------------------------------------------------------------
+def test_mosaic_cli(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert mosaic_cli.main(["--data-dir", str(synthetic_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "placed" in printed and "test tiles next to a train tile" in printed and "mosaic sizes" in printed
+    assert (out / "mosaics.csv").read_text().splitlines()[0] == "id,mosaic,row,col"
+    assert (out / "pairs.csv").read_text().splitlines()[0] == "a,b,rel,score"
+    layout = synthetic.read_layout(synthetic_root)
+    found = Mosaics.read(out / "mosaics.csv", known_ids=layout["id"])
+    assert len(found) > 0
+    true = Mosaics(layout["id"], layout["section"], layout["row"], layout["col"]).adjacent_ids()
+    got = found.adjacent_ids()
+    assert len(got.merge(true, on=["a", "b", "rel"])) == len(got)  # every pair found is a true one
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-dir", "DATA"], "the following arguments are required: --out"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "x"], "--ratio: invalid float value"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "1.5"], "--ratio 1.5: must be in (0, 1]"),
+    (["--data-dir", "MISSING", "--out", "OUT"], "does not exist"),
+])
+def test_mosaic_cli_errors_are_one_line(synthetic_root, tmp_path, capsys, argv, message):
+    argv = [str(synthetic_root) if a == "DATA" else str(tmp_path / "nope") if a == "MISSING"
+            else str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert mosaic_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _train_and_test_ids(root):
+    return (pd.read_csv(root / "train.csv", dtype=str)["id"].tolist(),
+            pd.read_csv(root / "sample_submission.csv", dtype=str)["id"].tolist())
+
+
+@pytest.mark.parametrize("case", ["unknown ids", "another dataset", "two ids one cell", "header"])
+def test_bad_mosaics_file_through_the_folds_cli(synthetic_root, tmp_path, capsys, case):
+    train_ids, test_ids = _train_and_test_ids(synthetic_root)
+    rows = {"unknown ids": [(train_ids[0], 0, 0, 0), (train_ids[1], 0, 0, 1), ("ffffffffff", 0, 1, 0)],
+            "another dataset": [(f"{i:010x}", 0, 0, i) for i in range(5)] + [(train_ids[0], 0, 1, 0)],
+            "two ids one cell": [(train_ids[0], 0, 0, 0), (test_ids[0], 0, 0, 0)],
+            "header": None}[case]
+    path = tmp_path / "mosaics.csv"
+    if rows is None:
+        path.write_text("id,mosaic,row\nx,0,0\n")
+    else:
+        pd.DataFrame(rows, columns=["id", "mosaic", "row", "col"]).to_csv(path, index=False)
+    code = folds.main(["--data-dir", str(synthetic_root), "--k", "4", "--out", str(tmp_path / "f.csv"),
+                       "--mosaics", str(path)])
+    err = capsys.readouterr().err
+    expected = {"unknown ids": "1 of its 3 ids are not in this dataset's train or test ids: ffffffffff",
+                "another dataset": "belongs to another dataset", "two ids one cell": "are both at mosaic 0",
+                "header": "header is 'id,mosaic,row'"}[case]
+    assert code == 2 and expected in err and str(path) in err and err.count("\n") == 1
+    assert not (tmp_path / "f.csv").exists()
