@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import argparse
 
+from cli.common import ArgumentParser
 from datasets import mosaic
 from tgs.errors import UserError, cli
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit code 2 (a UserError), like every other bad input."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mosaic.py", description=__doc__.split("\n\n")[0].strip("`"),
+    p = ArgumentParser(prog="mosaic.py", description=__doc__.split("\n\n")[0].strip("`"),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
     p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
