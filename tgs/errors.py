@@ -22,6 +22,23 @@ def few(items, n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... (+{len(items) - n})" if len(items) > n else "")
 
 
+def excerpt(value, limit: int = 40) -> str:
+    """A short one-line repr of ``value`` for an error message, e.g. ``'12345678901234567890...' (20000 characters)``.
+
+    At most ``limit`` characters of the repr's content are shown (escapes such as ``\\t`` count, so the excerpt
+    stays short and on one line whatever the value holds); the total length is added when the value is cut.
+    """
+    text = value if isinstance(value, str) else str(value)
+    head = text[:limit]
+    shown = repr(head)
+    while len(shown) > limit + 2:  # escapes (\t, \x00, \u2070 ...) make the repr longer than the characters
+        head = head[:-1]
+        shown = repr(head)
+    if len(head) == len(text):
+        return shown
+    return f"{shown[:-1]}...{shown[-1]} ({len(text)} characters)"
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a script's ``main``: a UserError becomes ``error: <message>`` on stderr and exit code 2."""
 
