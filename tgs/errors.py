@@ -23,14 +23,23 @@ def few(items, n: int = 5) -> str:
 
 
 def excerpt(value, limit: int = 40) -> str:
-    """A short ``repr`` of a (possibly huge) bad value for an error message: ``'1234567890...' (20000 characters)``
-    when it is longer than ``limit``."""
-    if isinstance(value, str):
-        value = str(value)  # a numpy string's repr would name its type
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return repr(value) if isinstance(value, str) else text
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+    """A short one-line repr of ``value`` for an error message, e.g. ``'12345678901234567890...' (20000 characters)``.
+
+    At most ``limit`` characters of the repr's content are shown (escapes such as ``\\t`` count, so the excerpt
+    stays short and on one line whatever the value holds); the total length is added when the value is cut.
+    """
+    if not isinstance(value, str):  # a number, a list: as Python writes it, unquoted
+        text = repr(value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    text = str(value)  # a numpy string as a plain one
+    head = text[:limit]
+    shown = repr(head)
+    while len(shown) > limit + 2:  # escapes (\t, \x00, \u2070 ...) make the repr longer than the characters
+        head = head[:-1]
+        shown = repr(head)
+    if len(head) == len(text):
+        return shown
+    return f"{shown[:-1]}...{shown[-1]} ({len(text)} characters)"
 
 
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:

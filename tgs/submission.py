@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from tgs import rle
-from tgs.errors import DataError, UserError, cli, few
+from tgs.errors import DataError, UserError, cli, excerpt, few
 from tgs.io import atomic_open, read_csv_strings
 
 HEADER = ("id", "rle_mask")
+MAX_ID = 255  # characters in an id at most: an id names its image file, and a file name has at most 255 bytes
 
 
 def write(path: str | Path, ids: Sequence[str], masks: np.ndarray | None = None,
@@ -41,11 +42,20 @@ def write(path: str | Path, ids: Sequence[str], masks: np.ndarray | None = None,
 
 def read(path: str | Path, what: str = "submission") -> pd.DataFrame:
     """Read and check a submission's structure (or a train.csv's: ``what``): header ``id,rle_mask``, non-empty
-    unique ids."""
+    unique ids.
+
+    The file may come from anywhere: before pandas reads it, :func:`check_lines` bounds every row by the longest
+    valid one, so a hostile file costs memory in proportion to its valid content, not to one giant field.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    check_lines(path)
     df = read_csv_strings(path, HEADER)
+    long = np.flatnonzero(df["id"].str.len().to_numpy() > MAX_ID)  # before a numpy array of N x the longest id
+    if long.size:
+        raise DataError(f"{path}: row {long[0] + 2} has an id longer than a file name ({MAX_ID} characters): "
+                        f"{excerpt(df['id'].iloc[long[0]])}")
     ids = df["id"].to_numpy(str)
     if (ids == "").any():
         raise DataError(f"{path}: row {int(np.argmax(ids == '')) + 2} has an empty id")
@@ -53,6 +63,42 @@ def read(path: str | Path, what: str = "submission") -> pd.DataFrame:
     if dup.any():
         raise DataError(f"{path}: {int(dup.sum())} ids appear more than once: {few(pd.unique(ids[dup]))}")
     return df
+
+
+def check_lines(path: str | Path, shape: tuple[int, int] = rle.SHAPE, block: int = 1 << 20) -> None:
+    """Refuse a file with a line longer than any valid row of a submission of ``shape`` masks, or with a quoted
+    field across lines: a DataError naming the file and the line.
+
+    The file is read ``block`` bytes at a time, so a giant field is refused once about the longest valid row has
+    been read (pandas would hold it several times over before any later check could see it). Lines end at
+    ``\n``, ``\r\n`` or ``\r``, as for pandas.
+    """
+    limit = MAX_ID + rle.longest(shape) + 5  # an id, a comma, an RLE, and quotes around both fields
+    too_long = (f"is longer than any valid submission row (more than {limit} bytes: an id and the longest RLE of "
+                f"a {shape[0]}x{shape[1]} mask)")
+    line, current, odd = 1, 0, 0  # number of the current line, its bytes so far, 1 after an odd number of quotes
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            if chunk.endswith(b"\r"):
+                chunk += fh.read(1)  # whether this '\r' ends a line depends on the next byte: keep them together
+            raw = np.frombuffer(chunk, dtype=np.uint8)
+            lf, cr, quote = raw == ord("\n"), raw == ord("\r"), raw == ord('"')
+            breaks = np.flatnonzero(lf | cr)
+            real = (lf | (cr & np.append(~lf[1:], True)))[breaks]  # the '\r' of a '\r\n' ends no line
+            number = line + np.cumsum(real) - real  # line number of the text before each break
+            length = np.diff(breaks, prepend=-1 - current) - 1
+            in_quotes = (np.cumsum(quote, dtype=np.uint8)[breaks] + odd) % 2 == 1  # mod 256 keeps the parity
+            bad = np.flatnonzero((length > limit) | in_quotes)
+            if bad.size:
+                j = bad[0]
+                what = ("has an unclosed quote (a submission row is an id and an RLE on one line)" if in_quotes[j]
+                        else too_long)
+                raise DataError(f"{path}: line {number[j]} {what}")
+            line += int(real.sum())
+            odd = (odd + int(np.count_nonzero(quote))) % 2
+            current = len(chunk) - int(breaks[-1]) - 1 if breaks.size else current + len(chunk)
+            if current > limit:
+                raise DataError(f"{path}: line {line} {too_long}")
 
 
 def match_ids(have, expected, path, source: str, subset: bool = False) -> np.ndarray:
