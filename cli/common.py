@@ -1,5 +1,6 @@
 """What every command line shares: a parser whose mistakes are one line (exit 2, like every user error), range-
-checked number types, and the options several scripts take (device, amp, threads, decoding threads, cache)."""
+checked number types, and the options several scripts take (device, amp, threads, decoding threads, cache,
+post-processing)."""
 from __future__ import annotations
 
 import argparse
@@ -62,3 +63,31 @@ def doc_parts(doc: str) -> tuple[str, str]:
     """(description, epilog) of a script's docstring: its first paragraph and the rest."""
     head, _, rest = doc.partition("\n\n")
     return head, rest
+
+
+def add_postprocessing(p) -> None:
+    """The post-processing flags (test.py, pseudo.py): ``--post-config JSON`` and the flags overriding its values;
+    :func:`post_setting` resolves them."""
+    from tgs import postprocess
+
+    d = postprocess.DEFAULTS
+    pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
+    pp.add_argument("--post-config", metavar="JSON",
+                    help="the setting of score.py --search --save-best JSON; the flags below override its values")
+    pp.add_argument("--threshold", type=probability, help=f"salt where probability > this (default {d.threshold:g})")
+    pp.add_argument("--min-area", type=integer(0),
+                    help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
+    pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
+                    help="empty where the image-level salt probability < this (none: off; default off)")
+    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False,
+                    help="keep predictions on flat single-valued images (default: empty)")
+
+
+def post_setting(args: argparse.Namespace) -> tuple:
+    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
+    from tgs import postprocess
+
+    given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
+    if hasattr(args, "gate"):  # --gate none is a value (off), so "not given" is the attribute's absence
+        given["gate"] = args.gate
+    return postprocess.resolve(args.post_config, given)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_threads, doc_parts, integer,
-                        probability)
-from tgs import postprocess
+from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_postprocessing, add_threads,
+                        doc_parts, integer, post_setting)
 from tgs.errors import UserError, cli
 
 DOC = """Predict with one model or an ensemble, post-process, and write a submission and the probabilities.
@@ -25,7 +24,6 @@ The submission and the probabilities are written as a pair (an existing pair is 
 
 
 def build_parser() -> ArgumentParser:
-    d = postprocess.DEFAULTS
     description, epilog = doc_parts(DOC)
     p = ArgumentParser(prog="test.py", description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,25 +48,8 @@ def build_parser() -> ArgumentParser:
     add_threads(g)
     add_decoding(g)
     g.add_argument("--message", help="the -m text of the printed kaggle command")
-    pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
-    pp.add_argument("--post-config", metavar="JSON",
-                    help="the setting of score.py --search --save-best JSON; the flags below override its values")
-    pp.add_argument("--threshold", type=probability, help=f"salt where probability > this (default {d.threshold:g})")
-    pp.add_argument("--min-area", type=integer(0),
-                    help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
-    pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
-                    help="empty where the image-level salt probability < this (none: off; default off)")
-    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False,
-                    help="keep predictions on flat single-valued images (default: empty)")
+    add_postprocessing(p)
     return p
-
-
-def post_setting(args: argparse.Namespace) -> tuple:
-    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
-    given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
-    if hasattr(args, "gate"):  # --gate none is a value (off), so "not given" is the attribute's absence
-        given["gate"] = args.gate
-    return postprocess.resolve(args.post_config, given)
 
 
 def parse(argv=None):

@@ -1,5 +1,5 @@
-"""The typed configuration of a training run: five sections (data, model, loss, optimisation, run), each a frozen
-dataclass whose fields describe themselves (kind, choices, range, help).
+"""The typed configuration of a training run: six sections (data, model, loss, optimisation, pseudo-labels, run),
+each a frozen dataclass whose fields describe themselves (kind, choices, range, help).
 
 One description serves every source: ``cli/train.py`` builds its argument parser from it, and every value, from
 a flag, from a ``--config FILE.yaml`` key or from a checkpoint, passes the same :func:`coerce` (type, choices,
@@ -200,9 +200,34 @@ class RunOptions:
     threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0)
 
 
+@dataclass(frozen=True)
+class PseudoOptions:
+    """Training on pseudo-labelled test images as well (a ``pseudo.py`` file); validation stays the fold's real
+    images. mix: each batch holds ``round(F x batch size)`` pseudo images (:meth:`per_batch`) and the rest real
+    ones, an epoch being one pass over the real images, the loss the mean over the batch's images with weight W
+    for a pseudo one; pretrain: the first N epochs on the pseudo-labels alone, then the real images alone."""
+
+    pseudo_labels: str | None = opt(None, "path", "a pseudo-labels.npz (pseudo.py) of this data set's test images "
+                                                  "to train on as well", optional=True)
+    pseudo_fraction: float = opt(0.25, "float", "mix: the share F of each batch drawn from the pseudo-labels "
+                                                "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True)
+    pseudo_weight: float = opt(1.0, "float", "mix: weight W of a pseudo-labelled image in the batch's loss (a real "
+                                             "image weighs 1)", low=0.0)
+    pseudo_schedule: str = opt("mix", "choice", "mix: every batch carries the share; pretrain: --pseudo-epochs on "
+                                                "the pseudo-labels alone, then the real images alone",
+                               choices=PSEUDO_SCHEDULES)
+    pseudo_epochs: int = opt(0, "int", "pretrain: epochs N on the pseudo-labels alone (counted in --max-epochs)",
+                             low=0)
+
+    def per_batch(self, batch_size: int) -> int:
+        """Pseudo images in a mixed batch of ``batch_size``: ``F x batch_size`` rounded half up."""
+        return int(math.floor(self.pseudo_fraction * batch_size + 0.5))
+
+
 SECTIONS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "loss": LossOptions,
-                             "optimisation": OptimOptions, "run": RunOptions}
-_ATTR = {"data": "data", "model": "model", "loss": "loss", "optimisation": "optim", "run": "run"}
+                             "optimisation": OptimOptions, "pseudo-labels": PseudoOptions, "run": RunOptions}
+_ATTR = {"data": "data", "model": "model", "loss": "loss", "optimisation": "optim", "pseudo-labels": "pseudo",
+         "run": "run"}
 
 
 def options() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -276,6 +301,7 @@ class TrainConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     loss: LossOptions = field(default_factory=LossOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
+    pseudo: PseudoOptions = field(default_factory=PseudoOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
     def to_dict(self, repeated_only: bool = True) -> dict:
@@ -314,6 +340,38 @@ class TrainConfig:
                             f"{where('resize')}")
         if self.run.resume and self.run.overwrite:
             raise UserError(f"{where('overwrite')} starts afresh: it cannot be used with {where('resume')}")
+        self._check_pseudo(where)
+
+    def _check_pseudo(self, where: Callable[[str], str]) -> None:
+        """Pseudo-label options only with --pseudo-labels, each with the schedule it belongs to, and a batch that
+        holds both kinds of image."""
+        p, default = self.pseudo, PseudoOptions()
+        changed = [n for n in ("pseudo_fraction", "pseudo_weight", "pseudo_schedule", "pseudo_epochs")
+                   if getattr(p, n) != getattr(default, n)]
+        if p.pseudo_labels is None:
+            if changed:
+                raise UserError(f"{where(changed[0])} needs {where('pseudo_labels')}")
+            return
+        if p.pseudo_schedule == "mix":
+            k, bs = p.per_batch(self.optim.batch_size), self.optim.batch_size
+            if p.pseudo_epochs:
+                raise UserError(f"{where('pseudo_epochs')} goes with {where('pseudo_schedule')} pretrain")
+            if k == 0:
+                raise UserError(f"{where('pseudo_fraction')} {p.pseudo_fraction:g} puts no pseudo-labelled image "
+                                f"into a batch of {bs} (round({p.pseudo_fraction:g} x {bs}) = 0)")
+            if k >= bs:
+                raise UserError(f"{where('pseudo_fraction')} {p.pseudo_fraction:g} leaves no real image in a batch "
+                                f"of {bs} (round({p.pseudo_fraction:g} x {bs}) = {k})")
+            return
+        for name in ("pseudo_fraction", "pseudo_weight"):
+            if name in changed:
+                raise UserError(f"{where(name)} goes with {where('pseudo_schedule')} mix (pretrain batches hold "
+                                "one kind of image)")
+        if p.pseudo_epochs < 1:
+            raise UserError(f"{where('pseudo_schedule')} pretrain needs {where('pseudo_epochs')} N >= 1")
+        if p.pseudo_epochs >= self.optim.max_epochs:
+            raise UserError(f"{where('pseudo_epochs')} {p.pseudo_epochs} leaves none of the "
+                            f"{where('max_epochs')} {self.optim.max_epochs} epochs for the real images")
 
     def replace(self, **flat) -> "TrainConfig":
         """A copy with some options changed (validated like any other value)."""

@@ -8,7 +8,11 @@ state once, best names linked, consistent after a kill at any moment).
 Promises:
 - a fresh run into a folder that holds a run is refused (``--resume`` it, ``--overwrite`` it, or use another);
 - ``--resume`` continues exactly (on the CPU with a fixed seed, bit for bit) and only on the same data and the same
-  training-defining options (a data fingerprint and the options are stored in every checkpoint);
+  training-defining options (a data fingerprint, the pseudo-labels' digest and the options are stored in every
+  checkpoint);
+- with ``--pseudo-labels`` the batches carry pseudo-labelled test images too (:class:`MixedBatchSampler`: a fixed
+  share per batch, or a pretraining phase on them alone), weighted in the loss by :func:`batch_loss`; validation is
+  always the fold's real images;
 - a non-finite training loss, validation loss, output or weight stops the run before anything of that epoch is
   saved: the last finite state stays the last checkpoint;
 - every file is written atomically by rank 0 only; validation shards the fold's images over the ranks and gathers
@@ -31,8 +35,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import models
 from datasets import augment, folds, kaggle
-from datasets.torchdata import SaltDataset
+from datasets.torchdata import MixedBatchSampler, SaltDataset
 from engine import distributed, logs, predict, schedulers
+from engine import pseudo as pseudo_labels
 from engine.config import TrainConfig, save_yaml
 from engine.distributed import DistInfo
 from engine.layout import RunLayout
@@ -45,7 +50,8 @@ from tgs.io import atomic_open
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 # options that may change when a run is resumed: where and how fast it runs, and how long it trains
 RESUMABLE_CHANGES = ("max_epochs", "early_stopping", "device", "threads", "dataload_workers_nums", "no_cache",
-                     "compile", "comment", "log_dir", "data_dir", "val_batch_size", "amp", "channels_last")
+                     "compile", "comment", "log_dir", "data_dir", "val_batch_size", "amp", "channels_last",
+                     "pseudo_labels")  # the labels' file may move: their digest is checked instead
 
 
 class TrainingError(UserError):
@@ -84,9 +90,9 @@ class Context:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
-    train_set: SaltDataset
+    train_set: SaltDataset  # the fold's training images, then the pseudo-labelled ones (indices >= n_real)
     train_loader: DataLoader
-    train_sampler: DistributedSampler
+    train_sampler: DistributedSampler | MixedBatchSampler
     valid_images: np.ndarray
     valid_masks: np.ndarray
     layout: RunLayout
@@ -94,6 +100,8 @@ class Context:
     state: RunState
     data_fingerprint: str = ""
     writer: object = None
+    n_real: int = 0
+    pseudo: pseudo_labels.PseudoSet | None = None
 
     @property
     def fold(self) -> str:
@@ -156,13 +164,19 @@ def read_resume(cfg: TrainConfig) -> dict | None:
     return raw
 
 
-def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str) -> None:
-    """A resumed run goes on only with the same data and the same training-defining options."""
+def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str,
+                         pseudo: pseudo_labels.PseudoSet | None = None) -> None:
+    """A resumed run goes on only with the same data, the same pseudo-labels and the same training-defining
+    options."""
     path = cfg.run.resume
     stored = raw["meta"].get("data_fingerprint")
     if stored is not None and stored != fingerprint:
         raise UserError(f"--resume {path} was trained on other data than {cfg.data.data_dir} (its data fingerprint "
                         f"{stored} is not {fingerprint}); start afresh with --overwrite or use another --log-dir")
+    other = pseudo_labels.mismatch(raw["meta"], None if pseudo is None else pseudo.meta())
+    if other:
+        raise UserError(f"--resume {path}: {other}; resume with the same labels, or start afresh with --overwrite "
+                        "or another --log-dir")
     before = TrainConfig.from_checkpoint(raw["meta"], path)
     diff = before.differences(cfg, ignore=RESUMABLE_CHANGES)
     if diff:
@@ -195,7 +209,6 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     if cfg.model.sync_bn and info.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
     layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
-    claim_log_dir(cfg, layout, info)
     spec = input_spec(cfg)
     criterion = build_criterion(cfg)
     resume = read_resume(cfg)
@@ -203,13 +216,17 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
 
     train, tr, va = load_split(cfg)
     fingerprint = train.fingerprint()
+    p = cfg.pseudo
+    pseudo = None if p.pseudo_labels is None else pseudo_labels.for_training(
+        p.pseudo_labels, cfg.data.data_dir, train.ids, cache=not cfg.data.no_cache)
     if resume is not None:
-        check_resume_matches(cfg, resume, fingerprint)
+        check_resume_matches(cfg, resume, fingerprint, pseudo)
         try:
             core.load_state_dict(resume["state_dict"])
         except RuntimeError as exc:
             raise UserError(f"--resume {cfg.run.resume} does not fit the model of these options: "
                             f"{str(exc).splitlines()[0]}") from None
+    claim_log_dir(cfg, layout, info)  # after every check of the input: a refused run leaves the folder as it was
     core.to(info.device)
     if cfg.run.channels_last:
         core.to(memory_format=torch.channels_last)
@@ -230,12 +247,22 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     d = cfg.data
     transform = None if d.no_augment else augment.recipe(mean=float(train.images[tr].mean()),
                                                          cutout=not d.disable_cutout)
-    train_set = SaltDataset(train.images[tr], train.masks[tr], transform, seed=cfg.run.seed)
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.run.seed, drop_last=False)
     bs = cfg.optim.batch_size
-    loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=d.dataload_workers_nums,
-                        pin_memory=info.device.type == "cuda", drop_last=len(train_set) // info.world_size > bs)
+    pin = info.device.type == "cuda"
+    if pseudo is None:
+        train_set = SaltDataset(train.images[tr], train.masks[tr], transform, seed=cfg.run.seed)
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.run.seed, drop_last=False)
+        loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=d.dataload_workers_nums,
+                            pin_memory=pin, drop_last=len(train_set) // info.world_size > bs)
+    else:  # the same augmentations for both kinds of image; indices >= len(tr) are pseudo-labelled
+        train_set = SaltDataset(np.concatenate([train.images[tr], pseudo.images]),
+                                np.concatenate([train.masks[tr], pseudo.masks]), transform, seed=cfg.run.seed)
+        mixed = p.pseudo_schedule == "mix"
+        sampler = MixedBatchSampler(len(tr), len(pseudo), bs, p.per_batch(bs) if mixed else 0,
+                                    0 if mixed else p.pseudo_epochs, num_replicas=info.world_size, rank=info.rank,
+                                    seed=cfg.run.seed)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=d.dataload_workers_nums, pin_memory=pin)
 
     state = RunState()
     if resume is not None:
@@ -251,7 +278,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
 
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
-                  train.images[va], train.masks[va], layout, saver, state, fingerprint)
+                  train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo)
     if info.is_main:
         saver.prepare()
         if resume is not None:
@@ -267,6 +294,11 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
               f"{spec.mode} {spec.source}->{spec.size}; {cfg.model.basenet}; device {info.device}"
               f"{f' x{info.world_size} processes' if info.enabled else ''}"
               f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
+    if pseudo is not None:
+        epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
+        how = (f"{p.per_batch(bs)} of every batch of {bs}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
+               else f"alone for {epochs}, then the real images alone")
+        logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
     return ctx
 
 
@@ -286,26 +318,33 @@ def to_model_targets(out: dict, masks: torch.Tensor, spec: InputSpec, loss_on_ce
 
 
 class PartsMean:
-    """Batch-size-weighted means of a criterion's named parts (``last_parts``) over an epoch, kept on the device
-    until the end (no synchronisation per batch)."""
+    """Image-weighted means of named loss parts over an epoch (each part a mean over ``n`` images of a batch), kept
+    on the device until the end (no synchronisation per batch)."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, parts: dict, n: int) -> None:
+        """Parts that are all means over the same ``n`` images."""
         for k, v in parts.items():
-            v = v.detach().double() * n
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.count += n
+            self.add_one(k, v, n)
+
+    def add_one(self, key: str, value: torch.Tensor, n: int) -> None:
+        v = value.detach().double() * n
+        self.sums[key] = self.sums[key] + v if key in self.sums else v
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    @property
+    def count(self) -> int:
+        return self.counts.get("loss", 0)
 
     def means(self, info: DistInfo, prefix: str) -> dict:
-        local = ({k: float(v) for k, v in self.sums.items()}, self.count)
+        local = ({k: float(v) for k, v in self.sums.items()}, dict(self.counts))
         gathered = distributed.all_gather_objects(local, info)
-        total = sum(c for _, c in gathered)
         keys = sorted({k for s, _ in gathered for k in s})
-        return {f"{prefix}_{k.replace('/', '.')}": sum(s.get(k, 0.0) for s, _ in gathered) / max(total, 1)
-                for k in keys}
+        return {f"{prefix}_{k.replace('/', '.')}": sum(s.get(k, 0.0) for s, _ in gathered)
+                / max(sum(c.get(k, 0) for _, c in gathered), 1) for k in keys}
 
 
 def _diverged(what: str, value, ctx: Context, where: str) -> TrainingError:
@@ -313,11 +352,57 @@ def _diverged(what: str, value, ctx: Context, where: str) -> TrainingError:
                          f"({ctx.saver.describe()})")
 
 
+def take(out, index: torch.Tensor):
+    """The images ``index`` of a model output: a tensor, or a dict / list of them (batch first), or None."""
+    if isinstance(out, torch.Tensor):
+        return out[index]
+    if isinstance(out, dict):
+        return {k: take(v, index) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(take(v, index) for v in out)
+    return out
+
+
+def batch_loss(criterion, out, y: torch.Tensor, pseudo: torch.Tensor | None = None,
+               weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """(loss, parts) of one batch; ``parts``: ``{name: (value, images it is a mean over)}``, detached, with the
+    total under ``"loss"``.
+
+    Without pseudo-labelled images (``pseudo`` (B,) bool on the CPU, True for those; None: none) the loss is the
+    criterion on the batch. A batch with both kinds gets the weighted mean over its images, weight 1 for a real
+    image and ``weight`` W for a pseudo-labelled one: ``(n_r L_r + W n_p L_p) / (n_r + W n_p)`` with ``L_r``,
+    ``L_p`` the criterion on each part (and each named part combined the same way; ``real_loss`` and
+    ``pseudo_loss`` are added). The recipe's losses are means over images, so this is exact: W = 1 gives the
+    criterion on the whole batch, W = 0 the criterion on its real images (the forward pass, BatchNorm included,
+    still sees them all). One exception: the deep loss's aux part is a mean over the images with salt, and is
+    combined by image counts."""
+    n = len(y)
+    n_p = 0 if pseudo is None else int(pseudo.sum())
+    if n_p in (0, n):
+        loss = criterion(out, y)
+        parts = {**getattr(criterion, "last_parts", {}), "loss": loss.detach()}
+        return loss, {k: (v, n) for k, v in parts.items()}
+    real = torch.nonzero(~pseudo).squeeze(1).to(y.device, non_blocking=True)
+    fake = torch.nonzero(pseudo).squeeze(1).to(y.device, non_blocking=True)
+    w_r, w_p = float(n - n_p), float(weight) * n_p
+    halves = []
+    for index in (real, fake):
+        loss_part = criterion(take(out, index), y[index])
+        halves.append((loss_part, {**getattr(criterion, "last_parts", {}), "loss": loss_part.detach()}))
+    (loss_r, parts_r), (loss_p, parts_p) = halves
+    loss = (w_r * loss_r + w_p * loss_p) / (w_r + w_p)
+    parts = {k: ((w_r * parts_r[k] + w_p * parts_p[k]) / (w_r + w_p), n) for k in parts_r}
+    parts["real_loss"] = (loss_r.detach(), n - n_p)
+    parts["pseudo_loss"] = (loss_p.detach(), n_p)
+    return loss, parts
+
+
 def train_step(ctx: Context, images: torch.Tensor, masks: torch.Tensor, stepping: bool = True,
-               where: str = "") -> torch.Tensor:
-    """Forward and backward of one batch (uint8 images and bool masks (B, 1, 101, 101) on the device), then an
-    optimiser step when ``stepping`` (else the gradients accumulate, without a DDP all-reduce). Returns the
-    batch's loss, detached. A non-finite loss on any rank stops training with a TrainingError naming ``where``."""
+               where: str = "", pseudo: torch.Tensor | None = None) -> dict:
+    """Forward and backward of one batch (uint8 images and bool masks (B, 1, 101, 101) on the device; ``pseudo``
+    (B,) bool on the CPU marks pseudo-labelled images), then an optimiser step when ``stepping`` (else the
+    gradients accumulate, without a DDP all-reduce). Returns the batch's loss parts (:func:`batch_loss`). A
+    non-finite loss on any rank stops training with a TrainingError naming ``where``."""
     cfg, info = ctx.cfg, ctx.info
     x = ctx.spec.encode_images(images)
     if cfg.run.channels_last:
@@ -327,7 +412,7 @@ def train_step(ctx: Context, images: torch.Tensor, masks: torch.Tensor, stepping
         with predict.autocast(info.device, cfg.run.amp):
             out = ctx.model(x)
         out, y = to_model_targets(out, masks, ctx.spec, cfg.loss.loss_on_center)
-        loss = ctx.criterion(out, y)
+        loss, parts = batch_loss(ctx.criterion, out, y, pseudo, cfg.pseudo.pseudo_weight)
         if not distributed.all_true(bool(torch.isfinite(loss.detach())), info):
             raise _diverged("loss", loss.item(), ctx, where)
         ctx.scaler.scale(loss / cfg.optim.gradient_accumulation).backward()
@@ -336,7 +421,7 @@ def train_step(ctx: Context, images: torch.Tensor, masks: torch.Tensor, stepping
         ctx.scaler.update()
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.state.step += 1
-    return loss.detach()
+    return parts
 
 
 def train_one_epoch(ctx: Context, epoch: int) -> dict:
@@ -349,12 +434,14 @@ def train_one_epoch(ctx: Context, epoch: int) -> dict:
     n_batches = len(ctx.train_loader)
     ctx.optimizer.zero_grad(set_to_none=True)
     bar = logs.progress(ctx.train_loader, info, desc=f"train {epoch}", total=n_batches)
-    for i, (images, masks, _) in enumerate(bar):
+    for i, (images, masks, index) in enumerate(bar):
+        pseudo = None if ctx.pseudo is None else index >= ctx.n_real
         images = images.to(info.device, non_blocking=True)
         masks = masks.to(info.device, non_blocking=True)
         stepping = (i + 1) % accum == 0 or i + 1 == n_batches
-        loss = train_step(ctx, images, masks, stepping, where=f"epoch {epoch}, batch {i}")
-        parts.add({**getattr(ctx.criterion, "last_parts", {}), "loss": loss}, len(images))
+        step = train_step(ctx, images, masks, stepping, where=f"epoch {epoch}, batch {i}", pseudo=pseudo)
+        for name, (value, n) in step.items():
+            parts.add_one(name, value, n)
         if not bar.disable:
             bar.set_postfix(loss=f"{float(parts.sums['loss']) / max(parts.count, 1):.4f}")
     out = parts.means(info, "train")
@@ -415,6 +502,8 @@ def weights_finite(model: torch.nn.Module) -> bool:
 def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
     meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
             "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint}
+    if ctx.pseudo is not None:
+        meta["pseudo_labels"] = ctx.pseudo.meta()
     ctx.saver.save(ctx.core, ctx.spec, meta, resume_state(ctx), improved, _snapshot_epoch(ctx, epoch))
 
 

@@ -1,7 +1,7 @@
 """The floors of the code import in one direction only (read from the source with ast, function-local imports
 included):
 
-    4  train.py swa.py test.py score.py ensemble.py report.py mosaic.py   thin scripts
+    4  train.py swa.py test.py score.py ensemble.py report.py mosaic.py pseudo.py   thin scripts
     3  cli/                                                               argument parsing, one call below
     2  engine/                                                            training, prediction, ensembles, reports
     1  datasets/  models/  losses/                                        (these three never import each other)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"tgs": 0, "datasets": 1, "models": 1, "losses": 1, "engine": 2, "cli": 3}
-SCRIPTS = ("train", "swa", "test", "score", "ensemble", "report", "mosaic")
+SCRIPTS = ("train", "swa", "test", "score", "ensemble", "report", "mosaic", "pseudo")
 for _name in SCRIPTS:
     FLOORS[_name] = 4
 

@@ -5,6 +5,8 @@ import contextlib
 import errno
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
@@ -151,3 +153,43 @@ def read_csv_strings(path: str | os.PathLike, columns: Sequence[str], missing: s
     if list(df.columns) != list(columns):
         raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected {','.join(columns)!r}")
     return df
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npz(path: str | os.PathLike, names: Sequence[str], what: str) -> dict:
+    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``), all of
+    them decompressed here. A file that is not a readable ``.npz`` holding them all (a single ``.npy``, not a zip,
+    truncated or corrupt, an object array, a missing array) is a DataError naming the file as a ``what`` (e.g.
+    "probabilities file")."""
+    import numpy as np
+
+    from tgs.errors import DataError
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head.startswith(_NPY_MAGIC):
+        raise DataError(f"{path} is a single .npy array, not a .npz {what}")
+    if not head.startswith(_ZIP_MAGIC):
+        raise DataError(f"{path} is not a readable .npz {what} (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in names if k not in z.files]
+            if missing:
+                raise DataError(f"{path} is not a {what} (no {missing[0]!r} array)")
+            return {k: z[k] for k in names}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path} holds an object array (pickled data), refused: {what}s hold plain arrays "
+                            "only") from None
+        raise DataError(f"{path} is not a readable .npz {what}: corrupt or truncated ({_first_line(exc)})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npz {what}: corrupt or truncated ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception, n: int = 100) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= n else text[:n] + "..."

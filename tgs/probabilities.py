@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from tgs.errors import DataError, UserError, excerpt
-from tgs.io import atomic_path
+from tgs.io import atomic_path, read_npz
 from tgs import TILE
 
 IMAGE_SHAPE = (TILE, TILE)
@@ -32,8 +30,6 @@ IMAGE_SHAPE = (TILE, TILE)
 SCALE = 255.0
 SPLITS = ("test", "valid")  # the values of the ``split`` array
 ARRAYS = ("ids", "probs", "image_probs", "models", "split")  # all written by save
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass
@@ -128,7 +124,7 @@ def load(path: str | os.PathLike) -> Probabilities:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"probabilities file {path} does not exist")
-    arrays = _read_arrays(path)
+    arrays = read_npz(path, ARRAYS, "probabilities file")
     ids = _checked_ids(path, arrays["ids"])
     q = arrays["probs"]
     if q.dtype != np.uint8 or q.shape != (len(ids), *IMAGE_SHAPE):
@@ -143,37 +139,6 @@ def load(path: str | os.PathLike) -> Probabilities:
         shown = str(split) if split.ndim == 0 and split.dtype.kind == "U" else split
         raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(shown)}")
     return Probabilities(ids, q.astype(np.float32) / SCALE, img, models.tolist(), str(split))
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of :data:`ARRAYS`, read without pickle; a DataError for a file that is not a readable
-    ``.npz`` holding them all."""
-    with open(path, "rb") as fh:
-        head = fh.read(len(_NPY_MAGIC))
-    if head.startswith(_NPY_MAGIC):
-        raise DataError(f"{path} is a single .npy array, not a .npz probabilities file")
-    if not head.startswith(_ZIP_MAGIC):
-        raise DataError(f"{path} is not a readable .npz probabilities file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ARRAYS if k not in z.files]
-            if missing:
-                raise DataError(f"{path} is not a probabilities file (no {missing[0]!r} array)")
-            return {k: z[k] for k in ARRAYS}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path} holds an object array (pickled data), refused: probabilities files hold "
-                            "plain arrays only") from None
-        raise DataError(f"{path} is not a readable .npz probabilities file: corrupt or truncated "
-                        f"({_first_line(exc)})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise DataError(f"{path} is not a readable .npz probabilities file: corrupt or truncated "
-                        f"({_first_line(exc)})") from None
-
-
-def _first_line(exc: Exception, n: int = 100) -> str:
-    text = (str(exc).splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= n else text[:n] + "..."
 
 
 def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:

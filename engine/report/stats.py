@@ -30,13 +30,11 @@ import numpy as np
 import pandas as pd
 
 from tgs import metric
+from tgs.coverage import COVERAGE_BINS, coverage_bin
 from tgs.errors import DataError
 from tgs.probabilities import LEVELS, SCALE, at_least, level_histograms, level_of, quantize
 
 THRESHOLDS = (np.arange(LEVELS + 1) - 0.5) / SCALE
-#: (name, lower, upper) of the coverage bins: salt pixels / all pixels in [lower, upper); "empty" is exactly 0
-COVERAGE_BINS = (("empty", 0.0, 0.0), ("<1%", 0.0, 0.01), ("1-10%", 0.01, 0.10), ("10-50%", 0.10, 0.50),
-                 (">50%", 0.50, 1.0))
 
 
 # -- probabilities and cuts -------------------------------------------------------------------------------------
@@ -188,14 +186,6 @@ def threshold_sweep(q, truth, histograms: tuple[np.ndarray, np.ndarray] | None =
 
 
 # -- per image, coverage ------------------------------------------------------------------------------------------
-def coverage_bin(truth) -> np.ndarray:
-    """Index into :data:`COVERAGE_BINS` of each true mask, (N,) int."""
-    truth = np.asarray(truth)
-    coverage = truth.reshape(len(truth), -1).mean(axis=1)
-    edges = [lo for _, lo, _ in COVERAGE_BINS[2:]]  # 0.01, 0.10, 0.50
-    return np.where(coverage == 0, 0, 1 + np.searchsorted(edges, coverage, side="right"))
-
-
 def per_image(ids: Sequence[str], q, truth, threshold: float = 0.5) -> pd.DataFrame:
     """One row per image at ``prob > threshold``: id, score, iou (tgs.metric), coverage, bin, true and predicted
     salt areas, the image's highest probability."""

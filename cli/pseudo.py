@@ -1,0 +1,85 @@
+"""pseudo.py's command line: options -> engine.pseudo.make."""
+from __future__ import annotations
+
+import argparse
+
+from cli.common import ArgumentParser, add_decoding, add_postprocessing, doc_parts, post_setting
+from tgs.errors import UserError, cli
+
+DOC = """Choose pseudo-labels among the test images from saved test predictions, and write them for train.py.
+
+    python pseudo.py --probabilities RUN/ensemble-probabilities.npz --data-dir DATA \\
+        --post-config RUN/postprocess.json --out RUN/pseudo-labels.npz
+    python train.py ... --pseudo-labels RUN/pseudo-labels.npz [--pseudo-fraction 0.25 --pseudo-weight 1]
+
+An image is kept when at least --min-confidence of its pixels have a probability below --lo or above --hi, and it
+is not flat (one value everywhere); --cap BIN=SHARE keeps at most that share of the kept images whose predicted
+coverage is in BIN (empty, <1%, 1-10%, 10-50%, >50%), the most confident first. The labels are the
+post-processed masks (tgs/postprocess.py; the same flags as test.py). The file (tgs/pseudo.py) holds the ids,
+masks, confidences and where they came from."""
+
+
+def share(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
+
+
+def cap(text: str) -> tuple[str, float]:
+    """An argparse type: ``BIN=SHARE`` (the bin's name is checked by tgs.pseudo.Rule)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BIN=SHARE (e.g. empty=0.5)")
+    return name, share(value)
+
+
+def build_parser() -> ArgumentParser:
+    from tgs.pseudo import Rule
+
+    d = Rule()
+    description, epilog = doc_parts(DOC)
+    p = ArgumentParser(prog="pseudo.py", description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--probabilities", required=True, metavar="NPZ",
+                   help="test-set predictions (test.py's or the ensemble's PREFIX-probabilities.npz)")
+    p.add_argument("--data-dir", default="data", help="the dataset in Kaggle's layout (default: data)")
+    p.add_argument("--out", required=True, metavar="NPZ", help="the pseudo-labels file to write (e.g. "
+                                                               "RUN/pseudo-labels.npz)")
+    r = p.add_argument_group("the rule")
+    r.add_argument("--lo", type=share, default=d.lo, help=f"a pixel is sure background below this (default {d.lo:g})")
+    r.add_argument("--hi", type=share, default=d.hi, help=f"a pixel is sure salt above this (default {d.hi:g})")
+    r.add_argument("--min-confidence", type=share, default=d.min_confidence,
+                   help=f"keep images with at least this share of sure pixels (default {d.min_confidence:g})")
+    r.add_argument("--cap", type=cap, action="append", default=[], metavar="BIN=SHARE",
+                   help="keep at most SHARE of the kept images of a predicted-coverage bin, the most confident "
+                        "(e.g. empty=0.5; repeat for several bins)")
+    add_decoding(p)
+    add_postprocessing(p)
+    return p
+
+
+def parse(argv=None) -> dict:
+    from pathlib import Path
+
+    from tgs.pseudo import Rule
+
+    args = build_parser().parse_args(argv)
+    if not Path(args.probabilities).is_file():
+        raise UserError(f"--probabilities {args.probabilities} does not exist")
+    post, source = post_setting(args)
+    rule = Rule(args.lo, args.hi, args.min_confidence, tuple(args.cap))
+    return dict(probabilities=args.probabilities, data_dir=args.data_dir, out=args.out, post=post, rule=rule,
+                post_source=source, cache=not args.no_cache, workers=args.decode_threads or None)
+
+
+@cli
+def main(argv=None) -> int:
+    from engine import pseudo
+
+    pseudo.make(**parse(argv))
+    return 0
