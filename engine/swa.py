@@ -256,6 +256,7 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
         "duplicates": [[str(a), str(b)] for a, b in avg.skipped],
         "bn_images": int(len(tr)), "bn_batch_size": batch, "bn_batches": batches,
         "config": config, "data_fingerprint": fingerprint,
+        "pseudo_labels": avg.meta.get("pseudo_labels"),  # which pseudo-labels the averaged models trained with
     }
     models.save_checkpoint(opts.output, avg.model, avg.input_spec, out_meta)
     spec = avg.input_spec
