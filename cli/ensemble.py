@@ -3,6 +3,7 @@ with those scripts' own parsers before anything runs) -> engine.ensemble.Ensembl
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import signal
 import sys
@@ -12,7 +13,8 @@ from cli import swa as swa_cli
 from cli import test as test_cli
 from cli import train as train_cli
 from cli.common import ArgumentParser, doc_parts, integer
-from tgs.errors import UserError, cli
+from engine.jobs import EXECUTORS
+from tgs.errors import UserError, cli, excerpt, few
 
 DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
 
@@ -20,9 +22,16 @@ DOC = """Train, average and ensemble every fold in one command: the 9th place's 
     python ensemble.py --data-dir DATA --run-dir runs/demo/ens --folds fold0,fold1 --modes resize --resize-size 32 \\
         -- --basenet unet --encoder-width 4 --max-epochs 3 --device cpu
 
-For every mode (pad: reflect-pad 101 -> --pad-size; resize: 101 -> --resize-size) and every fold, one after
-another, or --parallel folds at a time: by default one process per GPU when several are visible (each with its
-own CUDA_VISIBLE_DEVICES); on the CPU, --parallel N runs N folds at once with the cores shared between them:
+    python ensemble.py --executor slurm --slurm-partition gpu --slurm-gpus-per-fold 2 --slurm-time 2-00:00:00 \\
+        --data-dir DATA --run-dir runs/ens -- --pretrained imagenet --basenet senet154 --max-epochs 250 ...
+
+For every mode (pad: reflect-pad 101 -> --pad-size; resize: 101 -> --resize-size) and every fold, one job of the
+submitit library. --executor local (the default): processes on this machine, one fold after another or several
+at a time: by default one per GPU when several are visible (each sees only its own: CUDA_VISIBLE_DEVICES); on the
+CPU, --parallel N runs N folds at once with the cores shared between them. --executor slurm: one sbatch job per
+fold (--slurm-* options; torchrun inside when a fold has several GPUs), all queued at once unless --parallel N;
+ensemble.py waits for them (keep it running, e.g. in tmux or a small job of its own). --executor debug: every
+fold in this process (for debugging). Each fold's job:
 
 1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes
    from ``checkpoints/last-checkpoint-FOLD.pth``;
@@ -39,9 +48,16 @@ then, with all the SWA models:
    ``score.py --check``.
 
 A fold is reused only when it was made from the same data and the same training options: otherwise one line says
-what differs (--overwrite trains such folds afresh). Arguments after ``--`` (or in --train-args) go to every
-train.py; the data, fold, log dir, resume, input mode and size are set here. --device, --threads and --amp given
-there are used by swa.py and test.py too. Each step's output is shown prefixed with its fold and kept in RUN/logs/."""
+what differs (--overwrite trains such folds afresh); every fold is checked before any job is submitted. A job
+that fails is submitted again (resuming from the fold's last checkpoint) up to --max-retries times, unless a step
+refused its input (exit code 2); a job pre-empted or stopped at its time limit is requeued by submitit (at most
+--max-retries time limits). A fold that fails for good, Ctrl-C or a SIGTERM stops every running fold (each
+resumes next time). On a terminal a progress bar shows folds done, each running fold's step and the time left;
+elsewhere one status line is printed per finished fold. Job files (submitit's pickles and logs) go to RUN/jobs/.
+
+Arguments after ``--`` (or in --train-args) go to every train.py; the data, fold, log dir, resume, input mode and
+size are set here. --device, --threads and --amp given there are used by swa.py and test.py too. Each step's output
+is shown prefixed with its fold and kept in RUN/logs/."""
 
 ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))
 # train.py options that ensemble.py sets itself, and what to use instead
@@ -52,6 +68,62 @@ TEST_OWNED = ("models", "from_probabilities", "merge_oof", "split", "data_dir", 
               "output_prefix", "tta")  # test.py options ensemble.py sets itself
 SWA_OWNED = ("input", "output", "data_dir", "data_fold", "folds_file")
 SHARED = ("device", "threads", "amp")  # train.py options swa.py and test.py take as well
+# sbatch options set from ensemble.py's own flags (or by submitit), and what to use instead
+SBATCH_OWNED = {"partition": "--slurm-partition", "time": "--slurm-time", "t": "--slurm-time",
+                "gpus-per-node": "--slurm-gpus-per-fold", "gres": "--slurm-gpus-per-fold",
+                "cpus-per-task": "--slurm-cpus-per-fold", "mem": "--slurm-mem", "nodes": "(one node per fold)",
+                "ntasks-per-node": "(one task per fold)", "job-name": "(tgs-MODE-FOLD)", "output": "(RUN/jobs)",
+                "error": "(RUN/jobs)", "signal": "(submitit's requeue)", "open-mode": "(submitit)",
+                "array": "(one job per fold)"}
+SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_fold", "slurm_cpus_per_fold", "slurm_time", "slurm_mem",
+               "slurm_extra")
+_TIME = (re.compile(r"^()(\d+):(\d\d):(\d\d)$"), re.compile(r"^(\d+)-(\d+)(?::(\d\d)(?::(\d\d))?)?$"))
+
+
+def minutes(text: str) -> int:
+    """An argparse type: a Slurm time limit in whole minutes (>= 1), from MINUTES, H:MM:SS or D-H[:MM[:SS]]
+    (Slurm's own formats, less its ambiguous MM:SS); seconds round up."""
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+    else:
+        m = next((m for m in (p.match(text) for p in _TIME) if m), None)
+        if m is None:
+            raise argparse.ArgumentTypeError(f"{excerpt(text)} is not MINUTES, H:MM:SS or D-H:MM:SS")
+        days, hours, mins, secs = (int(g) if g else 0 for g in m.groups())
+        if mins >= 60 or secs >= 60:
+            raise argparse.ArgumentTypeError(f"{excerpt(text)}: minutes and seconds must be below 60")
+        value = (days * 24 + hours) * 60 + mins + (1 if secs else 0)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{excerpt(text)}: at least one minute")
+    return value
+
+
+def gpu_count(text: str) -> tuple:
+    """An argparse type: ``N`` or ``TYPE:N`` GPUs (sbatch's --gpus-per-node syntax) -> (type or None, N)."""
+    kind, _, count = text.strip().rpartition(":")
+    if not count.isdigit() or (kind and not re.match(r"^[A-Za-z0-9_.-]+$", kind)):
+        raise argparse.ArgumentTypeError(f"{excerpt(text)} is not N or TYPE:N (e.g. 2 or a100:2)")
+    return kind or None, int(count)
+
+
+def memory(text: str) -> str:
+    """An argparse type: Slurm's memory syntax, e.g. 64G, 500M, 64000 (megabytes)."""
+    if not re.match(r"^\d+[KMGT]?$", text.strip(), re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"{excerpt(text)} is not a size like 64G or 500M")
+    return text.strip().upper()
+
+
+def sbatch_option(text: str) -> tuple:
+    """An argparse type: ``KEY=VALUE`` (or ``KEY``: a flag) of an sbatch option -> (key, value or True)."""
+    key, eq, value = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", key) or (eq and not value.strip()):
+        raise argparse.ArgumentTypeError(f"{excerpt(text)} is not KEY=VALUE (an sbatch option, e.g. account=proj)")
+    key = key.replace("_", "-")
+    if key in SBATCH_OWNED:
+        raise argparse.ArgumentTypeError(f"{key} is set by ensemble.py: use {SBATCH_OWNED[key]}")
+    return key, value.strip() if eq else True
 
 
 def build_parser() -> ArgumentParser:
@@ -77,11 +149,31 @@ def build_parser() -> ArgumentParser:
                    help="submit with test.py's default post-processing instead of the setting the out-of-fold "
                         "search found (RUN/postprocess.json); flags in --test-args (--threshold ..., "
                         "--post-config FILE) override either")
-    p.add_argument("--gpus", default="auto",
-                   help="GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where the folds' jobs run: local (processes on this machine), slurm (sbatch jobs), debug "
+                        "(this process, one fold after another; each fold's output is shown when it ends) "
+                        "(default: local)")
+    p.add_argument("--max-retries", type=integer(0), default=2,
+                   help="times a failed (or, on Slurm, timed-out) fold's job is started again from its last "
+                        "checkpoint (default: 2)")
+    p.add_argument("--gpus", default=None,
+                   help="local GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1 (default: auto)")
     p.add_argument("--parallel", type=integer(0), default=0,
-                   help="folds trained at the same time (default: one per GPU with 2+ GPUs, else 1); on the CPU "
-                        "each gets cores/N threads unless --threads is given")
+                   help="folds trained at the same time (local default: one per GPU with 2+ GPUs, else 1; on the "
+                        "CPU each gets cores/N threads unless --threads is given; slurm default: every fold)")
+    g = p.add_argument_group("Slurm (--executor slurm): what each fold's job asks for")
+    g.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    g.add_argument("--slurm-gpus-per-fold", type=gpu_count, default=None, metavar="[TYPE:]N",
+                   help="GPUs of one node per fold, optionally of a type (e.g. a100:2); with 2+, train.py runs "
+                        "under torchrun (default: 1)")
+    g.add_argument("--slurm-cpus-per-fold", type=integer(1), default=None,
+                   help="CPUs per fold (default: the cluster's)")
+    g.add_argument("--slurm-time", type=minutes, default=None,
+                   help="time limit per job: MINUTES, H:MM:SS or D-H:MM:SS; a fold not done by then is requeued "
+                        "from its last checkpoint (default: 24:00:00)")
+    g.add_argument("--slurm-mem", type=memory, default=None, help="memory per fold, e.g. 64G (default: the cluster's)")
+    g.add_argument("--slurm-extra", nargs="+", type=sbatch_option, action="extend", default=None, metavar="KEY=VALUE",
+                   help="further sbatch options, e.g. account=proj qos=high exclusive (KEY alone: a flag)")
     p.add_argument("--overwrite", action="store_true",
                    help="a fold made from other data or options is trained afresh (its files removed) instead of "
                         "stopping the run")
@@ -152,17 +244,42 @@ def parse(argv=None):
     for key in SWA_OWNED:
         if key in swa_given:
             raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
+    slurm = slurm_settings(a)
     opts = EnsembleOptions(
         data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, modes=modes, folds_file=a.folds_file,
         pad_size=a.pad_size, resize_size=a.resize_size, train_args=tuple(train_args), swa_args=tuple(swa_args),
         test_args=tuple(test_args), shared={k: given[k] for k in SHARED if k in given}, tta=a.tta,
-        tuned_post=a.tuned_post, gpus=a.gpus, parallel=a.parallel, overwrite=a.overwrite, dry_run=a.dry_run)
+        tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel, overwrite=a.overwrite,
+        dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm)
     # every fold's complete train.py command must be valid before anything runs
     from engine.ensemble import jobs_of, train_argv
 
     for job in jobs_of(opts):
         train_cli.parse(train_argv(job, opts))
     return opts
+
+
+def slurm_settings(a: argparse.Namespace):
+    """The Slurm options as SlurmSettings; refused with another executor (they would do nothing), as is --gpus on
+    Slurm (the cluster chooses the GPUs) and --parallel with the debug executor (one fold at a time)."""
+    from engine.jobs import SlurmSettings
+
+    given = [name for name in SLURM_FLAGS if getattr(a, name) is not None]
+    if given and a.executor != "slurm":
+        raise UserError(f"--{given[0].replace('_', '-')} applies to --executor slurm only (not {a.executor})")
+    if a.executor == "slurm" and a.gpus is not None:
+        raise UserError("--gpus chooses GPUs of this machine; with --executor slurm use --slurm-gpus-per-fold")
+    if a.executor == "debug" and a.parallel > 1:
+        raise UserError("--parallel: --executor debug runs one fold at a time, in this process")
+    default = SlurmSettings()
+    extra = tuple(a.slurm_extra or ())
+    keys = [k for k, _ in extra]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"--slurm-extra: {few(sorted({k for k in keys if keys.count(k) > 1}))} given twice")
+    gpu_type, gpus = a.slurm_gpus_per_fold or (default.gpu_type, default.gpus_per_fold)
+    return SlurmSettings(partition=a.slurm_partition, gpus_per_fold=gpus, gpu_type=gpu_type,
+                         cpus_per_fold=a.slurm_cpus_per_fold, time_min=a.slurm_time or default.time_min,
+                         mem=a.slurm_mem, extra=extra)
 
 
 def _sigterm(signum, frame):

@@ -1,45 +1,44 @@
 """The ensemble runner behind ensemble.py: the 9th place's 20-model ensemble in one call.
 
-For every input mode (pad: reflect-pad 101 -> ``pad_size``; resize: 101 -> ``resize_size``) and every fold, one
-after another or several at a time (:func:`run_folds`):
+For every input mode (pad: reflect-pad 101 -> ``pad_size``; resize: 101 -> ``resize_size``) and every fold, one job
+of submitit (:mod:`engine.jobs`: on this machine, on a Slurm cluster, or in this process), several at a time where
+the places allow (:func:`places`: one per GPU, N shares of the CPU cores, or the cluster's queue):
 
-1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes;
+1. ``train.py`` into RUN/MODE/FOLD; a fold with a last checkpoint but no SWA model resumes (``torchrun`` when a
+   Slurm fold has several GPUs);
 2. ``swa.py`` into RUN/MODE/FOLD_swa.pth; a fold whose SWA model exists is finished and skipped next time,
 
-then, with all the SWA models (:func:`ensemble_outputs`): out-of-fold predictions of each fold, merged and
+while :mod:`engine.watch` echoes the folds' logs and shows how far they are and the time left; then, in this
+process, with all the SWA models (:func:`ensemble_outputs`): out-of-fold predictions of each fold, merged and
 scored; ``score.py --search`` on them (RUN/postprocess.json); ``test.py`` with flip TTA over every SWA model and
 that post-processing; ``score.py --check`` of the submission. The file names are :class:`EnsembleLayout`'s.
 
 A fold is reused (skipped or resumed) only when it was made from the same data (a fingerprint of the training
 set) and the same training options as asked now; otherwise the run stops with one line saying what differs,
-unless ``overwrite`` (then that fold's files are removed and it is trained afresh).
+unless ``overwrite`` (then that fold's files are removed and it is trained afresh). Every fold is checked before
+any job is submitted.
 """
 from __future__ import annotations
 
 import os
-import queue
-import shlex
-import subprocess
-import sys
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from engine.config import TrainConfig
+from engine.jobs import StepFailed  # noqa: F401  (raised by run(): a step failed)
+from engine.jobs import (FoldJob, Place, SlurmSettings, Step, Task, check_executor, make_executor, run_step, schedule,
+                         torchrun)
 from engine.layout import EnsembleLayout, RunLayout
 from engine.trainer import RESUMABLE_CHANGES
+from engine.watch import FoldView, Monitor
 from tgs.errors import UserError, few
 
 ROOT = Path(__file__).resolve().parents[1]  # where the scripts are
 MODES = ("pad", "resize")
 # options that never change a fold's result: a finished fold made with other values is still the same fold
 RUN_ONLY = ("device", "threads", "dataload_workers_nums", "no_cache", "compile", "comment", "log_dir", "data_dir")
-
-
-class StepFailed(UserError):
-    """A subprocess step exited with an error: the message names the step, its last error line and its log."""
+POLL_S = {"local": 0.5, "slurm": 10.0, "debug": 0.0}  # how often running jobs and their files are looked at
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,9 @@ class EnsembleOptions:
     parallel: int = 0
     overwrite: bool = False
     dry_run: bool = False
+    executor: str = "local"  # local, slurm, debug (engine.jobs)
+    max_retries: int = 2
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
     @property
     def layout(self) -> EnsembleLayout:
@@ -89,82 +91,27 @@ class Job:
     def log(self) -> Path:
         return self.layout.fold_log(self.mode, self.fold)
 
+    @property
+    def job_files(self) -> Path:
+        return self.layout.fold_jobs(self.mode, self.fold)
+
 
 def jobs_of(opts: EnsembleOptions) -> list[Job]:
     return [Job(mode, fold, opts.layout) for mode in opts.modes for fold in opts.folds]
 
 
 # -- running steps --------------------------------------------------------------------------------------------------
-_print_lock = threading.Lock()
+# Runs one step: (Step, label, log, env, echo). Tests replace it with an in-process runner; fold jobs take the one
+# set when they are built.
+RUNNER = run_step
 
 
-def run_script(script: str, argv: list[str], label: str, log: Path, env: dict | None = None,
-               procs: dict | None = None) -> None:
-    """Run ``python ROOT/script.py argv`` as a subprocess; its output is echoed with a ``[label]`` prefix and
-    appended to ``log``. A non-zero exit raises StepFailed naming the step, its error line and the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / f"{script}.py"), *argv]
-    tail: deque[str] = deque(maxlen=50)
-    with open(log, "a") as fh:
-        fh.write(f"$ {shlex.join(cmd)}\n")
-        fh.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=env)
-        if procs is not None:
-            procs[label] = proc
-        try:
-            for line in proc.stdout:
-                fh.write(line)
-                tail.append(line.rstrip("\n"))
-                with _print_lock:
-                    print(f"[{label}] {line}", end="", flush=True)
-            rc = proc.wait()
-        finally:
-            if proc.poll() is None:  # interrupted here: stop the step too (it resumes next time)
-                stop(proc)
-            if procs is not None:
-                procs.pop(label, None)
-    if rc != 0:
-        raise StepFailed(f"{script}.py failed for {label} (exit {rc}): {_error_line(tail)}; full output in {log}")
-
-
-def stop(*procs: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM to all, then SIGKILL to those still running after ``grace`` seconds (checkpoints are written
-    atomically either way)."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def stop_all(procs: dict) -> None:
-    running = [(label, proc) for label, proc in list(procs.items()) if proc.poll() is None]
-    for label, _ in running:
-        print(f"stopping {label} (it resumes from its last checkpoint next time)", flush=True)
-    stop(*(proc for _, proc in running))
-
-
-def _error_line(lines) -> str:
-    lines = [s for s in lines if s.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line[len("error:"):].strip()
-    return lines[-1].strip() if lines else "no output"
-
-
-# Tests replace this with an in-process runner; it takes (script, argv, label, log, env, procs).
-RUNNER = run_script
-
-
-def _run(script, argv, label, log, env=None, procs=None, dry=False):
+def _run(script, argv, label, log, dry=False):
+    step = Step(script, tuple(argv))
     if dry:
-        print(f"[{label}] would run: {shlex.join([script + '.py', *argv])}")
+        print(f"[{label}] would run: {step.describe()}")
         return
-    RUNNER(script, argv, label, log, env, procs)
+    RUNNER(step, label, log, None, True)
 
 
 def _shared_flags(opts: EnsembleOptions, skip=()) -> list[str]:
@@ -175,18 +122,8 @@ def _shared_flags(opts: EnsembleOptions, skip=()) -> list[str]:
     return out
 
 
-@dataclass
-class Slot:
-    """Where a fold runs: its environment, ``--device`` and extra options for train.py and swa.py."""
-
-    name: str
-    env: dict | None = None
-    device: str | None = None
-    flags: tuple = ()
-
-
 def train_argv(job: Job, opts: EnsembleOptions) -> list[str]:
-    """train.py's arguments for a fold (without --resume and the slot's device/threads)."""
+    """train.py's arguments for a fold (without --resume and the place's device/threads)."""
     size = opts.pad_size if job.mode == "pad" else opts.resize_size
     cmd = [*opts.train_args, "--data-dir", str(opts.data_dir), "--data-fold", job.fold, "--log-dir",
            str(job.run.root), "--input-size", str(size)]
@@ -244,32 +181,6 @@ def clear(job: Job) -> None:
             p.unlink()
 
 
-def train_and_average(job: Job, opts: EnsembleOptions, reuse: Reuse | None, slot: Slot | None = None,
-                      procs=None) -> str:
-    """Train (or resume) and average one fold; returns what was done."""
-    if reuse is not None and not opts.dry_run:
-        reuse.check(job)
-    if job.swa.is_file():
-        print(f"[{job.label}] finished: {job.swa} exists, skipped")
-        return "skipped"
-    slot = slot or Slot("this process")
-    cmd = train_argv(job, opts)
-    cmd += ["--device", slot.device] if slot.device else []
-    cmd += list(slot.flags)
-    last = job.run.checkpoint("last")
-    resumed = last.is_file()
-    if resumed:
-        cmd += ["--resume", str(last)]
-        print(f"[{job.label}] resuming training from {last}")
-    _run("train", cmd, job.label, job.log, slot.env, procs, opts.dry_run)
-    swa = ["--input", str(job.run.models), "--output", str(job.swa), "--data-dir", str(opts.data_dir),
-           "--data-fold", job.fold, *(["--folds-file", opts.folds_file] if opts.folds_file else []),
-           *_shared_flags(opts, skip=("device",) if slot.device else ()),
-           *(["--device", slot.device] if slot.device else []), *slot.flags, *opts.swa_args]
-    _run("swa", swa, job.label, job.log, slot.env, procs, opts.dry_run)
-    return "resumed" if resumed else "trained"
-
-
 def visible_gpus(spec: str, device: str | None) -> list[str]:
     """GPU ids to run folds on in parallel (empty: none, or the device asked for is not 'auto'/'cuda')."""
     if spec == "none" or (device is not None and device not in ("auto", "cuda")):
@@ -287,69 +198,101 @@ def visible_gpus(spec: str, device: str | None) -> list[str]:
     return ids[:count]
 
 
-def slots(opts: EnsembleOptions) -> list[Slot]:
-    """Where folds run at the same time: GPUs round-robin when 2+ are used, else CPU processes sharing the cores
-    (empty: one fold after another, in this environment)."""
+def places(opts: EnsembleOptions, count: int) -> list[Place]:
+    """Where ``count`` folds run, one job per place at a time.
+
+    local: GPUs round-robin when 2+ are used (each job sees only its own: CUDA_VISIBLE_DEVICES), else ``parallel``
+    processes sharing the cores (cores/N threads each unless ``threads`` is given), else one; slurm: ``parallel``
+    jobs in the queue at once (default: every fold); debug: this process."""
+    if opts.executor == "debug":
+        return [Place("this process")]
+    if opts.executor == "slurm":
+        return [Place(f"Slurm job {i + 1}") for i in range(min(opts.parallel or count, count))]
+    # submitit hides every GPU from a local job unless told; a job of its own keeps this process's view
+    own = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
     gpus = visible_gpus(opts.gpus, opts.shared.get("device"))
     n = opts.parallel or (len(gpus) if len(gpus) >= 2 else 1)
     if n < 2:
-        return []
+        return [Place("this machine", own)]
     if gpus:
-        return [Slot(f"GPU {gpus[i % len(gpus)]}", {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]},
-                     "cuda") for i in range(n)]
+        return [Place(f"GPU {gpus[i % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda")
+                for i in range(n)]
     threads = opts.shared.get("threads") or max(1, (os.cpu_count() or 1) // n)
     flags = () if "threads" in opts.shared else ("--threads", str(threads))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return [Slot(f"process {i + 1} ({threads} thread{'s' if threads != 1 else ''})", env, None, flags)
-            for i in range(n)]
+    return [Place(f"process {i + 1} ({threads} thread{'s' if threads != 1 else ''})",
+                  {**own, "OMP_NUM_THREADS": str(threads)}, None, flags) for i in range(n)]
+
+
+def fold_job(job: Job, opts: EnsembleOptions, place: Place) -> FoldJob:
+    """The job function of a fold at a place: only its train.py and swa.py commands, log and environment."""
+    device = ["--device", place.device] if place.device else []
+    train = [*train_argv(job, opts), *device, *place.flags]
+    swa = ["--input", str(job.run.models), "--output", str(job.swa), "--data-dir", str(opts.data_dir),
+           "--data-fold", job.fold, *(["--folds-file", opts.folds_file] if opts.folds_file else []),
+           *_shared_flags(opts, skip=("device",) if place.device else ()), *device, *place.flags, *opts.swa_args]
+    gpus = opts.slurm.gpus_per_fold if opts.executor == "slurm" else 1
+    return FoldJob(job.label, str(job.log), Step("train", tuple(train), torchrun(gpus)), Step("swa", tuple(swa)),
+                   str(job.run.checkpoint("last")), str(job.swa), dict(place.env), RUNNER)
+
+
+def tasks_of(todo: list[Job], opts: EnsembleOptions) -> list[Task]:
+    """One task per fold, each with its own executor (its job files in RUN/jobs/MODE-FOLD)."""
+    def executor(job: Job):
+        return make_executor(opts.executor, job.job_files, opts.max_retries, opts.slurm, f"tgs-{job.mode}-{job.fold}")
+
+    return [Task(job.label, job.log, executor(job), lambda place, job=job: fold_job(job, opts, place)) for job in todo]
+
+
+def _where(opts: EnsembleOptions, where: list[Place], count: int) -> str:
+    jobs = f"job files in {opts.layout.jobs}"
+    if opts.executor == "slurm":
+        return (f"submitting {count} fold{'s' if count != 1 else ''} to Slurm ({opts.slurm.describe()}), at most "
+                f"{len(where)} at a time; {jobs}")
+    if len(where) > 1:
+        return f"running {len(where)} folds at a time: {', '.join(p.name for p in where)}; {jobs}"
+    return ""
 
 
 def run_folds(jobs: list[Job], opts: EnsembleOptions, reuse: Reuse | None = None) -> None:
-    places = slots(opts) if not opts.dry_run else []
-    if not places:
-        for job in jobs:
-            train_and_average(job, opts, reuse)
-        return
-    if reuse is not None:  # every fold is checked before any starts
+    """Train and average every fold not finished yet (see the module docstring); ``reuse`` checks every fold before
+    any job is submitted and gives the folds' number of epochs for the time left."""
+    if not opts.dry_run:
+        check_executor(opts.executor)  # e.g. no srun: said before anything is touched
+    if reuse is not None and not opts.dry_run:
         for job in jobs:
             reuse.check(job)
-    print(f"running {len(places)} folds at a time: {', '.join(s.name for s in places)}")
-    todo: queue.Queue = queue.Queue()
+    todo = []
     for job in jobs:
-        todo.put(job)
-    failures: list[BaseException] = []
-    procs: dict = {}
-    halt = threading.Event()
-
-    def worker(slot: Slot):
-        while not halt.is_set():
-            try:
-                job = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                train_and_average(job, opts, None, slot, procs=procs)
-            except BaseException as exc:  # noqa: BLE001
-                if not halt.is_set():
-                    failures.append(exc)
-                halt.set()
-                stop_all(procs)  # stop the other folds: they resume next time
-                return
-
-    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in places]
-    for t in threads:
-        t.start()
+        if job.swa.is_file():
+            print(f"[{job.label}] finished: {job.swa} exists, skipped")
+        else:
+            todo.append(job)
+    if not todo:
+        return
+    where = places(opts, len(todo))
+    if opts.dry_run:
+        for job in todo:
+            for step in fold_job(job, opts, where[0]).steps():
+                print(f"[{job.label}] would run: {step.describe()}")
+        return
+    for job in todo:
+        if job.run.checkpoint("last").is_file():
+            print(f"[{job.label}] resuming training from {job.run.checkpoint('last')}")
+    said = _where(opts, where, len(todo))
+    if said:
+        print(said)
+    views = [FoldView(j.label, j.log, j.run.metrics, j.run.config, _epochs(j, opts, reuse),
+                      "waiting" if j in todo else "done") for j in jobs]
+    monitor = Monitor(views, len(where))
     try:
-        for t in threads:
-            t.join()
-    except BaseException:  # Ctrl-C or SIGTERM here: no fold may go on training without this process
-        halt.set()
-        stop_all(procs)
-        for t in threads:  # their steps have ended: let them finish before the interpreter exits
-            t.join(timeout=60)
-        raise
-    if failures:
-        raise failures[0]
+        schedule(tasks_of(todo, opts), where, monitor, opts.max_retries, POLL_S[opts.executor])
+    finally:
+        monitor.close()
+
+
+def _epochs(job: Job, opts: EnsembleOptions, reuse: Reuse | None) -> int | None:
+    """The fold's max_epochs as asked now (its config.yaml says it once it trains)."""
+    return reuse.config_of(train_argv(job, opts)).optim.max_epochs if reuse is not None else None
 
 
 def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:

@@ -15,6 +15,7 @@ An ensemble run (``RUN``)::
     MODE/FOLD/                                   a training run
     MODE/FOLD_swa.pth                            its averaged model
     logs/MODE-FOLD.log, logs/{oof,search,test}.log
+    jobs/MODE-FOLD/                              the fold's job files (submitit: pickles, job logs, sbatch script)
     oof/FOLD-probabilities.npz, oof-probabilities.npz     out-of-fold predictions, per fold and merged
     postprocess.json                             the setting the out-of-fold search chose
     ensemble-submission.csv, ensemble-probabilities.npz
@@ -155,6 +156,14 @@ class EnsembleLayout:
 
     def fold_log(self, mode: str, fold: str) -> Path:
         return self.log(f"{mode}-{fold}")
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    def fold_jobs(self, mode: str, fold: str) -> Path:
+        """The job files of a fold's jobs (every attempt's, named by job id)."""
+        return self.jobs / f"{mode}-{fold}"
 
     def oof(self, fold: str) -> Outputs:
         return Outputs(str(self.root / "oof" / fold))
