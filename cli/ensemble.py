@@ -55,6 +55,14 @@ refused its input (exit code 2); a job pre-empted or stopped at its time limit i
 resumes next time). On a terminal a progress bar shows folds done, each running fold's step and the time left;
 elsewhere one status line is printed per finished fold. Job files (submitit's pickles and logs) go to RUN/jobs/.
 
+Self-training (--pseudo-rounds K, the 1st place's rounds): after a round has predicted the test set, pseudo-labels
+are chosen from its confident test predictions (pseudo.py's rule: --pseudo-confidence, --pseudo-lo/--pseudo-hi,
+--pseudo-cap), and the next round trains every fold again with them (--pseudo-fraction, --pseudo-weight,
+--pseudo-schedule, --pseudo-epochs go to its train.py), into RUN/round1, RUN/round2 ..., each with its own
+out-of-fold score and submission; the summary prints the score per round. --pseudo-source fold (the default) keeps
+the out-of-fold score honest: fold k's labels come from fold k's own models, which never saw its validation images;
+--pseudo-source ensemble uses the whole ensemble (optimistic out-of-fold score, and the summary says so).
+
 Arguments after ``--`` (or in --train-args) go to every train.py; the data, fold, log dir, resume, input mode and
 size are set here. --device, --threads and --amp given there are used by swa.py and test.py too. Each step's output
 is shown prefixed with its fold and kept in RUN/logs/."""
@@ -63,7 +71,9 @@ ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))
 # train.py options that ensemble.py sets itself, and what to use instead
 TRAIN_OWNED = {"data_dir": "--data-dir", "data_fold": "--folds", "log_dir": "--run-dir", "resume": "(automatic)",
                "resize": "--modes", "input_size": "--pad-size / --resize-size", "folds_file": "--folds-file",
-               "overwrite": "--overwrite"}
+               "overwrite": "--overwrite", "pseudo_labels": "--pseudo-rounds",
+               "pseudo_fraction": "--pseudo-fraction", "pseudo_weight": "--pseudo-weight",
+               "pseudo_schedule": "--pseudo-schedule", "pseudo_epochs": "--pseudo-epochs"}
 TEST_OWNED = ("models", "from_probabilities", "merge_oof", "split", "data_dir", "data_fold", "folds_file",
               "output_prefix", "tta")  # test.py options ensemble.py sets itself
 SWA_OWNED = ("input", "output", "data_dir", "data_fold", "folds_file")
@@ -178,6 +188,27 @@ def build_parser() -> ArgumentParser:
                    help="a fold made from other data or options is trained afresh (its files removed) instead of "
                         "stopping the run")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
+    from cli.pseudo import cap, share
+    from tgs.pseudo import Rule
+
+    d = Rule()
+    s = p.add_argument_group("self-training (pseudo-labels from the test predictions, the 1st place's rounds)")
+    s.add_argument("--pseudo-rounds", type=integer(0), default=0,
+                   help="rounds after the first: each trains every fold again with pseudo-labels chosen from the "
+                        "previous round's test predictions, into RUN/roundR (default 0: none)")
+    s.add_argument("--pseudo-source", choices=("fold", "ensemble"), default="fold",
+                   help="fold (default): fold k's next labels come from fold k's own models only, so its "
+                        "out-of-fold score stays honest; ensemble: from the whole ensemble (the 1st place's way; "
+                        "the out-of-fold score is then optimistic, and the summary says so)")
+    s.add_argument("--pseudo-confidence", type=share, default=d.min_confidence,
+                   help=f"keep test images with at least this share of sure pixels (default {d.min_confidence:g})")
+    s.add_argument("--pseudo-lo", type=share, default=d.lo, help=f"sure background below this (default {d.lo:g})")
+    s.add_argument("--pseudo-hi", type=share, default=d.hi, help=f"sure salt above this (default {d.hi:g})")
+    s.add_argument("--pseudo-cap", type=cap, action="append", default=[], metavar="BIN=SHARE",
+                   help="keep at most SHARE of the kept images of a predicted-coverage bin (e.g. empty=0.5)")
+    for name in ("fraction", "weight", "schedule", "epochs"):
+        s.add_argument(f"--pseudo-{name}", help=f"train.py's --pseudo-{name} in the rounds that train with "
+                                                "pseudo-labels (default: train.py's)")
     return p
 
 
@@ -245,17 +276,30 @@ def parse(argv=None):
         if key in swa_given:
             raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
     slurm = slurm_settings(a)
+    from tgs.pseudo import Rule
+
     opts = EnsembleOptions(
         data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, modes=modes, folds_file=a.folds_file,
         pad_size=a.pad_size, resize_size=a.resize_size, train_args=tuple(train_args), swa_args=tuple(swa_args),
         test_args=tuple(test_args), shared={k: given[k] for k in SHARED if k in given}, tta=a.tta,
         tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel, overwrite=a.overwrite,
-        dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm)
-    # every fold's complete train.py command must be valid before anything runs
+        dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
+        pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
+        pseudo_rule=Rule(a.pseudo_lo, a.pseudo_hi, a.pseudo_confidence, tuple(a.pseudo_cap)),
+        pseudo_train=tuple(x for name in ("fraction", "weight", "schedule", "epochs")
+                           if getattr(a, f"pseudo_{name}") is not None
+                           for x in (f"--pseudo-{name}", getattr(a, f"pseudo_{name}"))))
+    if opts.pseudo_train and not opts.pseudo_rounds:
+        raise UserError(f"{opts.pseudo_train[0]} goes with --pseudo-rounds N (N >= 1)")
+    # every fold's complete train.py command, in round 0 and in a pseudo-label round, must be valid before anything
+    from dataclasses import replace
+
     from engine.ensemble import jobs_of, train_argv
 
-    for job in jobs_of(opts):
-        train_cli.parse(train_argv(job, opts))
+    rounds = [opts] + ([replace(opts, pseudo_labels="RUN/pseudo-labels.npz")] if opts.pseudo_rounds else [])
+    for r_opts in rounds:
+        for job in jobs_of(r_opts):
+            train_cli.parse(train_argv(job, r_opts))
     return opts
 
 

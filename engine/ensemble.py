@@ -17,22 +17,37 @@ A fold is reused (skipped or resumed) only when it was made from the same data (
 set) and the same training options as asked now; otherwise the run stops with one line saying what differs,
 unless ``overwrite`` (then that fold's files are removed and it is trained afresh). Every fold is checked before
 any job is submitted.
+
+Self-training (``pseudo_rounds`` K > 0, the 1st place's rounds): after round r has predicted the test set,
+pseudo-labels are chosen from its test predictions (:func:`next_labels`, :mod:`engine.pseudo`), and round r+1
+trains every fold again with them, in RUN/round{r+1}/, then swa, out-of-fold, search and submission as before.
+Every round's folder, out-of-fold score and submission are kept and the summary prints the score per round; a
+rerun resumes inside the round where it stopped. ``pseudo_source='fold'`` keeps each fold's out-of-fold score
+honest (its labels come from its own models only); ``'ensemble'`` says plainly that the score is optimistic.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from engine.config import TrainConfig
 from engine.jobs import StepFailed  # noqa: F401  (raised by run(): a step failed)
 from engine.jobs import (FoldJob, Place, SlurmSettings, Step, Task, check_executor, make_executor, run_step, schedule,
                          torchrun)
 from engine.layout import EnsembleLayout, RunLayout
+from engine.pseudo import file_meta as pseudo_file_meta
+from engine.pseudo import mismatch as pseudo_mismatch
 from engine.trainer import RESUMABLE_CHANGES
 from engine.watch import FoldView, Monitor
+from tgs import metric, postprocess
+from tgs import probabilities as P
 from tgs.errors import UserError, few
+from tgs.pseudo import Rule
+from tgs.submission import match_ids
 
 ROOT = Path(__file__).resolve().parents[1]  # where the scripts are
 MODES = ("pad", "resize")
@@ -63,6 +78,13 @@ class EnsembleOptions:
     executor: str = "local"  # local, slurm, debug (engine.jobs)
     max_retries: int = 2
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    # self-training: rounds after round 0, where the next round's pseudo-labels come from, how they are chosen,
+    # the train.py options of the rounds that use them, and (set per round here) the labels each fold trains on
+    pseudo_rounds: int = 0
+    pseudo_source: str = "fold"
+    pseudo_rule: Rule = field(default_factory=Rule)
+    pseudo_train: tuple = ()
+    pseudo_labels: str | tuple | None = None  # one file for every fold, or ((fold, file), ...)
 
     @property
     def layout(self) -> EnsembleLayout:
@@ -122,6 +144,13 @@ def _shared_flags(opts: EnsembleOptions, skip=()) -> list[str]:
     return out
 
 
+def labels_of(fold: str, opts: EnsembleOptions) -> str | None:
+    """The pseudo-labels file ``fold`` trains on in this round (None in round 0)."""
+    if opts.pseudo_labels is None or isinstance(opts.pseudo_labels, str):
+        return opts.pseudo_labels
+    return dict(opts.pseudo_labels)[fold]
+
+
 def train_argv(job: Job, opts: EnsembleOptions) -> list[str]:
     """train.py's arguments for a fold (without --resume and the place's device/threads)."""
     size = opts.pad_size if job.mode == "pad" else opts.resize_size
@@ -129,6 +158,9 @@ def train_argv(job: Job, opts: EnsembleOptions) -> list[str]:
            str(job.run.root), "--input-size", str(size)]
     cmd += ["--resize"] if job.mode == "resize" else []
     cmd += ["--folds-file", opts.folds_file] if opts.folds_file else []
+    labels = labels_of(job.fold, opts)
+    if labels is not None:
+        cmd += ["--pseudo-labels", labels, *opts.pseudo_train]
     return cmd
 
 
@@ -155,8 +187,12 @@ class Reuse:
         stored = meta.get("data_fingerprint")
         if stored is not None and stored != self.data():
             return f"it was made from other data than {self.opts.data_dir} (data fingerprint {stored}, now {self.data()})"
+        labels = labels_of(job.fold, self.opts)
+        why = pseudo_mismatch(meta, None if labels is None else pseudo_file_meta(labels))
+        if why is not None:
+            return why
         before = TrainConfig.from_checkpoint(meta, path)
-        diff = before.differences(self.config_of(train_argv(job, self.opts)), ignore=ignore)
+        diff = before.differences(self.config_of(train_argv(job, self.opts)), ignore=(*ignore, "pseudo_labels"))
         return f"it was made with other options ({few(diff, 3)})" if diff else None
 
     def check(self, job: Job) -> None:
@@ -324,19 +360,105 @@ def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
     return {"submission": sub.csv, "probabilities": sub.npz, "oof": merged.npz, "postprocess": lay.postprocess}
 
 
+# -- self-training rounds -------------------------------------------------------------------------------------------
+def round_options(opts: EnsembleOptions, r: int, labels) -> EnsembleOptions:
+    """The options of round ``r``: round 0 is the run itself; round r >= 1 trains every fold again, into
+    RUN/round{r}/, with ``labels`` (one file, or one per fold)."""
+    if r == 0:
+        return opts
+    return replace(opts, run_dir=str(opts.layout.round(r).root), pseudo_labels=labels)
+
+
+def post_setting(opts: EnsembleOptions) -> tuple:
+    """The post-processing the round's submission used: its out-of-fold search's, or the defaults."""
+    lay = opts.layout
+    if opts.tuned_post and lay.postprocess.is_file():
+        return postprocess.load_setting(lay.postprocess)[0], str(lay.postprocess)
+    return postprocess.DEFAULTS, "defaults"
+
+
+def next_labels(jobs: list[Job], opts: EnsembleOptions):
+    """Pseudo-labels for the next round from this round's test predictions.
+
+    ``ensemble`` (the 1st place's way): one file from the whole ensemble's submission. Every fold's models trained
+    on the other folds' validation images, so the next round's out-of-fold score is optimistic.
+    ``fold``: for each fold, the test predictions of that fold's own models only (they never saw its validation
+    images), post-processed with the defaults (the searched setting was chosen on every fold's truth), so the next
+    round's out-of-fold score of that fold stays honest. Returns a path or ((fold, path), ...)."""
+    from engine import pseudo as pseudo_engine
+
+    lay = opts.layout
+    if opts.dry_run:
+        return str(lay.pseudo_labels) if opts.pseudo_source == "ensemble" else tuple(
+            (f, str(lay.fold_pseudo_labels(f))) for f in opts.folds)
+    if opts.pseudo_source == "ensemble":
+        post, source = post_setting(opts)
+        pseudo_engine.make(lay.submission.npz, opts.data_dir, lay.pseudo_labels, post=post, rule=opts.pseudo_rule,
+                           post_source=source)
+        return str(lay.pseudo_labels)
+    out = []
+    for fold in opts.folds:
+        prefix = lay.fold_test(fold)
+        swas = [str(j.swa) for j in jobs if j.fold == fold]
+        tta = ["--tta"] if opts.tta else []
+        _run("test", [*swas, "--data-dir", str(opts.data_dir), "--output-prefix", prefix.prefix, *tta,
+                      *_shared_flags(opts), *opts.test_args], f"pseudo/{fold}", lay.log("pseudo"))
+        pseudo_engine.make(prefix.npz, opts.data_dir, lay.fold_pseudo_labels(fold), rule=opts.pseudo_rule,
+                           post_source=f"defaults (the labels of {fold} see no setting searched on its truth)")
+        out.append((fold, str(lay.fold_pseudo_labels(fold))))
+    return tuple(out)
+
+
+def oof_score(opts: EnsembleOptions) -> float:
+    """The merged out-of-fold score of a round, with the post-processing its submission used."""
+    from datasets.kaggle import load_train
+
+    merged = P.load(opts.layout.merged_oof.npz)
+    train = load_train(opts.data_dir)
+    rows = match_ids(merged.ids, train.ids, str(opts.layout.merged_oof.npz), "train.csv", subset=True)
+    post, _ = post_setting(opts)
+    masks = postprocess.apply(merged.probs[rows], merged.image_probs[rows],
+                              train.images[np.isin(train.ids, merged.ids)], post)
+    return metric.score(masks, train.masks[np.isin(train.ids, merged.ids)])
+
+
+def summary_lines(scores: list[tuple[int, float, Path]], source: str) -> list[str]:
+    out = ["self-training rounds (out-of-fold score, submission):"]
+    for r, score, sub in scores:
+        kind = ""
+        if r > 0:
+            kind = ("  honest: each fold's pseudo-labels came from its own models" if source == "fold" else
+                    "  OPTIMISTIC: the pseudo-labels came from every fold's models, which trained on this fold's "
+                    "validation images")
+        out.append(f"  round {r}: {score:.6f}  {sub}{kind}")
+    return out
+
+
 def run(opts: EnsembleOptions, config_of: Callable[[list[str]], TrainConfig] | None = None) -> int:
     """The whole ensemble (see the module docstring). ``config_of(train_argv)`` gives the config train.py would
     use (from the CLI layer); without it, folds are reused without checking their options."""
     from datasets.kaggle import Layout, load_train
 
     Layout.of(opts.data_dir).require("train_csv", "train_images", "train_masks", "sample_submission", "test_images")
-    jobs = jobs_of(opts)
-    print(f"ensemble of {len(jobs)} models: modes {','.join(opts.modes)} x folds {','.join(opts.folds)} "
+    print(f"ensemble of {len(jobs_of(opts))} models: modes {','.join(opts.modes)} x folds {','.join(opts.folds)} "
           f"in {opts.run_dir}")
-    reuse = None if config_of is None else Reuse(opts, config_of, lambda: load_train(opts.data_dir).fingerprint())
-    run_folds(jobs, opts, reuse)
-    out = ensemble_outputs(jobs, opts)
-    if not opts.dry_run:
-        print(f"out-of-fold predictions: {out['oof']}")
-        print(f"submission: {out['submission']} (probabilities: {out['probabilities']})")
+    fingerprint = lambda: load_train(opts.data_dir).fingerprint()  # noqa: E731  (computed once, when needed)
+    labels, scores = None, []
+    for r in range(opts.pseudo_rounds + 1):
+        ropts = round_options(opts, r, labels)
+        if opts.pseudo_rounds:
+            print(f"== round {r} of {opts.pseudo_rounds}" + (f": pseudo-labels {ropts.pseudo_labels}" if r else ""))
+        jobs = jobs_of(ropts)
+        reuse = None if config_of is None else Reuse(ropts, config_of, fingerprint)
+        run_folds(jobs, ropts, reuse)
+        out = ensemble_outputs(jobs, ropts)
+        if not opts.dry_run:
+            print(f"out-of-fold predictions: {out['oof']}")
+            print(f"submission: {out['submission']} (probabilities: {out['probabilities']})")
+            if opts.pseudo_rounds:
+                scores.append((r, oof_score(ropts), out["submission"]))
+        if r < opts.pseudo_rounds:
+            labels = next_labels(jobs, ropts)
+    if scores:
+        print("\n".join(summary_lines(scores, opts.pseudo_source)))
     return 0

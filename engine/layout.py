@@ -19,6 +19,9 @@ An ensemble run (``RUN``)::
     oof/FOLD-probabilities.npz, oof-probabilities.npz     out-of-fold predictions, per fold and merged
     postprocess.json                             the setting the out-of-fold search chose
     ensemble-submission.csv, ensemble-probabilities.npz
+    pseudo-labels.npz                            pseudo-labels of the whole ensemble (for the next round), or
+    pseudo/FOLD-test-probabilities.npz, pseudo/FOLD-labels.npz   those of one fold's own models
+    round1/, round2/ ...                         self-training rounds: each an ensemble run of its own
 """
 from __future__ import annotations
 
@@ -179,3 +182,19 @@ class EnsembleLayout:
     @property
     def submission(self) -> Outputs:
         return Outputs(str(self.root / "ensemble"))
+
+    def round(self, r: int) -> "EnsembleLayout":
+        """Self-training round ``r``: round 0 is this run, round r >= 1 the ensemble run in ``round{r}/``."""
+        return self if r == 0 else EnsembleLayout(self.root / f"round{r}")
+
+    @property
+    def pseudo_labels(self) -> Path:
+        """Pseudo-labels chosen from this run's ensemble submission (``--pseudo-source ensemble``)."""
+        return self.root / "pseudo-labels.npz"
+
+    def fold_test(self, fold: str) -> Outputs:
+        """Test predictions of one fold's own models (``--pseudo-source fold``)."""
+        return Outputs(str(self.root / "pseudo" / f"{fold}-test"))
+
+    def fold_pseudo_labels(self, fold: str) -> Path:
+        return self.root / "pseudo" / f"{fold}-labels.npz"

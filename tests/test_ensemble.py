@@ -27,7 +27,7 @@ import models
 from cli import ensemble as ensemble_cli
 from engine import ensemble, jobs, watch
 from datasets import folds, kaggle
-from tgs import postprocess
+from tgs import postprocess, pseudo
 from tgs import probabilities as P
 
 TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
@@ -585,3 +585,80 @@ def test_the_monitor_follows_logs_and_says_each_finished_fold(tmp_path):
     assert v.step() == "swa"
     monitor.end("resize/fold0", ok=True)  # the unfinished last line is shown, then one status line
     assert said[4:] == ["[resize/fold0] wrote x_swa.pth", "folds done 2/2"]
+
+
+# -- self-training rounds ---------------------------------------------------------------------------------------------
+def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_path, calls, capsys):
+    run = tmp_path / "pseudo"
+    argv = command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-confidence", "0", "--pseudo-fraction", "0.5")
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # fold k's labels come from test predictions of fold k's own models only (the files that were read)
+    for fold in ("fold0", "fold1"):
+        test_npz = run / "pseudo" / f"{fold}-test-probabilities.npz"
+        assert P.load(test_npz).models == [str(run / "resize" / f"{fold}_swa.pth")]
+        labels = pseudo.load(run / "pseudo" / f"{fold}-labels.npz")
+        assert labels.provenance["source"] == str(test_npz)
+    # round 1 trains every fold again, each with its own labels, into RUN/round1
+    round1 = [(argv_, label) for s, argv_, label, _ in calls if s == "train"][2:]
+    assert [label for _, label in round1] == ["resize/fold0", "resize/fold1"]
+    for (targv, label), fold in zip(round1, ("fold0", "fold1")):
+        assert targv[targv.index("--pseudo-labels") + 1] == str(run / "pseudo" / f"{fold}-labels.npz")
+        assert targv[targv.index("--log-dir") + 1] == str(run / "round1" / "resize" / fold)
+        assert "--pseudo-fraction" in targv
+        meta = models.read_checkpoint(run / "round1" / "resize" / f"{fold}_swa.pth")["meta"]
+        assert meta["pseudo_labels"]["path"] == str(run / "pseudo" / f"{fold}-labels.npz")
+    assert (run / "round1" / "ensemble-submission.csv").is_file() and (run / "ensemble-submission.csv").is_file()
+    assert "round 0:" in out and "round 1:" in out and "honest" in out and "OPTIMISTIC" not in out
+    # a rerun resumes inside the rounds: every fold of both rounds is finished and skipped
+    calls.clear()
+    assert ensemble_cli.main(argv) == 0
+    assert "train" not in [s for s, _ in scripts(calls)]
+    assert capsys.readouterr().out.count("exists, skipped") == 4
+
+
+def test_ensemble_labels_say_the_score_is_optimistic(tiny_data, tmp_path, calls, capsys):
+    run = tmp_path / "pseudo-ens"
+    assert ensemble_cli.main(command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-source", "ensemble",
+                                     "--pseudo-confidence", "0")) == 0
+    out = capsys.readouterr().out
+    assert "OPTIMISTIC" in out and (run / "pseudo-labels.npz").is_file()
+    round1 = [a for s, a, _, _ in calls if s == "train"][2:]
+    assert all(a[a.index("--pseudo-labels") + 1] == str(run / "pseudo-labels.npz") for a in round1)
+
+
+@pytest.mark.parametrize("extra,passthrough,fragment", [
+    (["--pseudo-fraction", "0.5"], [], "--pseudo-fraction goes with --pseudo-rounds N"),
+    ([], ["--pseudo-labels", "x.npz"], "--pseudo-labels is set by ensemble.py for every fold; use ensemble.py "
+                                        "--pseudo-rounds"),
+    (["--pseudo-rounds", "1", "--pseudo-fraction", "0.01"], [], "puts no pseudo-labelled image into a batch"),
+    (["--pseudo-rounds", "-1"], [], "--pseudo-rounds: must be >= 0"),
+])
+def test_bad_pseudo_options_are_refused_before_anything_runs(tiny_data, tmp_path, calls, capsys, extra,
+                                                             passthrough, fragment):
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), *extra, "--", *TINY, *passthrough]
+    assert ensemble_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert calls == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_one_honest_pseudo_round_is_scored_next_to_round_0(tmp_path, calls, capsys):
+    """A synthetic set and a small model: the summary prints round 0's and round 1's honest out-of-fold scores."""
+    import re
+
+    from datasets.synthetic import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, n_train=200, n_test=300, seed=21)
+    argv = ["--data-dir", str(data), "--run-dir", str(tmp_path / "run"), "--folds", "fold0,fold1", "--modes",
+            "resize", "--resize-size", "64", "--executor", "debug", "--pseudo-rounds", "1", "--pseudo-confidence",
+            "0.8", "--", "--basenet", "unet", "--encoder-width", "8", "--decoder-channels", "16", "--center-channels",
+            "32", "--input-upsample", "1", "--oc", "center", "--batch-size", "16", "--learning-rate", "3e-3",
+            "--warmup-epochs", "2", "--max-epochs", "4", "--dataload-workers-nums", "0", "--device", "cpu"]
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    scores = {int(r): float(v) for r, v in re.findall(r"round (\d): (\d\.\d+)", out)}
+    assert set(scores) == {0, 1} and all(0 <= v <= 1 for v in scores.values()) and "honest" in out
+    print(f"out-of-fold score: round 0 {scores[0]:.4f}, round 1 {scores[1]:.4f} (honest)")
