@@ -5,7 +5,9 @@ import argparse
 from pathlib import Path
 
 from cli.common import ArgumentParser, add_device, doc_parts, integer, probability
+from cli.test import rule_names
 from tgs.errors import UserError, cli
+from tgs.mosaic_rules import RULES
 
 DOC = """Reports of a training run or of saved probabilities, as PNG plots and CSV tables.
 
@@ -19,7 +21,13 @@ model (models/best-metric-FOLD.pth, else last-FOLD.pth) over the fold's validati
 (metric by mask coverage), valid-samples.png (worst, best and random images) and the numbers as CSV
 (valid-threshold-sweep.csv, valid-coverage-bins.csv, valid-samples.csv, valid-per-image.csv). A probabilities file
 gets the same validation files, named after it (OOF-thresholds.png ...). Parts whose inputs are missing (a run
-still in its first epoch) are skipped with a note."""
+still in its first epoch) are skipped with a note.
+
+    python report.py --probabilities OOF.npz --truth DATA/train.csv --mosaics M/mosaics.csv [--mosaic-count 5]
+    python report.py --probabilities test-probabilities.npz --data-dir DATA --mosaics M/mosaics.csv
+
+--mosaics adds PREFIX-mosaic-1.png ...: the largest mosaics assembled (images grey), train masks outlined in green,
+predictions (above --threshold, then the mosaic rules) in red, tiles a rule changed framed in the rule's colour."""
 
 
 def build_parser() -> ArgumentParser:
@@ -52,6 +60,14 @@ def build_parser() -> ArgumentParser:
                    help="probability threshold of the masks (default 0.5)")
     g.add_argument("--samples", type=integer(0), default=6, help="worst, best and random images shown (6 each)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    g = p.add_argument_group("mosaics")
+    g.add_argument("--mosaics", type=Path, metavar="CSV",
+                   help="mosaics.csv of mosaic.py: also draw the largest mosaics as assembled sections, train masks "
+                        "and predictions outlined, the tiles the mosaic rules change framed (PREFIX-mosaic-1.png ...)")
+    g.add_argument("--mosaic-count", type=integer(1), default=3, help="how many mosaics, largest first (default 3)")
+    g.add_argument("--mosaic-rules", type=rule_names, default=RULES, metavar="RULES",
+                   help=f"the rules applied to the predictions in the pictures (default all: {','.join(RULES)}; "
+                        "none: no rule)")
     return p
 
 
@@ -60,7 +76,8 @@ def main(argv=None) -> int:
     from engine import report
 
     args = build_parser().parse_args(argv)
-    common = dict(out_dir=args.out, threshold=args.threshold, samples=args.samples, seed=args.seed)
+    common = dict(out_dir=args.out, threshold=args.threshold, samples=args.samples, seed=args.seed,
+                  mosaics=args.mosaics, mosaic_count=args.mosaic_count, mosaic_rules=args.mosaic_rules)
     if args.probabilities is not None:
         if args.run is not None:
             raise UserError("give either a run folder or --probabilities, not both")

@@ -14,6 +14,12 @@ DOC = """Score a submission with the competition metric, or check a test-set sub
     python score.py SUBMISSION.csv --check DATA                   # all test ids of sample_submission.csv, valid RLE
     python score.py --search OOF.npz --truth DATA/train.csv       # best post-processing on out-of-fold predictions
     python score.py --search OOF.npz --truth DATA/train.csv --save-best post.json   # for test.py --post-config
+    python score.py --search OOF.npz --truth DATA/train.csv --oof-folds fold0,fold1 --mosaics M/mosaics.csv
+
+The search is honest: besides the in-sample gain (the best setting chosen and scored on the same images) it
+prints the held-out gain (each fold scored with the best setting of the other folds) and the share of empty masks
+each setting gives; --save-best writes the setting that generalises (the defaults when no search does). With
+--mosaics the mosaic rules are searched on top of it, fold by fold, the fold's own tiles unknown.
 
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py)."""
 
@@ -33,14 +39,38 @@ def build_parser() -> ArgumentParser:
                    help="grid-search threshold, minimum area, gating (and the flat-image rule) on out-of-fold "
                         "probabilities (test.py --split valid / --merge-oof) against --truth")
     p.add_argument("--save-best", metavar="JSON",
-                   help="with --search: write the best setting here (read by test.py --post-config)")
+                   help="with --search: write the chosen setting here (read by test.py --post-config)")
+    p.add_argument("--oof-folds", type=fold_names, metavar="FOLDS",
+                   help="with --search: the folds the out-of-fold file was merged from, e.g. fold0,fold1 (default: "
+                        "each image's chunk of the 10-chunk split, or its fold in --folds-file)")
+    p.add_argument("--folds-file", metavar="CSV", help="with --search: CSV id,fold as in train.py")
+    p.add_argument("--mosaics", metavar="CSV",
+                   help="with --search: mosaics.csv of mosaic.py; the mosaic rules are searched too")
     return p
+
+
+def fold_names(text: str) -> tuple[str, ...]:
+    """``fold0,fold1`` -> ('fold0', 'fold1'), each a fold name of datasets.folds."""
+    from datasets.folds import parse_fold
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected fold names such as fold0,fold1")
+    for name in names:
+        try:
+            parse_fold(name)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(f"--data-fold {name!r}", repr(name))) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a fold twice")
+    return names
 
 
 def parse(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.save_best and not args.search:
-        raise UserError("--save-best goes with --search")
+    for flag in ("save_best", "oof_folds", "folds_file", "mosaics"):
+        if getattr(args, flag) and not args.search:
+            raise UserError(f"--{flag.replace('_', '-')} goes with --search")
     if args.search:
         if args.submission or not args.truth or args.per_image or args.subset:
             raise UserError("--search OOF.npz goes with --truth only (no submission, --check, --per-image, --subset)")
@@ -57,7 +87,7 @@ def main(argv=None) -> int:
 
     args = parse(argv)
     if args.search:
-        return scoring.search(args.search, args.truth, args.save_best)
+        return scoring.search(args.search, args.truth, args.save_best, args.mosaics, args.oof_folds, args.folds_file)
     if args.check:
         return scoring.check(args.submission, args.check)
     return scoring.score(args.submission, args.truth, args.per_image, args.subset)

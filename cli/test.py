@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_postprocessing, add_threads,
                         doc_parts, integer, post_setting)
 from tgs.errors import UserError, cli
+from tgs.mosaic_rules import RULES, parse_rules
 
 DOC = """Predict with one model or an ensemble, post-process, and write a submission and the probabilities.
 
@@ -15,11 +17,14 @@ DOC = """Predict with one model or an ensemble, post-process, and write a submis
     python test.py --from-probabilities a.npz b.npz --output-prefix ens --data-dir DATA   # average saved predictions
     python test.py --split valid --data-fold fold0 --tta fold0_swa.pth --output-prefix oof/fold0   # out-of-fold
     python test.py --merge-oof oof/fold*-probabilities.npz --output-prefix oof --data-dir DATA     # all folds' OOF
+    python test.py --tta runs/*/fold*_swa.pth --output-prefix ens --post-config post.json --mosaics M/mosaics.csv
 
 Every model pads or resizes with its own checkpoint's input config and comes back at 101x101 (engine.predict,
 the code path of train.py's validation); probabilities are averaged in one running mean, one model in memory at a
 time. Post-processing (tgs/postprocess.py): --threshold, --min-area, --gate, flat images empty (--no-flat to keep
-them); `score.py --search OOF.npz --truth DATA/train.csv` finds the best setting on out-of-fold predictions.
+them); `score.py --search OOF.npz --truth DATA/train.csv` finds the best setting on out-of-fold predictions. With
+--mosaics, the mosaic rules (--mosaic-rules, or the post-config's) run after it: vertical, empty-below, boundary,
+fill-holes (tgs/mosaic_rules.py), using every train mask but the predicted tiles'.
 The submission and the probabilities are written as a pair (an existing pair is replaced, and that is said)."""
 
 
@@ -49,7 +54,40 @@ def build_parser() -> ArgumentParser:
     add_decoding(g)
     g.add_argument("--message", help="the -m text of the printed kaggle command")
     add_postprocessing(p)
+    mr = p.add_argument_group("mosaic rules (tgs/mosaic_rules.py), after the post-processing above")
+    mr.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py: the layout the rules use (every "
+                                                     "train mask of --data-dir is known, but the predicted tiles')")
+    mr.add_argument("--mosaic-rules", type=rule_names, metavar="RULES",
+                    help=f"comma-separated, of {','.join(RULES)}; none: no rule (default: --post-config's rules, "
+                         "else none)")
     return p
+
+
+def rule_names(text: str) -> tuple:
+    """argparse type of --mosaic-rules: names of tgs.mosaic_rules.RULES (``none``: no rule)."""
+    try:
+        return parse_rules(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--mosaic-rules: ")) from None
+
+
+def rule_setting(args: argparse.Namespace) -> tuple:
+    """(PostProcess, where it comes from) with --mosaic-rules replacing the setting's rules; rules need --mosaics,
+    and --mosaics goes with test or validation predictions."""
+    post, source = post_setting(args)
+    if args.mosaic_rules is not None:
+        post = replace(post, rules=args.mosaic_rules)
+        source += "; mosaic rules from the command line"
+    if args.mosaics and args.merge_oof:
+        raise UserError("--mosaics goes with test or validation predictions, not --merge-oof (score.py --search "
+                        "OOF.npz --mosaics evaluates the rules on out-of-fold predictions fold by fold)")
+    if post.rules and not args.mosaics and not args.merge_oof:
+        where = "--mosaic-rules" if args.mosaic_rules else f"--post-config {args.post_config}"
+        raise UserError(f"{where} asks for the mosaic rules {','.join(post.rules)}: give --mosaics DIR/mosaics.csv "
+                        "(python mosaic.py --data-dir DATA --out DIR), or --mosaic-rules none")
+    if args.mosaics and not Path(args.mosaics).is_file():
+        raise UserError(f"--mosaics {args.mosaics} does not exist (python mosaic.py --data-dir DATA --out DIR)")
+    return post, source
 
 
 def parse(argv=None):
@@ -72,10 +110,11 @@ def parse(argv=None):
         missing = [x for x in paths if not Path(x).is_file()]
         if missing:
             raise UserError(f"{missing[0]} does not exist")
-    post, source = post_setting(args)
+    post, source = rule_setting(args)
     return PredictOptions(
         output_prefix=args.output_prefix, post=post, post_source=source, models=tuple(args.models),
-        from_probabilities=tuple(args.from_probabilities or ()), merge_oof=tuple(args.merge_oof or ()), tta=args.tta,
+        from_probabilities=tuple(args.from_probabilities or ()), merge_oof=tuple(args.merge_oof or ()),
+        mosaics=args.mosaics, tta=args.tta,
         split=args.split, data_dir=args.data_dir, data_fold=args.data_fold, folds_file=args.folds_file,
         device=args.device, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
         threads=args.threads, decode_threads=args.decode_threads, no_cache=args.no_cache, message=args.message)

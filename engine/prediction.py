@@ -5,7 +5,8 @@ predictions, print the kaggle submit line.
 Every model pads or resizes with its own checkpoint's input spec and comes back at 101x101
 (:func:`engine.predict.forward`, the code path of train.py's validation); probabilities are averaged in one
 running mean, one model in memory at a time (:mod:`engine.inference`). Post-processing is
-:mod:`tgs.postprocess`.
+:mod:`tgs.postprocess`, then (with ``--mosaics``) the setting's mosaic rules (:mod:`tgs.mosaic_rules`), with every
+train mask known except those of the predicted tiles.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.kaggle import Layout, read_sample_submission
 from engine import distributed, inference, logs
 from engine.config import TrainConfig
 from engine.layout import Outputs
-from tgs import metric, postprocess, runtime
+from tgs import metric, mosaic_rules, postprocess, runtime, submission
+from tgs.mosaic import Mosaics
 from tgs import probabilities as P
 from tgs.errors import UserError
 
@@ -36,6 +39,7 @@ class PredictOptions:
     models: tuple = ()
     from_probabilities: tuple = ()
     merge_oof: tuple = ()
+    mosaics: str | None = None  # mosaics.csv: the layout the setting's mosaic rules use
     tta: bool = False
     split: str = "test"
     data_dir: str | None = None
@@ -78,8 +82,9 @@ def describe(opts: PredictOptions, n_models: int) -> str:
     return f"{what}; {opts.post.describe()}"
 
 
-def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
-    """(image set, probs, image_probs, model names) from checkpoints."""
+def models_data(opts: PredictOptions, timer: inference.Timer) -> tuple:
+    """(image set, data folder, device) of a prediction with checkpoints: the data folder and (for --split valid)
+    the fold come from the first checkpoint unless given."""
     import models
 
     runtime.setup_cpu(opts.threads)
@@ -99,6 +104,11 @@ def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
     timer.add("data", time.perf_counter() - t0)
     logs.info(f"{opts.split} set: {len(data)} images from {data_dir}{f' ({data.fold})' if data.fold else ''}; "
           f"{len(opts.models)} models on {device}")
+    return data, data_dir, device
+
+
+def predict_with_models(opts: PredictOptions, data: inference.ImageSet, device, timer: inference.Timer) -> tuple:
+    """(probs, image_probs, model names) of the checkpoints on ``data``."""
 
     def check(path, loaded):
         fold = loaded.meta.get("fold")
@@ -112,7 +122,7 @@ def predict_with_models(opts: PredictOptions, timer: inference.Timer) -> tuple:
         channels_last=opts.channels_last, check=check, log=logs.info)
     timer.add("loading models", time.perf_counter() - t0 - forward_s)
     timer.add("prediction", forward_s)
-    return data, probs, image_probs, names
+    return probs, image_probs, names
 
 
 def from_probabilities(opts: PredictOptions, timer: inference.Timer) -> tuple:
@@ -122,6 +132,38 @@ def from_probabilities(opts: PredictOptions, timer: inference.Timer) -> tuple:
     timer.add("probabilities and data", time.perf_counter() - t0)
     logs.info(f"averaged {len(opts.from_probabilities)} probability files ({mean.split}, {len(data)} images)")
     return data, mean.probs, mean.image_probs, mean.models
+
+
+def mosaic_context(opts: PredictOptions, data_dir, ids: np.ndarray) -> mosaic_rules.Context | None:
+    """The layout of ``--mosaics`` (validated against the dataset's train and test ids) with the train masks of
+    ``data_dir`` that may be used for the predicted ``ids``: every train mask but those of the predicted tiles
+    (all of them for the test set; the other folds' for a fold's validation images). None without --mosaics."""
+    if not opts.mosaics:
+        return None
+    layout = Layout.of(data_dir)
+    layout.require("train_csv")
+    train_ids, train_masks = submission.read_truth(layout.train_csv)
+    test_ids = read_sample_submission(layout.sample_submission) if layout.sample_submission.is_file() else []
+    mosaics = Mosaics.read(opts.mosaics, known_ids=np.concatenate([train_ids, np.asarray(test_ids, str)]))
+    known = ~np.isin(train_ids, ids)
+    ctx = mosaic_rules.Context(mosaics, train_ids[known], train_masks[known])
+    near = int(ctx.next_to_known(ids).sum())
+    logs.info(f"mosaics {opts.mosaics}: {len(mosaics)} tiles in {len(mosaics.sizes())} mosaics; {int(known.sum())} "
+              f"train masks known; {near} of the {len(ids)} predicted tiles are next to one")
+    return ctx
+
+
+def apply_rules(opts: PredictOptions, ctx: mosaic_rules.Context | None, masks: np.ndarray,
+                ids: np.ndarray) -> np.ndarray:
+    """The setting's mosaic rules on the post-processed masks (printing how many tiles each changed)."""
+    if ctx is None:
+        return masks
+    if not opts.post.rules:
+        logs.info("no mosaic rules in the post-processing setting: the mosaics are not used")
+        return masks
+    outcome = ctx.apply(masks, ids, opts.post.rules)
+    logs.info(f"mosaic rules changed: {outcome.line()}")
+    return outcome.masks
 
 
 def merge(opts: PredictOptions, timer: inference.Timer) -> int:
@@ -136,6 +178,9 @@ def merge(opts: PredictOptions, timer: inference.Timer) -> int:
     logs.info(f"covers {len(data)} of the {n_train} training images{' (all of them)' if len(data) == n_train else ''}")
     masks = postprocess.apply(merged.probs, merged.image_probs, data.images, opts.post)
     logs.info(f"post-processing: {opts.post.describe()} ({opts.post_source})")
+    if opts.post.rules:
+        logs.info("note: the mosaic rules are not applied to merged out-of-fold predictions (score.py --search "
+                  "--mosaics evaluates them fold by fold)")
     logs.info(fraction_empty(masks))
     logs.info("\n".join(score_lines(masks, data.masks, f"{len(data)} images")))
     timer.add("merge", time.perf_counter() - t0)
@@ -149,12 +194,15 @@ def run(opts: PredictOptions) -> int:
     if opts.merge_oof:
         return merge(opts, timer)
     if opts.models:
-        data, probs, image_probs, names = predict_with_models(opts, timer)
+        data, data_dir, device = models_data(opts, timer)
+        ctx = mosaic_context(opts, data_dir, data.ids)  # a bad mosaics file stops before the prediction
+        probs, image_probs, names = predict_with_models(opts, data, device, timer)
     else:
         data, probs, image_probs, names = from_probabilities(opts, timer)
+        ctx = mosaic_context(opts, opts.data_dir or "data", data.ids)
 
     t0 = time.perf_counter()
-    masks = postprocess.apply(probs, image_probs, data.images, opts.post)
+    masks = apply_rules(opts, ctx, postprocess.apply(probs, image_probs, data.images, opts.post), data.ids)
     timer.add("post-processing", time.perf_counter() - t0)
     t0 = time.perf_counter()
     csv, npz = inference.write(opts.outputs, data.ids, probs, image_probs, masks, names, data.split,

@@ -178,3 +178,99 @@ def test_search_scores_equal_apply_then_metric():
     assert res.best_score == pytest.approx(direct, abs=1e-12)
     for p, s in res.table:
         assert s == pytest.approx(metric.score(postprocess.apply(probs, image_probs, images, p), truth), abs=1e-12)
+
+
+# -- mosaic rules in the setting ----------------------------------------------------------------------------------
+def test_rules_ride_in_the_setting_and_its_file(tmp_path):
+    p = PostProcess(threshold=0.4, rules=("fill-holes", "vertical"))
+    assert p.rules == ("vertical", "fill-holes") and p != PostProcess(threshold=0.4)
+    assert "mosaic rules vertical, fill-holes" in p.describe() and p.flags().endswith("--mosaic-rules vertical,fill-holes")
+    assert PostProcess().flags() == "--threshold 0.5 --min-area 0 --gate none"
+    postprocess.save_setting(tmp_path / "on.json", p, {"score": 0.8})
+    back, info = postprocess.load_setting(tmp_path / "on.json")
+    assert back == p and info == {"score": 0.8}
+    postprocess.save_setting(tmp_path / "off.json", PostProcess(threshold=0.4))
+    assert postprocess.load_setting(tmp_path / "off.json")[0].rules == ()
+    # a file written before the rules existed has none
+    (tmp_path / "old.json").write_text('{"threshold": 0.4, "min_area": 0, "gate": null, "flat": true}')
+    assert postprocess.load_setting(tmp_path / "old.json")[0] == PostProcess(threshold=0.4)
+    # apply() ignores them (they are a separate step that needs a layout)
+    probs = np.random.default_rng(0).random((3, 101, 101)).astype(np.float32)
+    assert np.array_equal(postprocess.apply(probs, params=p), postprocess.apply(probs, params=PostProcess(0.4)))
+    # the command line replaces them like any field
+    assert postprocess.resolve(tmp_path / "on.json", {"rules": ()})[0].rules == ()
+
+
+@pytest.mark.parametrize("rules, fragment", [('["vertical", "sideways"]', "rules: unknown mosaic rule 'sideways'"),
+                                             ('"vertical"', "rules = 'vertical' is not a valid value"),
+                                             ('[1]', "rules = [1] is not a valid value")])
+def test_bad_rules_in_a_file_are_one_line(tmp_path, rules, fragment):
+    path = tmp_path / "post.json"
+    path.write_text(f'{{"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, "rules": {rules}}}')
+    with pytest.raises(UserError) as err:
+        postprocess.load_setting(path)
+    assert fragment in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="unknown mosaic rule 'x'"):
+        PostProcess(rules=("x",))
+
+
+# -- the honest search ----------------------------------------------------------------------------------------------
+def overfitting_case():
+    """Fold 0: ten empty truths with a 100-pixel false alarm each (a min area above 100 fixes them); fold 1: eight
+    true 100-pixel bodies predicted exactly (the same min area wipes them out) and two perfect empty images."""
+    truth = np.zeros((20, 101, 101), bool)
+    pred = np.zeros((20, 101, 101), bool)
+    pred[:10] = blob(10)  # fold 0: false alarms
+    truth[10:18] = blob(10)  # fold 1: small true bodies
+    pred[10:18] = blob(10)
+    groups = np.repeat([0, 1], 10)
+    return P.quantize(pred.astype(np.float32) * 0.9), truth, groups
+
+
+def test_the_nested_search_exposes_an_overfitting_min_area():
+    q, truth, groups = overfitting_case()
+    res = postprocess.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
+    r = res.result
+    # in-sample, a min area above 100 wins: +10 fixed, -8 lost of 20 images
+    assert r.default_score == pytest.approx(0.5) and r.best_score == pytest.approx(0.6) and r.best.min_area > 100
+    full = res.families["all"]
+    assert full.in_sample_gain == pytest.approx(0.1)
+    # nested: fold 0 gets the setting of fold 1 (the default: nothing to gain there), fold 1 the setting of fold 0
+    f0, f1 = full.folds
+    assert (f0.name, f0.count, f0.setting, f0.gain) == ("fold0", 10, postprocess.DEFAULTS, 0.0)
+    assert f1.setting.min_area > 100 and f1.gain == pytest.approx(-0.8)
+    assert full.held_out_gain == pytest.approx(-0.4)  # (0 * 10 - 0.8 * 10) / 20
+    assert res.chosen == postprocess.DEFAULTS and res.chosen_score == pytest.approx(0.5)
+    assert "keeping the defaults" in res.reason
+    # empty masks: the truth 12 of 20, the default 2 (the two perfect empty images), the in-sample best all of them
+    assert res.truth_empty == pytest.approx(0.6)
+    assert res.empty == {"default": 0.1, "best": 1.0, "chosen": 0.1}
+    text = "\n".join(res.lines())
+    assert "held-out gain -0.400000" in text and "gain     +0.100000" in text
+    assert "empty masks 100.0%" in text and "(true masks 60.0%)" in text
+    assert f"test.py flags: {postprocess.DEFAULTS.flags()}" in text
+
+
+def test_the_nested_search_keeps_a_setting_that_generalises_and_its_scores_are_exact():
+    truth = planted(40, 2)
+    probs = np.where(truth, 0.36, 0.05).astype(np.float32)  # the threshold must drop below 0.36 in every fold
+    groups = np.arange(40) % 4
+    q = P.quantize(probs)
+    res = postprocess.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
+    thr, full = res.families["threshold"], res.families["all"]
+    assert thr.held_out_gain == pytest.approx(0.5) and full.held_out_gain == pytest.approx(0.5)
+    assert res.chosen.threshold < 0.36 and (res.chosen.min_area, res.chosen.gate) == (0, None)
+    assert "threshold alone" in res.reason  # a tie: the smaller change
+    loaded = q.astype(np.float32) / np.float32(255)
+    for k, h in enumerate(full.folds):  # each fold: chosen on the others (as search() finds it), scored on it
+        rest, here = groups != k, groups == k
+        assert h.setting == postprocess.search(q[rest], truth[rest]).best
+        assert h.score == pytest.approx(metric.score(postprocess.apply(loaded[here], params=h.setting), truth[here]),
+                                        abs=1e-12)
+
+
+def test_one_fold_is_split_in_halves_for_the_estimate():
+    q, truth, _ = overfitting_case()
+    res = postprocess.honest_search(q, truth)
+    assert res.names == ["first half", "second half"] and res.counts == [10, 10]
+    assert any("two halves" in n for n in res.notes)

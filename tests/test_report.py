@@ -300,3 +300,87 @@ def test_probabilities_report(tiny_run, tmp_path, capsys):
     assert "ignored fold0-valid-probabilities.npz: older than best-metric-fold0.pth" in text
     assert "validation: 6 images, fold0 predicted by best-metric-fold0.pth" in text
     assert "skipped: the sample grid (--samples 0)" in text
+
+
+# -- mosaic pictures ------------------------------------------------------------------------------------------------
+def test_mosaic_picture_places_the_tiles_on_the_grid(synthetic_root, tmp_path, capsys):
+    """A hand-made 2 x 2 layout over real ids: a train tile T whose right column is partly salt at (0, 0), test tiles
+    A at (0, 1) and B at (1, 0), no tile at (1, 1). Test predictions all empty; the boundary rule fills A."""
+    from datasets import kaggle
+    from engine.report import mosaics as M
+
+    train_ids, train_masks = submission.read_truth(synthetic_root / "train.csv")
+    test = kaggle.load_test(synthetic_root)
+    right = train_masks[:, :, -1]
+    t = int(np.flatnonzero(right.any(axis=1) & ~right.all(axis=1) & ~train_masks[:, -1].any(axis=1))[0])
+    layout = tmp_path / "mosaics.csv"
+    pd.DataFrame({"id": [train_ids[t], test.ids[0], test.ids[1]], "mosaic": 0, "row": [0, 0, 1],
+                  "col": [0, 1, 0]}).to_csv(layout, index=False)
+    npz = probabilities.save(tmp_path / "test-probabilities.npz", test.ids, np.zeros((len(test.ids), 101, 101)))
+    argv = ["--probabilities", str(npz), "--data-dir", str(synthetic_root), "--mosaics", str(layout),
+            "--mosaic-rules", "boundary"]
+    assert report_cli.main(argv) == 0
+    text = capsys.readouterr().out
+    png_path = tmp_path / "test-mosaic-1.png"
+    assert str(png_path) in text and "boundary 1" in text and "skipped: the validation report" in text
+    assert not list(tmp_path.glob(".*.tmp"))
+    pic = cv2.cvtColor(cv2.imread(str(png_path)), cv2.COLOR_BGR2RGB)
+    assert pic.shape == (M.HEADER + 2 * 101, max(2 * 101, M.MIN_WIDTH), 3)
+    images = {"T": kaggle.load_train(synthetic_root).images[t], "A": test.images[0], "B": test.images[1]}
+    masks = {"T": train_masks[t], "A": np.repeat(train_masks[t][:, -1:], 101, axis=1), "B": np.zeros((101, 101), bool)}
+    for name, (r, c) in (("T", (0, 0)), ("A", (0, 1)), ("B", (1, 0))):
+        y0, x0 = M.HEADER + r * 101, c * 101
+        m = np.pad(masks[name], 1, constant_values=True)
+        # pixels away from the tile's frame whose 3 x 3 neighbourhood has one value carry no outline: the image, grey
+        ys, xs = np.mgrid[M.FRAME:101 - M.FRAME, M.FRAME:101 - M.FRAME]
+        flat = np.ones(ys.shape, bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                flat &= m[ys + 1 + dy, xs + 1 + dx] == m[ys + 1, xs + 1]
+        y, x = ys[flat], xs[flat]
+        assert len(y) > 1000, name
+        grey = images[name][y, x]
+        assert np.array_equal(pic[y0 + y, x0 + x], np.stack([grey] * 3, axis=1)), name
+    assert (pic[M.HEADER + 101:, 101:202] == M.EMPTY_CELL).all()  # the empty cell
+    assert tuple(pic[M.HEADER + 1, 101 + 50]) == M.RULE_COLOURS["boundary"]  # A's frame: changed by the rule
+    assert tuple(pic[M.HEADER + 101 + 1, 50]) != M.RULE_COLOURS["boundary"]  # B: not changed
+    # the train mask's outline is green where the prediction has none (T has no prediction)
+    edge = np.argwhere(M.outlines(train_masks[t][None])[0][M.FRAME:-M.FRAME, M.FRAME:-M.FRAME]) + M.FRAME
+    assert len(edge) and all(tuple(pic[M.HEADER + y, x]) == M.TRUTH for y, x in edge[:20])
+    # a test-set file without --mosaics has nothing to report: one line
+    assert report_cli.main(argv[:4]) == 2
+    assert "holds test predictions" in capsys.readouterr().err
+
+
+def test_outlines_by_hand():
+    from engine.report.mosaics import outlines
+
+    m = np.zeros((1, 5, 5), bool)
+    m[0, 1:4, 1:4] = True
+    assert outlines(m)[0].astype(int).tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 0, 1, 0],
+                                                   [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+    m[0, :, :2] = True  # salt running into the tile's left border gets no line along it
+    assert not outlines(m)[0][:, 0].any() and outlines(m)[0][0, 1]  # its inner edge keeps its line
+
+
+def test_run_report_with_mosaics(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    from datasets import folds, kaggle
+
+    train_set = kaggle.load_train(data)
+    _, rows = folds.split(train_set.ids, "fold0")
+    others = np.setdiff1d(np.arange(len(train_set)), rows)[:3]
+    layout = tmp_path / "mosaics.csv"
+    pd.DataFrame({"id": [train_set.ids[others[0]], train_set.ids[rows[0]], train_set.ids[others[1]]], "mosaic": 0,
+                  "row": [0, 1, 2], "col": 0}).to_csv(layout, index=False)
+    out = tmp_path / "out"
+    assert report_cli.main([str(run), "--out", str(out), "--samples", "0", "--device", "cpu",
+                            "--mosaics", str(layout)]) == 0
+    text = capsys.readouterr().out
+    assert (out / "valid-mosaic-1.png").is_file()
+    assert "mosaic 0: 3 tiles in 3 x 1 cells; 3 train, 1 predicted" in text
+    assert_png(out / "valid-mosaic-1.png", min_bytes=1000)
+    layout.write_text("id,mosaic,row,col\nnope,0,0,0\n" + f"{train_set.ids[0]},0,1,0\n")
+    assert report_cli.main([str(run), "--out", str(tmp_path / "bad"), "--mosaics", str(layout)]) == 2
+    err = capsys.readouterr().err
+    assert "not in this dataset" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()

@@ -70,3 +70,142 @@ def test_save_best_writes_what_test_py_reads(synthetic_root, truth, tmp_path, ru
     assert info["images"] == 60 and info["searched_on"] == str(npz)
     code, _, err = run_score([tmp_path / "x.csv", "--truth", synthetic_root / "train.csv", "--save-best", "p.json"])
     assert code == 2 and "--save-best goes with --search" in err
+
+
+# -- the honest search: held-out gains, folds, mosaic rules -------------------------------------------------------
+from tests.test_postprocess import overfitting_case  # noqa: E402
+from tgs import rle  # noqa: E402
+from tgs.mosaic import Mosaics  # noqa: E402
+
+S = 101
+
+
+def tiny_dataset(root, masks, test_ids=()):
+    """DATA/train.csv (ids r00, r01 ... in this order) and DATA/sample_submission.csv; no images."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    ids = np.array([f"r{i:02d}" for i in range(len(masks))])
+    pd.DataFrame({"id": ids, "rle_mask": rle.encode(masks)}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": list(test_ids), "rle_mask": "1 1"}).to_csv(root / "sample_submission.csv", index=False)
+    return ids
+
+
+def test_score_py_reports_the_held_out_gain_and_saves_the_setting_that_generalises(tmp_path, run_score):
+    q, truth, _ = overfitting_case()  # fold0 = rows 0..9, fold1 = rows 10..19 of a 100-image set
+    masks = np.zeros((100, S, S), bool)
+    masks[:20] = truth
+    ids = tiny_dataset(tmp_path / "data", masks)
+    npz = P.save(tmp_path / "oof.npz", ids[:20], q, split="valid")
+    argv = ["--search", npz, "--truth", tmp_path / "data" / "train.csv", "--save-best", tmp_path / "post.json"]
+    code, out, err = run_score(argv + ["--oof-folds", "fold0,fold1"])
+    assert code == 0, err
+    assert "in 2 folds (fold0 10, fold1 10)" in out and "held-out gain -0.400000" in out
+    assert value(out, "best") == pytest.approx(0.6) and "gain     +0.100000" in out
+    assert "keeping the defaults" in out and f"test.py flags: {postprocess.DEFAULTS.flags()}" in out
+    saved, info = postprocess.load_setting(tmp_path / "post.json")
+    assert saved == postprocess.DEFAULTS and info["score"] == info["default_score"] == 0.5
+    assert info["held_out_gain"] == -0.4 and info["in_sample_gain"] == 0.1 and info["in_sample_best"]["min_area"] > 100
+    assert info["empty_share"] == 0.1 and info["true_empty_share"] == 0.6 and info["folds"] == {"fold0": 10, "fold1": 10}
+    # the default folds: each image's chunk of the 10-chunk split, here the same two
+    code, again, _ = run_score(argv)
+    assert code == 0 and "in 2 folds (fold0 10, fold1 10)" in again and "held-out gain -0.400000" in again
+
+
+@pytest.mark.parametrize("folds, fragment", [
+    ("fold0", "10 images of"),  # fold1's images are in none of the folds named
+    ("fold0,fold01", "the folds overlap"),
+    ("fold0,fold0", "names a fold twice"),
+    ("fold0,x", "'x' is not a fold name"),
+])
+def test_bad_oof_folds_are_one_line(tmp_path, run_score, folds, fragment):
+    q, truth, _ = overfitting_case()
+    masks = np.zeros((100, S, S), bool)
+    ids = tiny_dataset(tmp_path / "data", masks)
+    npz = P.save(tmp_path / "oof.npz", ids[:20], q, split="valid")
+    code, _, err = run_score(["--search", npz, "--truth", tmp_path / "data" / "train.csv", "--oof-folds", folds])
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+
+
+def wall(a, b):
+    m = np.zeros((S, S), bool)
+    m[:, a:b] = True
+    return m
+
+
+def mosaic_case(tmp_path):
+    """20 train tiles (fold k = rows 2k, 2k+1), predicted perfectly except W, X and Y (predicted empty, truly walls).
+
+    mosaic 0: A (r02, fold1, empty) / V (r00, fold0, a wall below its top rows) / W (r01, fold0, wall): W's wall
+    continues V's, but V is in W's own fold, so it is not known while fold0 is evaluated: an honest search leaves W
+    alone (V is only softly vertical, so nothing goes up into A either).
+    mosaic 1: B (r04, fold2, wall) / X (r06, fold3) / a test tile; mosaic 2: C (r08, fold4, wall) / Y (r10, fold5):
+    X and Y continue known walls of other folds."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((20, S, S), bool)
+    for i in range(20):
+        if i % 3:
+            masks[i, 30:60, 20:50] = True  # a block (no hole, not touching the bottom)
+    for i in (0, 1, 4, 6, 8, 10):
+        masks[i] = wall(40, 70)
+    masks[2] = False
+    masks[0, :10] = False
+    ids = tiny_dataset(tmp_path / "data", masks, ["s0"])
+    layout = Mosaics(["r02", "r00", "r01", "r04", "r06", "s0", "r08", "r10"], [0, 0, 0, 1, 1, 1, 2, 2],
+                     [0, 1, 2, 0, 1, 2, 0, 1], [0] * 8)
+    layout.write(tmp_path / "mosaics.csv")
+    probs = masks.astype(np.float32) * 0.9
+    probs[[1, 6, 10]] = 0.0  # W, X, Y missed
+    npz = P.save(tmp_path / "oof.npz", ids, probs + 0.001 * rng.random(probs.shape, dtype=np.float32), split="valid")
+    return npz, tmp_path / "data" / "train.csv", tmp_path / "mosaics.csv"
+
+
+def test_rules_are_searched_with_each_fold_unknown(tmp_path, run_score):
+    npz, truth, mosaics = mosaic_case(tmp_path)
+    code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics,
+                                "--save-best", tmp_path / "post.json"])
+    assert code == 0, err
+    assert value(out, "default") == pytest.approx(17 / 20)
+    # vertical fixes X and Y (+2 of 20 images), never W: V's mask is its own fold's
+    rows = {m.group(1): (int(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^  (\S+)\s+(\d+)\s+([+-][0-9.]+)$", out, re.M)}
+    assert rows["vertical"] == (2, pytest.approx(0.1)) and rows["boundary"] == (2, pytest.approx(0.1))
+    assert rows["empty-below"] == (0, 0.0) and rows["fill-holes"] == (0, 0.0)
+    # A, V, B, X, C and Y have a neighbour in another fold; W's only neighbour V is in its own
+    assert "6 of 20 out-of-fold tiles (30.0%) are next to a known train tile" in out
+    assert "at test time 1 of 1 test tiles (100.0%) are" in out  # s0, below X
+    # nested: fold3 (X) takes the rules of the others (Y's fold makes vertical win there), and so does fold5
+    assert re.search(r"best rules: vertical: in-sample gain \+0\.100000, held-out gain \+0\.100000", out)
+    assert "kept: vertical" in out
+    assert "test.py flags (with the rules): --threshold 0.5 --min-area 0 --gate none --mosaic-rules vertical " \
+           f"--mosaics {mosaics}" in out
+    saved, info = postprocess.load_setting(tmp_path / "post.json")
+    assert saved.rules == ("vertical",) and info["mosaics"] == str(mosaics)
+    assert info["rules_held_out_gain"] == 0.1 and info["rule_changes"]["vertical"] == {"tiles": 2, "score_change": 0.1}
+    assert info["score"] == pytest.approx(info["default_score"] + 0.1)
+
+
+def test_a_rule_that_helps_one_fold_only_is_not_kept(tmp_path, run_score):
+    npz, truth, mosaics = mosaic_case(tmp_path)
+    loaded = P.load(npz)
+    probs = loaded.probs.copy()
+    probs[10] = 0.9 * wall(40, 70)  # Y predicted right: the rules help fold3 (X) only
+    P.save(npz, loaded.ids, probs, split="valid")
+    code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics])
+    assert code == 0, err
+    assert "in-sample gain +0.050000, held-out gain +0.000000" in out and "kept: none" in out
+
+
+@pytest.mark.parametrize("case", ["unknown ids", "another dataset", "two ids one cell"])
+def test_a_bad_mosaics_file_is_one_line(tmp_path, run_score, case):
+    npz, truth, mosaics = mosaic_case(tmp_path)
+    rows = {"unknown ids": "r00,0,0,0\nr01,0,1,0\nzzz,0,2,0\n",
+            "another dataset": "".join(f"{i:010x},0,0,{i}\n" for i in range(5)) + "r00,0,1,0\n",
+            "two ids one cell": "r00,0,0,0\nr01,0,0,0\n"}[case]
+    mosaics.write_text("id,mosaic,row,col\n" + rows)
+    code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics])
+    expected = {"unknown ids": "1 of its 3 ids are not in this dataset's train or test ids: zzz",
+                "another dataset": "belongs to another dataset", "two ids one cell": "are both at mosaic 0"}[case]
+    assert code == 2 and expected in err and str(mosaics) in err and err.count("\n") == 1 and out == ""
+    code, _, err = run_score([tmp_path / "x.csv", "--truth", truth, "--mosaics", mosaics])
+    assert code == 2 and "--mosaics goes with --search" in err

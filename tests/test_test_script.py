@@ -350,3 +350,116 @@ def test_an_interrupted_write_keeps_the_previous_file(ckpts, tmp_path, capsys, m
         script.main([str(ckpts["a"]), "--output-prefix", str(tmp_path / "i"), "--device", "cpu"])
     assert target.read_text() == "id,rle_mask\nold,\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i-submission.csv"]  # no new .npz beside the old CSV
+
+
+# -- mosaic rules ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built_mosaics(synthetic_root, tmp_path_factory):
+    """mosaics.csv of the shared synthetic set, as mosaic.py builds it."""
+    from cli import mosaic as mosaic_cli
+
+    out = tmp_path_factory.mktemp("mosaics")
+    assert mosaic_cli.main(["--data-dir", str(synthetic_root), "--out", str(out), "--no-cache"]) == 0
+    return out / "mosaics.csv"
+
+
+def test_mosaic_rules_end_to_end(synthetic_root, built_mosaics, test_images, tmp_path, capsys):
+    """All-empty test predictions and the boundary rule over mosaic.py's layout: exactly the test tiles with a train
+    neighbour whose facing edge is partly salt get salt, the others stay empty; a tile with one such neighbour and
+    no known tile opposite gets that edge line extruded."""
+    from tgs.mosaic import Mosaics
+
+    ids, _ = test_images
+    P.save(tmp_path / "zero.npz", ids, np.zeros((len(ids), 101, 101), np.float32))
+    code, out, err = run(["--from-probabilities", tmp_path / "zero.npz", "--data-dir", synthetic_root,
+                          "--output-prefix", tmp_path / "b", "--mosaics", built_mosaics,
+                          "--mosaic-rules", "boundary"], capsys)
+    assert code == 0, err
+    got = csv_masks(tmp_path / "b-submission.csv", ids)
+    train_ids, train_masks = submission.read_truth(synthetic_root / "train.csv")
+    layout = Mosaics.read(built_mosaics)
+    everyone = np.concatenate([ids, train_ids])
+    nb = layout.neighbours(everyone)
+    known = np.arange(len(everyone)) >= len(ids)
+    truth_of = lambda j: train_masks[j - len(ids)]  # noqa: E731
+    partly = lambda line: 0 < line.sum() < len(line)  # noqa: E731
+    expected_changed = 0
+    for i in range(len(ids)):
+        facing = {"up": lambda m: m[-1], "down": lambda m: m[0], "left": lambda m: m[:, -1], "right": lambda m: m[:, 0]}
+        sides = {s: getattr(nb, s)[i] for s in facing}
+        salt_sides = [s for s, j in sides.items() if j >= 0 and known[j] and partly(facing[s](truth_of(j)))]
+        if not salt_sides:
+            assert not got[i].any(), ids[i]
+            continue
+        expected_changed += 1
+        assert got[i].any(), ids[i]
+        side = salt_sides[0]
+        opposite = {"up": "down", "down": "up", "left": "right", "right": "left"}[side]
+        j, o = sides[side], sides[opposite]
+        if side in ("up", "down") and not (o >= 0 and known[o]):
+            assert np.array_equal(got[i], np.repeat(facing[side](truth_of(j))[None], 101, axis=0)), ids[i]
+        if side in ("left", "right") and not (o >= 0 and known[o]) and not any(s in salt_sides for s in ("up", "down")):
+            assert np.array_equal(got[i], np.repeat(facing[side](truth_of(j))[:, None], 101, axis=1)), ids[i]
+    assert expected_changed > 0
+    assert f"mosaic rules changed: boundary {expected_changed} tile" in out
+    assert "mosaic rules boundary" in out and "mosaic rules from the command line" in out
+    assert f"{len(train_ids)} train masks known" in out
+
+
+def test_vertical_rule_through_a_post_config(synthetic_root, test_images, tmp_path, capsys):
+    """A hand-made layout over real ids: a train tile with a vertical wall above two test tiles, then a train tile,
+    then a third test tile. The rule comes from --post-config; --mosaic-rules none turns it off."""
+    ids, _ = test_images
+    train_ids, train_masks = submission.read_truth(synthetic_root / "train.csv")
+    from tgs.mosaic_rules import Edges
+
+    walls = np.flatnonzero(Edges.of(train_masks).vertical)
+    assert walls.size >= 1
+    w, other = int(walls[0]), int(np.flatnonzero(~train_masks.any(axis=(1, 2)))[0])
+    path = tmp_path / "mosaics.csv"
+    pd.DataFrame({"id": [train_ids[w], ids[0], ids[1], train_ids[other], ids[2]], "mosaic": 0,
+                  "row": range(5), "col": 0}).to_csv(path, index=False)
+    rng = np.random.default_rng(0)
+    probs = rng.random((len(ids), 101, 101)).astype(np.float32)
+    P.save(tmp_path / "p.npz", ids, probs)
+    postprocess.save_setting(tmp_path / "post.json", PostProcess(rules=("vertical",)), {"searched_on": "oof.npz"})
+    argv = ["--from-probabilities", tmp_path / "p.npz", "--data-dir", synthetic_root, "--mosaics", path,
+            "--post-config", tmp_path / "post.json"]
+    code, out, err = run(argv + ["--output-prefix", tmp_path / "v"], capsys)
+    assert code == 0, err
+    got = csv_masks(tmp_path / "v-submission.csv", ids)
+    plain = postprocess.apply(P.load(tmp_path / "p.npz").probs, None, test_images[1])
+    assert np.array_equal(got[0], train_masks[w]) and np.array_equal(got[1], train_masks[w])
+    assert np.array_equal(got[2:], plain[2:])  # the walk stopped at the empty train tile
+    assert "mosaic rules changed: vertical 2 tiles" in out and "searched on oof.npz" in out
+    code, out, err = run(argv + ["--output-prefix", tmp_path / "n", "--mosaic-rules", "none"], capsys)
+    assert code == 0 and "the mosaics are not used" in out
+    assert np.array_equal(csv_masks(tmp_path / "n-submission.csv", ids), plain)
+    # rules without a layout, a layout with merged out-of-fold files: one line each
+    code, _, err = run(argv[:-4] + ["--post-config", tmp_path / "post.json", "--output-prefix", tmp_path / "x"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "asks for the mosaic rules vertical: give --mosaics" in err
+    code, _, err = run(["--merge-oof", tmp_path / "p.npz", "--mosaics", path, "--output-prefix", tmp_path / "x"],
+                       capsys)
+    assert code == 2 and "--mosaics goes with test or validation predictions, not --merge-oof" in err
+    code, _, err = run(argv[:4] + ["--mosaics", tmp_path / "none.csv", "--mosaic-rules", "vertical",
+                                   "--output-prefix", tmp_path / "x"], capsys)
+    assert code == 2 and "none.csv does not exist" in err
+    assert not list(tmp_path.glob("x-*"))
+
+
+@pytest.mark.parametrize("case", ["unknown ids", "another dataset", "two ids one cell"])
+def test_a_bad_mosaics_file_stops_test_py_before_any_work(ckpts, synthetic_root, test_images, tmp_path, capsys,
+                                                          case):
+    ids, _ = test_images
+    rows = {"unknown ids": [(ids[0], 0, 0, 0), (ids[1], 0, 1, 0), ("ffffffffff", 0, 2, 0)],
+            "another dataset": [(f"{i:010x}", 0, 0, i) for i in range(5)] + [(ids[0], 0, 1, 0)],
+            "two ids one cell": [(ids[0], 0, 0, 0), (ids[1], 0, 0, 0)]}[case]
+    path = tmp_path / "mosaics.csv"
+    pd.DataFrame(rows, columns=["id", "mosaic", "row", "col"]).to_csv(path, index=False)
+    code, out, err = run([ckpts["a"], "--data-dir", synthetic_root, "--output-prefix", tmp_path / "m",
+                          "--mosaics", path, "--mosaic-rules", "vertical,boundary"], capsys)
+    expected = {"unknown ids": "1 of its 3 ids are not in this dataset's train or test ids: ffffffffff",
+                "another dataset": "belongs to another dataset", "two ids one cell": "are both at mosaic 0"}[case]
+    assert code == 2 and expected in err and str(path) in err and err.count("\n") == 1
+    assert "models on" in out and "model 1/1" not in out  # refused after loading the data, before predicting
+    assert not list(tmp_path.glob("m-*"))

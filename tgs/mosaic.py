@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tgs.errors import DataError, few
+from tgs.errors import DataError, excerpt, few
 from tgs.io import atomic_open, read_csv_strings
 
 COLUMNS = ("id", "mosaic", "row", "col")
@@ -29,20 +29,14 @@ MOSAICS_FILE = "mosaics.csv"
 PAIRS_FILE = "pairs.csv"
 
 
-def _short(value, limit: int = 24) -> str:
-    """A value quoted for an error message, cut to ``limit`` characters."""
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
 def _integers(df: pd.DataFrame, column: str, path) -> np.ndarray:
     """A column of non-negative integers, or a DataError naming the first bad row."""
     text = df[column]
     ok = text.str.fullmatch(r"\+?\d{1,9}").to_numpy(bool)
     if not ok.all():
         row = int(np.argmax(~ok))
-        raise DataError(f"{path}: line {row + 2} (id {_short(df['id'].iloc[row])}): {column} "
-                        f"{_short(text.iloc[row])} is not a non-negative integer")
+        raise DataError(f"{path}: line {row + 2} (id {excerpt(df['id'].iloc[row])}): {column} "
+                        f"{excerpt(text.iloc[row])} is not a non-negative integer")
     return text.to_numpy(str).astype(np.int64)
 
 
@@ -260,11 +254,11 @@ class Pairs:
         bad = ~np.isin(rel, RELATIONS)
         if bad.any():
             row = int(np.argmax(bad))
-            raise DataError(f"{path}: line {row + 2}: rel {_short(rel[row])} is not LR or TB")
+            raise DataError(f"{path}: line {row + 2}: rel {excerpt(rel[row])} is not LR or TB")
         score = pd.to_numeric(df["score"], errors="coerce").to_numpy(np.float64)
         if np.isnan(score).any():
             row = int(np.argmax(np.isnan(score)))
-            raise DataError(f"{path}: line {row + 2}: score {_short(df['score'].iloc[row])} is not a number")
+            raise DataError(f"{path}: line {row + 2}: score {excerpt(df['score'].iloc[row])} is not a number")
         a, b = df["a"].to_numpy(str), df["b"].to_numpy(str)
         if (a == b).any():
             raise DataError(f"{path}: line {int(np.argmax(a == b)) + 2}: a tile cannot be its own neighbour")

@@ -14,12 +14,17 @@ from datasets import folds, kaggle
 from engine.config import TrainConfig, read_yaml
 from engine.inference import Ensemble
 from engine.layout import Outputs, RunLayout
+from engine.report.mosaics import Tiles, largest, pictures
 from engine.report.plots import plot_coverage, plot_learning_curves, plot_samples, plot_thresholds, write_csv
 from engine.report.stats import (as_levels, best_epochs, coverage_table, image_histograms, per_image, pixel_curves,
                                  read_metrics, select_samples, threshold_sweep)
-from tgs import png, probabilities, submission
+from engine.scoring import data_root, oof_groups
+from tgs import TILE, png, probabilities, submission
 from tgs.errors import DataError, UserError, few
-from tgs.probabilities import quantize
+from tgs.mosaic import Mosaics
+from tgs.mosaic_rules import RULES, apply_rules, parse_rules
+from tgs.mosaic_rules import Outcome as RulesOutcome
+from tgs.probabilities import level_of, quantize
 
 # -- one validation set, every report ---------------------------------------------------------------------------
 @dataclass
@@ -129,9 +134,10 @@ def align_truth(ids: np.ndarray, truth_ids: np.ndarray, source: str, truth_sourc
 
 
 def validation_from_npz(path: Path, truth: Path | None = None, data_dir: Path | None = None,
-                        train=None) -> Validation:
-    """A probabilities file against true masks (train.csv, a mask folder, --data-dir, or a loaded TrainSet)."""
-    p = probabilities.load(path)
+                        train=None, loaded: probabilities.Probabilities | None = None) -> Validation:
+    """A probabilities file (or its ``loaded`` content) against true masks (train.csv, a mask folder, --data-dir,
+    or a loaded TrainSet)."""
+    p = loaded if loaded is not None else probabilities.load(path)
     source = f"{path} (split {p.split}{', ' + str(len(p.models)) + ' models' if len(p.models) > 1 else ''})"
     if train is not None:
         rows = align_truth(p.ids, train.ids, str(path), f"the training set {data_dir}")
@@ -151,13 +157,120 @@ def validation_from_npz(path: Path, truth: Path | None = None, data_dir: Path | 
 
 def report_probabilities(npz: Path, truth: Path | None = None, data_dir: Path | None = None,
                          out_dir: Path | None = None, threshold: float = 0.5, samples: int = 6,
-                         seed: int = 0) -> Outcome:
+                         seed: int = 0, mosaics: Path | None = None, mosaic_count: int = 3,
+                         mosaic_rules: Sequence[str] = RULES) -> Outcome:
     """``report.py --probabilities F.npz --truth DATA/train.csv``: the validation report of saved predictions,
-    written next to the file (or into ``out_dir``), file names starting with the file's name."""
+    written next to the file (or into ``out_dir``), file names starting with the file's name; with ``mosaics``
+    also the pictures of the largest mosaics (test predictions get only those)."""
     npz = Path(npz)
-    v = validation_from_npz(npz, truth, data_dir)
-    return report_validation(v, Path(out_dir) if out_dir else npz.parent, Outputs.name_of(npz), threshold, samples,
-                             seed)
+    p = probabilities.load(npz)
+    out, prefix, outcome = Path(out_dir) if out_dir else npz.parent, Outputs.name_of(npz), Outcome()
+    board = None
+    if mosaics is not None:
+        if data_dir is None and truth is None:
+            raise UserError("--mosaics: say where the dataset is: --data-dir DATA (or --truth DATA/train.csv)")
+        board = MosaicInputs.read(mosaics, Path(data_dir) if data_dir else data_root(truth))
+    if p.split == "test":
+        if board is None:
+            raise UserError(f"{npz} holds test predictions: the validation report needs out-of-fold ones (test.py "
+                            "--split valid); --mosaics DIR/mosaics.csv --data-dir DATA draws test predictions on the "
+                            "mosaics")
+        outcome.skipped.append(f"the validation report: {npz} holds test predictions (no true masks)")
+    else:
+        report_validation(validation_from_npz(npz, truth, data_dir, loaded=p), out, prefix, threshold, samples,
+                          seed, outcome)
+    if board is not None:
+        board.report(p.ids, as_levels(p.probs), threshold, mosaic_rules, mosaic_count, out, prefix, outcome, p.split)
+    return outcome
+
+
+# -- mosaic pictures ---------------------------------------------------------------------------------------------
+@dataclass
+class MosaicInputs:
+    """A validated mosaics file and the dataset it belongs to (the train masks, the image folders)."""
+
+    path: Path
+    mosaics: Mosaics
+    layout: kaggle.Layout
+    train_ids: np.ndarray
+    train_masks: np.ndarray
+
+    @classmethod
+    def read(cls, path: Path, data_dir: Path) -> "MosaicInputs":
+        layout = kaggle.Layout.of(data_dir)
+        layout.require("train_csv")
+        train_ids, train_masks = submission.read_truth(layout.train_csv)
+        test_ids = (kaggle.read_sample_submission(layout.sample_submission) if layout.sample_submission.is_file()
+                    else np.array([], str))
+        mosaics = Mosaics.read(path, known_ids=np.concatenate([train_ids, test_ids]))
+        return cls(Path(path), mosaics, layout, train_ids, train_masks)
+
+    def _images(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The images of ``ids`` from the train and test folders: (N, H, W) uint8 and which were found."""
+        images = np.zeros((len(ids), TILE, TILE), np.uint8)
+        found = np.zeros(len(ids), bool)
+        for folder in (self.layout.train_images, self.layout.test_images):  # a loop over the two folders
+            if not folder.is_dir():
+                continue
+            here = np.flatnonzero(~found & np.isin(ids, list(png.stems(folder))))
+            if here.size:
+                images[here] = png.read_pngs(folder, ids[here], "image")
+                found[here] = True
+        return images, found
+
+    def rules(self, ids: np.ndarray, pred: np.ndarray, rules: Sequence[str], split: str,
+              folds_file: Path | None = None) -> Outcome:
+        """The mosaic rules on predicted masks as ``score.py --search`` evaluates them: test tiles with every train
+        mask known; out-of-fold tiles fold by fold (each image's chunk of the 10-chunk split, or its fold in
+        ``folds_file``), the fold's own train tiles unknown."""
+        if split == "test":
+            parts = [(np.ones(len(ids), bool), ~np.isin(self.train_ids, ids))]
+        else:
+            groups, _, valid = oof_groups(self.path, ids, self.train_ids, None, folds_file)
+            parts = [(groups == k, ~valid[k]) for k in range(len(valid))]
+        rules = parse_rules(rules)
+        masks = pred.copy()
+        changed, touched = ({r: np.zeros(len(ids), bool) for r in rules} for _ in range(2))
+        for sel, known in parts:  # a loop per fold
+            known &= ~np.isin(self.train_ids, ids[sel])
+            done = apply_rules(pred[sel], ids[sel], self.mosaics, self.train_ids[known], self.train_masks[known],
+                               rules)
+            masks[sel] = done.masks
+            for r in rules:
+                changed[r][sel], touched[r][sel] = done.changed[r], done.touched[r]
+        return RulesOutcome(masks, changed, touched)
+
+    def report(self, ids: np.ndarray, q: np.ndarray, threshold: float, rules: Sequence[str], count: int,
+               out_dir: Path, prefix: str, outcome: Outcome, split: str = "valid",
+               folds_file: Path | None = None) -> None:
+        """Pictures of the ``count`` largest mosaics with the predictions of ``ids`` (levels ``q`` above
+        ``threshold``, then the mosaic ``rules`` as :meth:`rules` applies them),
+        ``out_dir/PREFIX-mosaic-RANK.png``."""
+        ruled = self.rules(ids, q >= level_of(threshold), rules, split, folds_file)
+        shown = self.mosaics.ids[np.isin(self.mosaics.mosaic, largest(self.mosaics, count))]
+        images, has_image = self._images(shown)
+        t_rows = pd.Index(self.train_ids).get_indexer(shown)
+        p_rows = pd.Index(ids).get_indexer(shown)
+        tiles = Tiles(shown, images, has_image, _rows_of(self.train_masks, t_rows), t_rows >= 0,
+                      _rows_of(ruled.masks, p_rows), p_rows >= 0,
+                      {r: _rows_of(c, p_rows) for r, c in ruled.changed.items()})
+        lines, written = pictures(self.mosaics, tiles, count, lambda rank: out_dir / f"{prefix}-mosaic-{rank}.png",
+                                  list(ruled.changed))
+        outcome.written += written
+        outcome.lines += [f"mosaics {self.path}: {len(self.mosaics)} tiles in {len(self.mosaics.sizes())} mosaics; "
+                          f"predictions above {threshold:.2f}, then the mosaic rules: {ruled.line() if rules else 'none'} "
+                          f"({'every train mask known' if split == 'test' else 'fold by fold, the fold unknown'})",
+                          *lines]
+        if not has_image.all():
+            outcome.skipped.append(f"the images of {int((~has_image).sum())} mosaic tiles: not found in "
+                                   f"{self.layout.train_images} or {self.layout.test_images}")
+
+
+def _rows_of(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, zero (False) where a row is -1."""
+    out = np.zeros((len(rows),) + values.shape[1:], values.dtype)
+    out[rows >= 0] = values[rows[rows >= 0]]
+    return out
 
 
 # -- inputs: a run folder ----------------------------------------------------------------------------------------
@@ -202,10 +315,12 @@ def predict_levels(loaded, images: np.ndarray, device, tta: bool | None = None,
 def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, data_dir: Path | None = None,
                folds_file: Path | None = None, out_dir: Path | None = None, threshold: float = 0.5,
                samples: int = 6, seed: int = 0, device: str = "auto", tta: bool | None = None,
-               batch_size: int = 32) -> Outcome:
+               batch_size: int = 32, mosaics: Path | None = None, mosaic_count: int = 3,
+               mosaic_rules: Sequence[str] = RULES) -> Outcome:
     """``report.py RUN``: learning curves from ``RUN/metrics.csv`` and the validation report of the fold, from the
     run's best model (``source='model'``), from a ``*-probabilities.npz`` of split 'valid' in the run folder
-    (``'npz'``), or (``'auto'``) from such a file when it is newer than the model, else the model.
+    (``'npz'``), or (``'auto'``) from such a file when it is newer than the model, else the model; with
+    ``mosaics``, pictures of the largest mosaics with the fold's predictions.
 
     What is missing is skipped with a note (a run still training may have one epoch and no model yet); a folder
     with neither metrics nor predictions is a UserError that says how to make them.
@@ -260,6 +375,7 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
                 raise UserError(f"--data-dir {data} does not exist")
             raise UserError(f"data folder {data} (from {use_model or run / 'config.yaml'}) does not exist; "
                             "pass --data-dir DATA")
+    board = MosaicInputs.read(mosaics, data) if mosaics is not None and data is not None else None
 
     # learning curves
     if metrics_df is None:
@@ -280,6 +396,8 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
     if data is None:
         outcome.skipped.append(f"validation plots: no models/best-metric-*.pth or models/last-*.pth in {run} and no "
                                "*-probabilities.npz of split 'valid' yet (a model appears after the first epoch)")
+        if mosaics is not None:
+            outcome.skipped.append("the mosaic pictures: no validation predictions yet")
         return outcome
     notes = []
     if npzs and use_npz is None:
@@ -302,4 +420,8 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
         own = (meta.get("metrics") or {}).get("val_metric")
         if own is not None:
             notes.append(f"  during training (epoch {epoch}, unquantised probabilities > 0.5): {own:.4f}")
-    return report_validation(v, out_dir, "valid", threshold, samples, seed, outcome, notes)
+    report_validation(v, out_dir, "valid", threshold, samples, seed, outcome, notes)
+    if board is not None:
+        board.report(v.ids, v.q, threshold, mosaic_rules, mosaic_count, out_dir, "valid", outcome,
+                     folds_file=folds_file or (cfg.data.folds_file if cfg is not None else None))
+    return outcome
