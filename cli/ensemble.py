@@ -75,7 +75,7 @@ TRAIN_OWNED = {"data_dir": "--data-dir", "data_fold": "--folds", "log_dir": "--r
                "pseudo_fraction": "--pseudo-fraction", "pseudo_weight": "--pseudo-weight",
                "pseudo_schedule": "--pseudo-schedule", "pseudo_epochs": "--pseudo-epochs"}
 TEST_OWNED = ("models", "from_probabilities", "merge_oof", "split", "data_dir", "data_fold", "folds_file",
-              "output_prefix", "tta")  # test.py options ensemble.py sets itself
+              "output_prefix", "tta", "mosaics", "mosaic_rules")  # test.py options ensemble.py sets itself
 SWA_OWNED = ("input", "output", "data_dir", "data_fold", "folds_file")
 SHARED = ("device", "threads", "amp")  # train.py options swa.py and test.py take as well
 # sbatch options set from ensemble.py's own flags (or by submitit), and what to use instead
@@ -188,6 +188,14 @@ def build_parser() -> ArgumentParser:
                    help="a fold made from other data or options is trained afresh (its files removed) instead of "
                         "stopping the run")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
+    j = p.add_argument_group("the jigsaw (mosaics rebuilt from the tiles: the 1st, 4th and 14th places' tool)")
+    j.add_argument("--mosaics", action="store_true",
+                   help="build the mosaics once (mosaic.py into RUN/mosaics, rebuilt only for other data); the "
+                        "out-of-fold search then tries the mosaic rules too, and the submission (and pseudo-labels) "
+                        "use the rules it kept")
+    j.add_argument("--mosaic-folds", action="store_true",
+                   help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
+                        "so no validation tile has a training neighbour")
     from cli.pseudo import cap, share
     from tgs.pseudo import Rule
 
@@ -284,11 +292,15 @@ def parse(argv=None):
         test_args=tuple(test_args), shared={k: given[k] for k in SHARED if k in given}, tta=a.tta,
         tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel, overwrite=a.overwrite,
         dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
-        pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
+        mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
         pseudo_rule=Rule(a.pseudo_lo, a.pseudo_hi, a.pseudo_confidence, tuple(a.pseudo_cap)),
         pseudo_train=tuple(x for name in ("fraction", "weight", "schedule", "epochs")
                            if getattr(a, f"pseudo_{name}") is not None
                            for x in (f"--pseudo-{name}", getattr(a, f"pseudo_{name}"))))
+    if a.mosaic_folds and not a.mosaics:
+        raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
+    if a.mosaic_folds and a.folds_file:
+        raise UserError("--mosaic-folds makes the folds file itself (RUN/folds.csv): leave out --folds-file")
     if opts.pseudo_train and not opts.pseudo_rounds:
         raise UserError(f"{opts.pseudo_train[0]} goes with --pseudo-rounds N (N >= 1)")
     # every fold's complete train.py command, in round 0 and in a pseudo-label round, must be valid before anything

@@ -60,6 +60,8 @@ def build_parser() -> ArgumentParser:
                         "(e.g. empty=0.5; repeat for several bins)")
     add_decoding(p)
     add_postprocessing(p)
+    p.add_argument("--mosaics", metavar="CSV",
+                   help="mosaics.csv (mosaic.py) for the setting's mosaic rules, every train mask known")
     return p
 
 
@@ -74,7 +76,8 @@ def parse(argv=None) -> dict:
     post, source = post_setting(args)
     rule = Rule(args.lo, args.hi, args.min_confidence, tuple(args.cap))
     return dict(probabilities=args.probabilities, data_dir=args.data_dir, out=args.out, post=post, rule=rule,
-                post_source=source, cache=not args.no_cache, workers=args.decode_threads or None)
+                post_source=source, cache=not args.no_cache, workers=args.decode_threads or None,
+                mosaics=args.mosaics)
 
 
 @cli

@@ -127,6 +127,21 @@ def write_folds(path: str | Path, ids: np.ndarray, folds: np.ndarray) -> None:
         pd.DataFrame({"id": ids, "fold": folds}).to_csv(fh, index=False)
 
 
+def training_rows(ids: np.ndarray, masks: np.ndarray, fold: str, folds_file: str | Path | None = None,
+                  drop_mask_threshold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The split train.py trains and validates on: row indices (train, valid) of ``fold``, the training rows
+    without masks of 1..N-1 salt pixels when ``drop_mask_threshold`` is N (tiny, doubtful labels). Both must be
+    non-empty. swa.py recomputes BatchNorm on the same training rows."""
+    tr, va = split(ids, fold, folds_file)
+    if drop_mask_threshold > 0:
+        area = masks[tr].reshape(len(tr), -1).sum(axis=1)
+        tr = tr[(area == 0) | (area >= drop_mask_threshold)]
+    if len(tr) == 0 or len(va) == 0:
+        raise UserError(f"--data-fold {fold}: {len(tr)} training and {len(va)} validation images; "
+                        "both must be non-empty")
+    return tr, va
+
+
 def mosaic_groups(ids: np.ndarray, mosaics: Mosaics) -> np.ndarray:
     """The mosaic of each id (train.csv order), -1 for ids in no mosaic."""
     where = mosaics.index_of(ids)
@@ -249,18 +264,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def training_rows(ids: np.ndarray, masks: np.ndarray, fold: str, folds_file: str | Path | None = None,
-                  drop_mask_threshold: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The split train.py trains and validates on: row indices (train, valid) of ``fold``, the training rows
-    without masks of 1..N-1 salt pixels when ``drop_mask_threshold`` is N (tiny, doubtful labels). Both must be
-    non-empty. swa.py recomputes BatchNorm on the same training rows."""
-    tr, va = split(ids, fold, folds_file)
-    if drop_mask_threshold > 0:
-        area = masks[tr].reshape(len(tr), -1).sum(axis=1)
-        tr = tr[(area == 0) | (area >= drop_mask_threshold)]
-    if len(tr) == 0 or len(va) == 0:
-        raise UserError(f"--data-fold {fold}: {len(tr)} training and {len(va)} validation images; "
-                        "both must be non-empty")
-    return tr, va

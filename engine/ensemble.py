@@ -85,6 +85,10 @@ class EnsembleOptions:
     pseudo_rule: Rule = field(default_factory=Rule)
     pseudo_train: tuple = ()
     pseudo_labels: str | tuple | None = None  # one file for every fold, or ((fold, file), ...)
+    # the jigsaw: build the mosaics once (RUN/mosaics), search and submit with mosaic rules, mosaic-aware folds
+    mosaics: bool = False
+    mosaic_folds: bool = False
+    mosaics_csv: str | None = None  # set by run(): the file every round uses
 
     @property
     def layout(self) -> EnsembleLayout:
@@ -347,17 +351,67 @@ def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
     _run("test", ["--merge-oof", *oof, "--data-dir", str(opts.data_dir), "--output-prefix", merged.prefix,
                   *opts.test_args],
          "oof", lay.log("oof"), dry=opts.dry_run)
+    # the search groups the out-of-fold images by fold (a fold's own tiles are unknown to the mosaic rules); with
+    # mosaic folds a fold holds whole mosaics, so no rule could act: then the 10 chunks group them (every other train
+    # mask is known at test time anyway)
+    search = [] if opts.mosaic_folds else ["--oof-folds", ",".join(opts.folds)]
+    if opts.folds_file and not opts.mosaic_folds:
+        search += ["--folds-file", opts.folds_file]
+    search += ["--mosaics", opts.mosaics_csv] if opts.mosaics_csv else []
     _run("score", ["--search", str(merged.npz), "--truth", str(Path(opts.data_dir) / "train.csv"),
-                   "--save-best", str(lay.postprocess)],
+                   "--save-best", str(lay.postprocess), *search],
          "search", lay.log("search"), dry=opts.dry_run)
     sub = lay.submission
     tuned = ["--post-config", str(lay.postprocess)] if opts.tuned_post else []
+    tuned += ["--mosaics", opts.mosaics_csv] if opts.mosaics_csv and opts.tuned_post else []
     _run("test", [*[str(j.swa) for j in jobs], "--data-dir", str(opts.data_dir), "--output-prefix", sub.prefix,
                   *tuned, *common, "--message", f"ensemble of {len(jobs)} models ({','.join(opts.modes)} x "
                                                 f"{len(opts.folds)} folds)"],
          "test", lay.log("test"), dry=opts.dry_run)
     _run("score", [str(sub.csv), "--check", str(opts.data_dir)], "check", lay.log("test"), dry=opts.dry_run)
     return {"submission": sub.csv, "probabilities": sub.npz, "oof": merged.npz, "postprocess": lay.postprocess}
+
+
+# -- the jigsaw ---------------------------------------------------------------------------------------------------
+def prepare_mosaics(opts: EnsembleOptions, fingerprint: Callable[[], str]) -> EnsembleOptions:
+    """Build the mosaics once (``mosaic.py`` into RUN/mosaics; rebuilt only when the data's fingerprint changed) and,
+    with ``mosaic_folds``, the mosaic-aware folds (RUN/folds.csv); returns the options that use them."""
+    import json
+
+    from datasets import folds as F
+    from datasets.kaggle import Layout, load_train, read_sample_submission
+    from tgs.io import atomic_open
+    from tgs.mosaic import Mosaics
+
+    if not opts.mosaics:
+        return opts
+    lay = opts.layout
+    source = lay.mosaics / "source.json"
+    if opts.dry_run:
+        print(f"[mosaics] would run: mosaic.py --data-dir {opts.data_dir} --out {lay.mosaics}")
+    else:
+        stored = json.loads(source.read_text()) if source.is_file() else {}
+        if lay.mosaics_csv.is_file() and stored.get("data_fingerprint") == fingerprint():
+            print(f"[mosaics] {lay.mosaics_csv} exists for this data, reused")
+        else:
+            _run("mosaic", ["--data-dir", str(opts.data_dir), "--out", str(lay.mosaics)], "mosaics",
+                 lay.log("mosaics"))
+            with atomic_open(source, "w") as fh:
+                json.dump({"data_dir": str(opts.data_dir), "data_fingerprint": fingerprint()}, fh)
+    opts = replace(opts, mosaics_csv=str(lay.mosaics_csv))
+    if not opts.mosaic_folds:
+        return opts
+    if not opts.dry_run and not lay.folds_csv.is_file():
+        train = load_train(opts.data_dir)
+        test = read_sample_submission(Layout.of(opts.data_dir).sample_submission)
+        layout = Mosaics.read(lay.mosaics_csv, known_ids=np.concatenate([train.ids, test]))
+        coverage = F.coverage_class(train.masks)
+        folds = F.mosaic_folds(coverage, train.depths, F.mosaic_groups(train.ids, layout), F.CHUNKS, 0)
+        F.write_folds(lay.folds_csv, train.ids, folds)
+        crossing, total = F.crossing_pairs(train.ids, folds, layout)
+        print(f"[folds] wrote {lay.folds_csv}: every mosaic's train tiles in one of {F.CHUNKS} folds "
+              f"({crossing} of {total} train-train neighbour pairs across folds)")
+    return replace(opts, folds_file=str(lay.folds_csv))
 
 
 # -- self-training rounds -------------------------------------------------------------------------------------------
@@ -394,8 +448,14 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
     if opts.pseudo_source == "ensemble":
         post, source = post_setting(opts)
         pseudo_engine.make(lay.submission.npz, opts.data_dir, lay.pseudo_labels, post=post, rule=opts.pseudo_rule,
-                           post_source=source)
+                           post_source=source, mosaics=opts.mosaics_csv)
         return str(lay.pseudo_labels)
+    rules = post_setting(opts)[0].rules if opts.mosaics_csv else ()
+    post = replace(postprocess.DEFAULTS, rules=rules)  # the kept rules, with fold k's own tiles unknown
+    from datasets.folds import split
+    from datasets.kaggle import load_train
+
+    train_ids = load_train(opts.data_dir).ids
     out = []
     for fold in opts.folds:
         prefix = lay.fold_test(fold)
@@ -403,8 +463,11 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
         tta = ["--tta"] if opts.tta else []
         _run("test", [*swas, "--data-dir", str(opts.data_dir), "--output-prefix", prefix.prefix, *tta,
                       *_shared_flags(opts), *opts.test_args], f"pseudo/{fold}", lay.log("pseudo"))
+        _, valid = split(train_ids, fold, opts.folds_file)
         pseudo_engine.make(prefix.npz, opts.data_dir, lay.fold_pseudo_labels(fold), rule=opts.pseudo_rule,
-                           post_source=f"defaults (the labels of {fold} see no setting searched on its truth)")
+                           post=post, mosaics=opts.mosaics_csv, unknown_ids=train_ids[valid],
+                           post_source=f"defaults{' + the kept mosaic rules' if rules else ''} (the labels of {fold} "
+                                       "see no setting searched on its truth, and none of its tiles' masks)")
         out.append((fold, str(lay.fold_pseudo_labels(fold))))
     return tuple(out)
 
@@ -434,6 +497,18 @@ def summary_lines(scores: list[tuple[int, float, Path]], source: str) -> list[st
     return out
 
 
+def _once(fn):
+    """``fn()`` computed at the first call only."""
+    cache = []
+
+    def get():
+        if not cache:
+            cache.append(fn())
+        return cache[0]
+
+    return get
+
+
 def run(opts: EnsembleOptions, config_of: Callable[[list[str]], TrainConfig] | None = None) -> int:
     """The whole ensemble (see the module docstring). ``config_of(train_argv)`` gives the config train.py would
     use (from the CLI layer); without it, folds are reused without checking their options."""
@@ -442,7 +517,8 @@ def run(opts: EnsembleOptions, config_of: Callable[[list[str]], TrainConfig] | N
     Layout.of(opts.data_dir).require("train_csv", "train_images", "train_masks", "sample_submission", "test_images")
     print(f"ensemble of {len(jobs_of(opts))} models: modes {','.join(opts.modes)} x folds {','.join(opts.folds)} "
           f"in {opts.run_dir}")
-    fingerprint = lambda: load_train(opts.data_dir).fingerprint()  # noqa: E731  (computed once, when needed)
+    fingerprint = _once(lambda: load_train(opts.data_dir).fingerprint())
+    opts = prepare_mosaics(opts, fingerprint)
     labels, scores = None, []
     for r in range(opts.pseudo_rounds + 1):
         ropts = round_options(opts, r, labels)

@@ -22,6 +22,8 @@ An ensemble run (``RUN``)::
     pseudo-labels.npz                            pseudo-labels of the whole ensemble (for the next round), or
     pseudo/FOLD-test-probabilities.npz, pseudo/FOLD-labels.npz   those of one fold's own models
     round1/, round2/ ...                         self-training rounds: each an ensemble run of its own
+    mosaics/mosaics.csv, mosaics/pairs.csv, mosaics/source.json   the mosaics (built once for the data set)
+    folds.csv                                    mosaic-aware folds (--mosaic-folds)
 """
 from __future__ import annotations
 
@@ -182,6 +184,20 @@ class EnsembleLayout:
     @property
     def submission(self) -> Outputs:
         return Outputs(str(self.root / "ensemble"))
+
+    @property
+    def mosaics(self) -> Path:
+        """The folder mosaic.py writes into (mosaics.csv, pairs.csv), and ``source.json`` naming the data it was
+        built from (its fingerprint), so it is rebuilt only for other data."""
+        return self.root / "mosaics"
+
+    @property
+    def mosaics_csv(self) -> Path:
+        return self.mosaics / "mosaics.csv"
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / "folds.csv"
 
     def round(self, r: int) -> "EnsembleLayout":
         """Self-training round ``r``: round 0 is this run, round r >= 1 the ensemble run in ``round{r}/``."""

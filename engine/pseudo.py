@@ -29,7 +29,8 @@ from tgs.submission import match_ids
 def make(probabilities: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike,
          post: postprocess.PostProcess = postprocess.DEFAULTS, rule: pseudo.Rule = pseudo.Rule(),
          post_source: str = "defaults", cache: bool = True, workers: int | None = None,
-         log=logs.info) -> tuple[pseudo.PseudoLabels, pseudo.Selection]:
+         log=logs.info, mosaics: str | os.PathLike | None = None,
+         unknown_ids=()) -> tuple[pseudo.PseudoLabels, pseudo.Selection]:
     """Select pseudo-labels from the test predictions ``probabilities`` (a ``test.py`` / ensemble ``.npz`` of the
     test split, every test image of ``data_dir``): post-process them with ``post`` into hard masks (the labels),
     keep the images ``rule`` keeps, write them to ``out`` atomically and log a summary. Nothing is written when no
@@ -42,6 +43,8 @@ def make(probabilities: str | os.PathLike, data_dir: str | os.PathLike, out: str
     order = match_ids(probs.ids, test.ids, str(probabilities), "the test set of sample_submission.csv")
     ids, q, image_probs = probs.ids[order], probs.probs[order], probs.image_probs[order]
     masks = postprocess.apply(q, image_probs, test.images, post)
+    if post.rules:
+        masks = _with_rules(masks, ids, post.rules, mosaics, data_dir, unknown_ids, cache, workers, log)
     selection = pseudo.select(q, masks, postprocess.flat_images(test.images), rule)
     log(f"post-processing: {post.describe()} ({post_source})")
     for line in selection.lines(rule):
@@ -56,6 +59,23 @@ def make(probabilities: str | os.PathLike, data_dir: str | os.PathLike, out: str
         log(line)
     log(f"wrote {out}")
     return labels, selection
+
+
+def _with_rules(masks, ids, rules, mosaics, data_dir, unknown_ids, cache, workers, log):
+    """The setting's mosaic rules on the labels, the train masks known except ``unknown_ids`` (a fold's validation
+    tiles when its labels must not carry their truth)."""
+    from tgs import mosaic_rules
+    from tgs.mosaic import Mosaics
+
+    if mosaics is None:
+        raise UserError(f"the post-processing setting has mosaic rules ({', '.join(rules)}) but no mosaics file was "
+                        "given (--mosaics)")
+    train = kaggle.load_train(data_dir, cache=cache, workers=workers)
+    layout = Mosaics.read(mosaics, known_ids=np.concatenate([train.ids, np.asarray(ids, str)]))
+    known = ~np.isin(train.ids, np.asarray(list(unknown_ids), str))
+    outcome = mosaic_rules.Context(layout, train.ids[known], train.masks[known]).apply(masks, ids, rules)
+    log(f"mosaic rules on the labels ({int((~known).sum())} train tiles treated as unknown): {outcome.line()}")
+    return outcome.masks
 
 
 @dataclass

@@ -662,3 +662,36 @@ def test_one_honest_pseudo_round_is_scored_next_to_round_0(tmp_path, calls, caps
     scores = {int(r): float(v) for r, v in re.findall(r"round (\d): (\d\.\d+)", out)}
     assert set(scores) == {0, 1} and all(0 <= v <= 1 for v in scores.values()) and "honest" in out
     print(f"out-of-fold score: round 0 {scores[0]:.4f}, round 1 {scores[1]:.4f} (honest)")
+
+
+def test_mosaics_built_once_mosaic_folds_and_rules_searched_and_submitted(tiny_data, tmp_path, calls, capsys):
+    run = tmp_path / "jig"
+    argv = command(tiny_data, run, "--mosaics", "--mosaic-folds")
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("mosaic", "mosaics") in scripts(calls) and (run / "mosaics" / "mosaics.csv").is_file()
+    assert f"[folds] wrote {run / 'folds.csv'}" in out
+    train_argv = next(a for s, a, _, _ in calls if s == "train")
+    assert train_argv[train_argv.index("--folds-file") + 1] == str(run / "folds.csv")
+    search = next(a for s, a, label, _ in calls if label == "search")
+    assert search[search.index("--mosaics") + 1] == str(run / "mosaics" / "mosaics.csv")
+    assert "--oof-folds" not in search and "--folds-file" not in search  # chunk groups: rules can act
+    submit = next(a for s, a, label, _ in calls if label == "test")
+    assert "--mosaics" in submit and "--post-config" in submit
+    # a rerun reuses the mosaics built for this data, and the folds
+    calls.clear()
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mosaics.csv exists for this data, reused" in out and ("mosaic", "mosaics") not in scripts(calls)
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--mosaic-folds"], "--mosaic-folds needs --mosaics"),
+    (["--mosaics", "--mosaic-folds", "--folds-file", "f.csv"], "leave out --folds-file"),
+    (["--test-args", "--mosaic-rules vertical"], "--test-args: --mosaic-rules is set by ensemble.py"),
+])
+def test_bad_mosaic_options_are_refused(tiny_data, tmp_path, calls, capsys, extra, fragment):
+    assert ensemble_cli.main(command(tiny_data, tmp_path / "r", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert calls == []
