@@ -26,8 +26,8 @@ echo "== sanity: a submission encoded from the mask PNGs must score 1.000000 (PN
 "$PY" -m tgs.submission --masks "$DATA/train/masks" --out "$DEMO_DIR/perfect-submission.csv"
 "$PY" score.py "$DEMO_DIR/perfect-submission.csv" --truth "$DATA/train.csv" | head -1
 
-echo "== train, average (SWA) and ensemble two folds of a small model (a few minutes on 2 cores)"
-"$PY" ensemble.py --data-dir "$DATA" --run-dir "$ENS" --folds fold0,fold1 --modes resize --resize-size 64 -- \
+echo "== mosaics (once), then train, average (SWA) and ensemble two folds of a small model (a few minutes on 2 cores)"
+"$PY" ensemble.py --data-dir "$DATA" --run-dir "$ENS" --folds fold0,fold1 --modes resize --resize-size 64 --mosaics -- \
   --basenet unet --encoder-width 8 --decoder-channels 16 --center-channels 32 --input-upsample 1 --oc center \
   --batch-size 16 --learning-rate 3e-3 --warmup-epochs 2 --max-epochs 6 --dataload-workers-nums 1 --device cpu
 
@@ -50,6 +50,6 @@ print(f'all-empty baseline on the {keep.sum()} out-of-fold images: {empty[keep].
 
 echo "== reports (PNG plots and CSV tables)"
 "$PY" report.py "$ENS/resize/fold0"
-"$PY" report.py --probabilities "$ENS/oof-probabilities.npz" --truth "$DATA/train.csv"
+"$PY" report.py --probabilities "$ENS/oof-probabilities.npz" --truth "$DATA/train.csv" --mosaics "$ENS/mosaics/mosaics.csv"
 
 echo "== demo done: submissions $ENS/ensemble-submission.csv and $DEMO_DIR/fold0-submission.csv; reports in $ENS"
