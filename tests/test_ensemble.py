@@ -29,10 +29,8 @@ from engine import ensemble, jobs, watch
 from datasets import folds, kaggle
 from tgs import postprocess, pseudo
 from tgs import probabilities as P
+from tests.tiny import TINY_MODEL as TINY
 
-TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
-        "--input-upsample", "1", "--oc", "center", "--batch-size", "8", "--dataload-workers-nums", "0",
-        "--device", "cpu", "--warmup-epochs", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")

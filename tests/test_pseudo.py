@@ -18,10 +18,8 @@ from tgs import TILE, postprocess
 from tgs import probabilities as P
 from tgs import pseudo
 from tgs.errors import DataError, UserError
+from tests.tiny import TINY
 
-TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
-        "--input-upsample", "1", "--oc", "center", "--resize", "--input-size", "32", "--batch-size", "8",
-        "--dataload-workers-nums", "0", "--device", "cpu", "--warmup-epochs", "1", "--threads", "1"]  # test_train's
 
 
 # -- the rule ---------------------------------------------------------------------------------------------------

@@ -16,11 +16,9 @@ from engine.report import runs as RUNS
 from engine.report import stats as R
 from tgs import metric, probabilities, submission
 from tgs.probabilities import level_of as P_level_of
+from tests.tiny import TINY
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
-        "--input-upsample", "1", "--oc", "center", "--resize", "--input-size", "32", "--batch-size", "8",
-        "--dataload-workers-nums", "0", "--device", "cpu", "--warmup-epochs", "1", "--threads", "1"]
 VALID_FILES = ("thresholds.png", "threshold-sweep.csv", "coverage.png", "coverage-bins.csv", "samples.png",
                "samples.csv", "per-image.csv")
 

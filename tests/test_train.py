@@ -16,11 +16,9 @@ from cli import train as train_cli
 from engine import schedulers, trainer
 from engine.config import TrainConfig
 from tgs.errors import UserError
+from tests.tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--basenet", "unet", "--encoder-width", "4", "--decoder-channels", "8", "--center-channels", "16",
-        "--input-upsample", "1", "--oc", "center", "--resize", "--input-size", "32", "--batch-size", "8",
-        "--dataload-workers-nums", "0", "--device", "cpu", "--warmup-epochs", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
