@@ -17,9 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
+from tgs import TILE
 from tgs.errors import DataError, excerpt
 
-SHAPE = (101, 101)
+SHAPE = (TILE, TILE)
 _CHUNK = 128  # images per block in encode(): about 1.3 MB of temporaries
 _BLOCK = 1 << 20  # characters per block in decode(): about 10 MB of temporaries
 _SPACE, _ZERO = ord(" "), ord("0")
