@@ -36,6 +36,7 @@ from scipy.sparse import csgraph
 
 from datasets import kaggle
 from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs, collisions
+from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
 SMOOTH = 1.0  # Gaussian sigma (pixels) along the edge before the descriptors
@@ -159,13 +160,16 @@ def match(images: np.ndarray, ratio: float = RATIO, seams: dict[str, Seam] = SEA
     below ``ratio`` times the second best in both directions, below the seam's absolute bound, and below
     SELF_RATIO times the same distance measured inside the two tiles (:func:`interior_distances`)."""
     found = []
+    progress = bar(desc="mosaics: nearest edges", total=2 * len(RELATIONS), unit="search")
     for rel in RELATIONS:
         seam = seams[rel]
         first, second = descriptors(images, seam)
         ok_a = np.flatnonzero(~flat_edges(images, seam.first))
         ok_b = np.flatnonzero(~flat_edges(images, seam.second))
         fwd, fwd_d1, fwd_d2 = _two_nearest(first[ok_a], ok_a, second[ok_b], ok_b)
+        progress.update()
         bwd, bwd_d1, bwd_d2 = _two_nearest(second[ok_b], ok_b, first[ok_a], ok_a)
+        progress.update()
         back = np.full(len(images), -1, np.int64)  # b -> its best a
         back[ok_b] = bwd
         back_ratio = np.full(len(images), np.inf)
@@ -180,6 +184,7 @@ def match(images: np.ndarray, ratio: float = RATIO, seams: dict[str, Seam] = SEA
         self_ratio = fwd_d1 / np.maximum(np.sqrt(inside_a[ok_a] * inside_b[np.maximum(b, 0)]), 1e-6)
         keep = mutual & (worst < ratio) & (fwd_d1 < seam.max_distance) & (self_ratio < SELF_RATIO)
         found.append(Candidates(ok_a[keep], b[keep], np.full(int(keep.sum()), rel), fwd_d1[keep]))
+    progress.close()
     return Candidates(*(np.concatenate([getattr(c, f) for c in found]) for f in ("a", "b", "rel", "distance")))
 
 

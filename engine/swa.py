@@ -36,6 +36,7 @@ from engine.config import TrainConfig
 from tgs import runtime
 from tgs.errors import DataError, UserError
 from tgs.inputs import InputSpec
+from tgs.io import remove_stale_temporaries
 from tgs.progress import bar
 
 SUFFIXES = (".pth", ".pt")
@@ -258,6 +259,7 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
         "config": config, "data_fingerprint": fingerprint,
         "pseudo_labels": avg.meta.get("pseudo_labels"),  # which pseudo-labels the averaged models trained with
     }
+    remove_stale_temporaries(Path(opts.output).parent, [Path(opts.output).name])  # left by a killed swa.py
     models.save_checkpoint(opts.output, avg.model, avg.input_spec, out_meta)
     spec = avg.input_spec
     log(f"wrote {opts.output}: average of {len(avg.sources)} models (epochs {', '.join(map(str, epochs))})"
