@@ -72,8 +72,9 @@ class MixedBatchSampler(Sampler):
       exactly the batches train.py makes without pseudo-labels.
     - Pseudo images come from one stream: seeded permutations of the pseudo set, one after another, running on
       across epochs (every pseudo image is used once before any is used twice). Epoch ``e`` takes the stream's next
-      ``batches x pseudo per batch x num_replicas`` positions, rank ``r`` every ``num_replicas``-th from ``r``, so
-      the ranks never share an image within an epoch.
+      ``batches x pseudo per batch x num_replicas`` positions, rank ``r`` every ``num_replicas``-th from ``r``: the
+      ranks never draw the same position, so within an epoch they share no image unless the epoch's positions run
+      from one permutation into the next (or the epoch needs more images than the pseudo set holds).
 
     Everything is a pure function of ``(seed, epoch)``: a resumed run (``set_epoch``) draws the same batches, and so
     does a run with any number of loader workers.

@@ -43,9 +43,10 @@ from engine.pseudo import file_meta as pseudo_file_meta
 from engine.pseudo import mismatch as pseudo_mismatch
 from engine.trainer import RESUMABLE_CHANGES
 from engine.watch import FoldView, Monitor
-from tgs import metric, postprocess
+from tgs import metric, mosaic_rules, postprocess
 from tgs import probabilities as P
 from tgs.errors import UserError, few
+from tgs.io import FolderLock
 from tgs.pseudo import Rule
 from tgs.submission import match_ids
 
@@ -335,8 +336,58 @@ def _epochs(job: Job, opts: EnsembleOptions, reuse: Reuse | None) -> int | None:
     return reuse.config_of(train_argv(job, opts)).optim.max_epochs if reuse is not None else None
 
 
+# -- reruns: a step whose inputs did not change is not run again -----------------------------------------------------
+def stamp(inputs, options) -> dict:
+    """What a step is made from: each input file (path, size, modification time: a retrained fold rewrites its SWA
+    model) and the step's options."""
+    files = []
+    for p in map(Path, inputs):
+        st = p.stat()
+        files.append([str(p), st.st_size, st.st_mtime_ns])
+    return {"inputs": files, "options": [str(o) for o in options]}
+
+
+def fresh(marker: Path, made_from: dict, outputs) -> bool:
+    """True when every output exists and ``marker`` says they were made from ``made_from``."""
+    import json
+
+    if not marker.is_file() or not all(Path(o).is_file() for o in outputs):
+        return False
+    try:
+        return json.loads(marker.read_text()) == made_from
+    except ValueError:  # a damaged marker: make the outputs again
+        return False
+
+
+def mark(marker: Path, made_from: dict) -> None:
+    import json
+
+    from tgs.io import atomic_open
+
+    with atomic_open(marker, "w") as fh:
+        json.dump(made_from, fh)
+
+
 def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
+    """Out-of-fold predictions, search, submission and its check (skipped when made from the same SWA models, test
+    images and options: a rerun of a finished round redoes nothing, and its pseudo-labels stay the same)."""
     lay = opts.layout
+    from datasets.kaggle import Layout
+
+    done = {"submission": lay.submission.csv, "probabilities": lay.submission.npz, "oof": lay.merged_oof.npz,
+            "postprocess": lay.postprocess}
+    made_from = None
+    if not opts.dry_run:
+        made_from = stamp([*(j.swa for j in jobs), Layout.of(opts.data_dir).sample_submission,
+                           *([opts.mosaics_csv] if opts.mosaics_csv else [])],
+                          [opts.data_dir, opts.folds_file, opts.tta, opts.tuned_post, *_shared_flags(opts),
+                           *opts.test_args])
+        wanted = [v for k, v in done.items() if k != "postprocess" or opts.tuned_post]
+        if fresh(lay.outputs_stamp, made_from, wanted):
+            print(f"[outputs] the out-of-fold predictions, search and submission in {lay.root} were made from these "
+                  "models and options, reused")
+            return done
+        lay.outputs_stamp.unlink(missing_ok=True)
     data = ["--data-dir", str(opts.data_dir), *(["--folds-file", opts.folds_file] if opts.folds_file else [])]
     tta = ["--tta"] if opts.tta else []
     common = [*tta, *_shared_flags(opts), *opts.test_args]
@@ -351,12 +402,10 @@ def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
     _run("test", ["--merge-oof", *oof, "--data-dir", str(opts.data_dir), "--output-prefix", merged.prefix,
                   *opts.test_args],
          "oof", lay.log("oof"), dry=opts.dry_run)
-    # the search groups the out-of-fold images by fold (a fold's own tiles are unknown to the mosaic rules); with
-    # mosaic folds a fold holds whole mosaics, so no rule could act: then the 10 chunks group them (every other train
-    # mask is known at test time anyway)
-    search = [] if opts.mosaic_folds else ["--oof-folds", ",".join(opts.folds)]
-    if opts.folds_file and not opts.mosaic_folds:
-        search += ["--folds-file", opts.folds_file]
+    # the search groups the out-of-fold images by the folds they were predicted in: a fold's own tiles, and every
+    # mask its models never saw, are unknown to the mosaic rules. With mosaic folds a fold holds whole mosaics, so
+    # the rules can hardly act out of fold and are (honestly) not kept: score.py says so
+    search = ["--oof-folds", ",".join(opts.folds), *(["--folds-file", opts.folds_file] if opts.folds_file else [])]
     search += ["--mosaics", opts.mosaics_csv] if opts.mosaics_csv else []
     _run("score", ["--search", str(merged.npz), "--truth", str(Path(opts.data_dir) / "train.csv"),
                    "--save-best", str(lay.postprocess), *search],
@@ -369,7 +418,9 @@ def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
                                                 f"{len(opts.folds)} folds)"],
          "test", lay.log("test"), dry=opts.dry_run)
     _run("score", [str(sub.csv), "--check", str(opts.data_dir)], "check", lay.log("test"), dry=opts.dry_run)
-    return {"submission": sub.csv, "probabilities": sub.npz, "oof": merged.npz, "postprocess": lay.postprocess}
+    if made_from is not None:
+        mark(lay.outputs_stamp, made_from)
+    return done
 
 
 # -- the jigsaw ---------------------------------------------------------------------------------------------------
@@ -437,8 +488,11 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
     ``ensemble`` (the 1st place's way): one file from the whole ensemble's submission. Every fold's models trained
     on the other folds' validation images, so the next round's out-of-fold score is optimistic.
     ``fold``: for each fold, the test predictions of that fold's own models only (they never saw its validation
-    images), post-processed with the defaults (the searched setting was chosen on every fold's truth), so the next
-    round's out-of-fold score of that fold stays honest. Returns a path or ((fold, path), ...)."""
+    images), post-processed with the defaults (the searched setting was chosen on every fold's truth) and the mosaic
+    rules that the search chose without this fold (``rules_by_fold``), its validation tiles unknown to them, so the
+    next round's out-of-fold score of that fold stays honest. Labels made from the same models and options are
+    kept as they are. Returns a path or ((fold, path), ...)."""
+    from datasets.kaggle import Layout
     from engine import pseudo as pseudo_engine
 
     lay = opts.layout
@@ -447,11 +501,17 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
             (f, str(lay.fold_pseudo_labels(f))) for f in opts.folds)
     if opts.pseudo_source == "ensemble":
         post, source = post_setting(opts)
+        made_from = stamp([*(j.swa for j in jobs), Layout.of(opts.data_dir).sample_submission,
+                           *([opts.mosaics_csv] if opts.mosaics_csv else [])], [opts.pseudo_rule, post])
+        if _labels_reused(lay.pseudo_labels, made_from):
+            return str(lay.pseudo_labels)
         pseudo_engine.make(lay.submission.npz, opts.data_dir, lay.pseudo_labels, post=post, rule=opts.pseudo_rule,
                            post_source=source, mosaics=opts.mosaics_csv)
+        mark(lay.stamp_of(lay.pseudo_labels), made_from)
         return str(lay.pseudo_labels)
-    rules = post_setting(opts)[0].rules if opts.mosaics_csv else ()
-    post = replace(postprocess.DEFAULTS, rules=rules)  # the kept rules, with fold k's own tiles unknown
+    by_fold = {}
+    if opts.mosaics_csv and opts.tuned_post and opts.layout.postprocess.is_file():
+        by_fold = postprocess.load_setting(opts.layout.postprocess)[1].get("rules_by_fold") or {}
     from datasets.folds import split
     from datasets.kaggle import load_train
 
@@ -461,39 +521,69 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
         prefix = lay.fold_test(fold)
         swas = [str(j.swa) for j in jobs if j.fold == fold]
         tta = ["--tta"] if opts.tta else []
+        rules = mosaic_rules.parse_rules(by_fold.get(fold, ()), f"{opts.layout.postprocess}: rules_by_fold")
+        made_from = stamp([*swas, Layout.of(opts.data_dir).sample_submission,
+                           *([opts.mosaics_csv] if opts.mosaics_csv else [])],
+                          [opts.pseudo_rule, rules, opts.folds_file, *tta, *_shared_flags(opts), *opts.test_args])
+        out.append((fold, str(lay.fold_pseudo_labels(fold))))
+        if _labels_reused(lay.fold_pseudo_labels(fold), made_from):
+            continue
         _run("test", [*swas, "--data-dir", str(opts.data_dir), "--output-prefix", prefix.prefix, *tta,
                       *_shared_flags(opts), *opts.test_args], f"pseudo/{fold}", lay.log("pseudo"))
         _, valid = split(train_ids, fold, opts.folds_file)
+        # the defaults, and the mosaic rules that the search chose without this fold's truth; its tiles unknown
+        post = replace(postprocess.DEFAULTS, rules=rules)
         pseudo_engine.make(prefix.npz, opts.data_dir, lay.fold_pseudo_labels(fold), rule=opts.pseudo_rule,
                            post=post, mosaics=opts.mosaics_csv, unknown_ids=train_ids[valid],
-                           post_source=f"defaults{' + the kept mosaic rules' if rules else ''} (the labels of {fold} "
-                                       "see no setting searched on its truth, and none of its tiles' masks)")
-        out.append((fold, str(lay.fold_pseudo_labels(fold))))
+                           post_source=f"defaults{' + the mosaic rules ' + ','.join(rules) if rules else ''} (the "
+                                       f"labels of {fold} see no setting searched on its truth, and none of its "
+                                       "tiles' masks)")
+        mark(lay.stamp_of(lay.fold_pseudo_labels(fold)), made_from)
     return tuple(out)
 
 
-def oof_score(opts: EnsembleOptions) -> float:
-    """The merged out-of-fold score of a round, with the post-processing its submission used."""
+def _labels_reused(path: Path, made_from: dict) -> bool:
+    """True (and said) when the pseudo-labels ``path`` were made from the same models and options: a rerun keeps
+    them byte for byte, so the next round's finished folds, trained on them, stay reusable."""
+    if fresh(EnsembleLayout.stamp_of(path), made_from, [path]):
+        print(f"[pseudo] {path} was made from these models and options, reused")
+        return True
+    EnsembleLayout.stamp_of(path).unlink(missing_ok=True)
+    return False
+
+
+def oof_score(opts: EnsembleOptions) -> tuple[float, float | None]:
+    """A round's merged out-of-fold score with the default post-processing, and the nested estimate of its
+    submission's post-processing (the search's default score plus the held-out gains of its setting and of the
+    mosaic rules: every fold scored with what was chosen on the other folds); None without a search."""
     from datasets.kaggle import load_train
 
     merged = P.load(opts.layout.merged_oof.npz)
     train = load_train(opts.data_dir)
     rows = match_ids(merged.ids, train.ids, str(opts.layout.merged_oof.npz), "train.csv", subset=True)
-    post, _ = post_setting(opts)
     masks = postprocess.apply(merged.probs[rows], merged.image_probs[rows],
-                              train.images[np.isin(train.ids, merged.ids)], post)
-    return metric.score(masks, train.masks[np.isin(train.ids, merged.ids)])
+                              train.images[np.isin(train.ids, merged.ids)], postprocess.DEFAULTS)
+    default = metric.score(masks, train.masks[np.isin(train.ids, merged.ids)])
+    if not (opts.tuned_post and opts.layout.postprocess.is_file()):
+        return default, None
+    setting, info = postprocess.load_setting(opts.layout.postprocess)
+    gains = [info.get("chosen_held_out_gain"), info.get("rules_held_out_gain") if setting.rules else 0.0]
+    if any(g is None for g in gains):
+        return default, None
+    return default, float(info.get("default_score", default)) + sum(gains)
 
 
-def summary_lines(scores: list[tuple[int, float, Path]], source: str) -> list[str]:
-    out = ["self-training rounds (out-of-fold score, submission):"]
-    for r, score, sub in scores:
+def summary_lines(scores: list[tuple[int, tuple[float, float | None], Path]], source: str) -> list[str]:
+    out = ["self-training rounds (out-of-fold score with the default post-processing; with the submission's, nested "
+           "estimate; submission):"]
+    for r, (default, nested), sub in scores:
         kind = ""
         if r > 0:
             kind = ("  honest: each fold's pseudo-labels came from its own models" if source == "fold" else
                     "  OPTIMISTIC: the pseudo-labels came from every fold's models, which trained on this fold's "
                     "validation images")
-        out.append(f"  round {r}: {score:.6f}  {sub}{kind}")
+        tuned = f"{nested:.6f}" if nested is not None else "-"
+        out.append(f"  round {r}: {default:.6f}  {tuned}  {sub}{kind}")
     return out
 
 
@@ -512,11 +602,24 @@ def _once(fn):
 def run(opts: EnsembleOptions, config_of: Callable[[list[str]], TrainConfig] | None = None) -> int:
     """The whole ensemble (see the module docstring). ``config_of(train_argv)`` gives the config train.py would
     use (from the CLI layer); without it, folds are reused without checking their options."""
-    from datasets.kaggle import Layout, load_train
+    from datasets.kaggle import Layout
 
     Layout.of(opts.data_dir).require("train_csv", "train_images", "train_masks", "sample_submission", "test_images")
     print(f"ensemble of {len(jobs_of(opts))} models: modes {','.join(opts.modes)} x folds {','.join(opts.folds)} "
           f"in {opts.run_dir}")
+    if not opts.dry_run:
+        check_executor(opts.executor)  # e.g. no srun: said before anything is touched
+    lock = None if opts.dry_run else FolderLock(opts.run_dir, "--run-dir")  # one ensemble.py per run folder
+    try:
+        return _rounds(opts, config_of)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rounds(opts: EnsembleOptions, config_of) -> int:
+    from datasets.kaggle import load_train
+
     fingerprint = _once(lambda: load_train(opts.data_dir).fingerprint())
     opts = prepare_mosaics(opts, fingerprint)
     labels, scores = None, []

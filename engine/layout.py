@@ -186,6 +186,16 @@ class EnsembleLayout:
         return Outputs(str(self.root / "ensemble"))
 
     @property
+    def outputs_stamp(self) -> Path:
+        """What the out-of-fold predictions, the search and the submission were made from (:func:`stamp`)."""
+        return self.root / "outputs.made-from.json"
+
+    @staticmethod
+    def stamp_of(path: Path) -> Path:
+        """What the file ``path`` was made from: ``PATH.made-from.json`` beside it."""
+        return path.with_name(path.name + ".made-from.json")
+
+    @property
     def mosaics(self) -> Path:
         """The folder mosaic.py writes into (mosaics.csv, pairs.csv), and ``source.json`` naming the data it was
         built from (its fingerprint), so it is rebuilt only for other data."""

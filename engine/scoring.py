@@ -147,14 +147,20 @@ def search(path: str, truth: str, save_best: str | None = None, mosaics: str | N
     score = honest.chosen_score
     if layout is not None:
         masks = postprocess.apply(oof.probs, oof.image_probs, images, chosen)
+        nested = held_out_masks(oof, images, honest, masks)
         found = search_rules(layout, masks, truth_oof, oof.ids, groups, names, valid, order, truth_ids,
-                             truth_masks, test_ids_beside(truth))
+                             truth_masks, test_ids_beside(truth), nested)
         chosen = replace(chosen, rules=found.kept)
         score += float(found.sums[found.subsets.index(found.kept)].sum() - found.sums[0].sum()) / found.count
         info = {"mosaics": str(mosaics), "rules_in_sample_gain": round(found.in_sample_gain, 6),
                 "rules_held_out_gain": _rounded(found.held_out_gain), "empty_share": round(found.empty_share(found.kept), 4),
-                "rule_changes": {r: {"tiles": n, "score_change": round(d, 6)} for r, (n, d) in found.alone.items()}}
-        logs.info(f"test.py flags (with the rules): {chosen.flags()} --mosaics {mosaics}")
+                "rule_changes": {r: {"tiles": n, "score_change": round(d, 6)} for r, (n, d) in found.alone.items()},
+                # per fold, the rules chosen without its truth (what its own pseudo-labels may use)
+                "rules_by_fold": {name: list(found.for_fold(k)) for k, name in enumerate(names)}}
+        if found.kept:
+            logs.info(f"test.py flags (with the rules): {chosen.flags()} --mosaics {mosaics}")
+        else:
+            logs.info(f"test.py flags (no mosaic rule kept): {chosen.flags()}")
     if save_best:
         full = honest.families["all"]
         postprocess.save_setting(save_best, chosen, {
@@ -163,6 +169,9 @@ def search(path: str, truth: str, save_best: str | None = None, mosaics: str | N
             "in_sample_best": honest.result.best.to_dict(), "in_sample_gain": round(full.in_sample_gain, 6),
             "held_out_gain": _rounded(full.held_out_gain),
             "threshold_held_out_gain": _rounded(honest.families["threshold"].held_out_gain),
+            # the chosen setting's (0 for the defaults): the default score plus it is the setting's nested score
+            "chosen_held_out_gain": (_rounded(honest.families[honest.chosen_family].held_out_gain)
+                                     if honest.chosen_family else 0.0),
             "why": honest.reason, "folds": dict(zip(honest.names, honest.counts)),
             "empty_share": round(honest.empty["chosen"], 4), "true_empty_share": round(honest.truth_empty, 4),
             **info})  # with mosaics, the empty share is the one with the kept rules
@@ -175,11 +184,24 @@ def _rounded(x: float):
     return None if np.isnan(x) else round(float(x), 6)
 
 
+def held_out_masks(oof, images, honest: postprocess.HonestSearch, masks: np.ndarray) -> np.ndarray:
+    """The out-of-fold masks with each fold post-processed by the setting chosen without its truth (the nested
+    search's), so that the rules' held-out gain is nested too; ``masks`` (the chosen setting's) where a fold has
+    none."""
+    out = masks.copy()
+    for sel, setting in honest.held_out_settings():
+        if sel.any():
+            out[sel] = postprocess.apply(oof.probs[sel], None if oof.image_probs is None else oof.image_probs[sel],
+                                         None if images is None else images[sel], setting)
+    return out
+
+
 def search_rules(layout: Mosaics, masks: np.ndarray, truth: np.ndarray, ids: np.ndarray, groups: np.ndarray,
                  names: list, valid: np.ndarray, order: np.ndarray, truth_ids: np.ndarray, truth_masks: np.ndarray,
-                 test_ids: np.ndarray) -> mosaic_rules.RuleSearch:
+                 test_ids: np.ndarray, nested_masks: np.ndarray | None = None) -> mosaic_rules.RuleSearch:
     """The mosaic rules on top of the chosen setting's masks, fold by fold: fold k's tiles unknown, the train masks
-    outside fold k's validation rows known. Prints the search and how many tiles could be reached."""
+    outside fold k's validation rows known. The held-out figures come from ``nested_masks`` (each fold with the
+    setting chosen on the other folds) when given. Prints the search and how many tiles could be reached."""
     rows = pd.Index(truth_ids)
     contexts, reach = [], 0
     for k in range(len(names)):
@@ -191,6 +213,8 @@ def search_rules(layout: Mosaics, masks: np.ndarray, truth: np.ndarray, ids: np.
     if len(contexts) == 1:  # one fold: its two halves (the same masks known) give the held-out estimate
         groups, names, contexts = postprocess.halves(len(ids)), ["first half", "second half"], contexts * 2
     found = mosaic_rules.search_rules(masks, truth, ids, groups, contexts, names)
+    if nested_masks is not None:
+        found.nested = mosaic_rules.search_rules(nested_masks, truth, ids, groups, contexts, names)
     share = reach / len(ids)
     reach_line = f"  {reach} of {len(ids)} out-of-fold tiles ({share:.1%}) are next to a known train tile"
     if len(test_ids):

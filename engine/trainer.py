@@ -45,7 +45,7 @@ from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import atomic_open
+from tgs.io import FolderLock, atomic_open
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 # options that may change when a run is resumed: where and how fast it runs, and how long it trains
@@ -102,6 +102,7 @@ class Context:
     writer: object = None
     n_real: int = 0
     pseudo: pseudo_labels.PseudoSet | None = None
+    lock: FolderLock | None = None  # the log dir's, held by the main process while the run lasts
 
     @property
     def fold(self) -> str:
@@ -184,9 +185,21 @@ def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str,
                         "options, or start afresh with --overwrite or another --log-dir")
 
 
-def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
+def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> FolderLock | None:
     """A fresh run may only start in a folder without a run, or with ``--overwrite`` (which removes the old run's
-    files first, so old and new models never mix)."""
+    files first, so old and new models never mix). The main process holds the folder's lock for the whole run
+    (returned), so a second train.py in the same folder, fresh or resuming, is refused."""
+    lock = FolderLock(layout.root, "--log-dir") if info.is_main else None
+    try:
+        _claim(cfg, layout, info)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
     if cfg.run.resume or not layout.holds_run():
         return
     if not cfg.run.overwrite:
@@ -226,7 +239,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
         except RuntimeError as exc:
             raise UserError(f"--resume {cfg.run.resume} does not fit the model of these options: "
                             f"{str(exc).splitlines()[0]}") from None
-    claim_log_dir(cfg, layout, info)  # after every check of the input: a refused run leaves the folder as it was
+    lock = claim_log_dir(cfg, layout, info)  # after every check of the input: a refused run leaves the folder as it was
     core.to(info.device)
     if cfg.run.channels_last:
         core.to(memory_format=torch.channels_last)
@@ -278,7 +291,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
 
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
-                  train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo)
+                  train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo,
+                  lock=lock)
     if info.is_main:
         saver.prepare()
         if resume is not None:
@@ -566,6 +580,7 @@ def fit(ctx: Context) -> RunState:
 def run(cfg: TrainConfig) -> int:
     info = distributed.setup(cfg.run.device)
     logs.set_rank(info.rank)
+    ctx = None
     try:
         ctx = setup(cfg, info)
         state = fit(ctx)
@@ -573,6 +588,9 @@ def run(cfg: TrainConfig) -> int:
             ctx.writer.close()
         logs.info(f"best metric {state.best['metric']:.4f} at epoch {state.best_epoch['metric']}; "
                   f"models in {ctx.layout.models}")
+        distributed.barrier(info)  # no rank tears its process group down while another still works
         return 0
     finally:
+        if ctx is not None and ctx.lock is not None:
+            ctx.lock.release()
         distributed.cleanup()

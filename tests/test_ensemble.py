@@ -608,11 +608,29 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
         assert meta["pseudo_labels"]["path"] == str(run / "pseudo" / f"{fold}-labels.npz")
     assert (run / "round1" / "ensemble-submission.csv").is_file() and (run / "ensemble-submission.csv").is_file()
     assert "round 0:" in out and "round 1:" in out and "honest" in out and "OPTIMISTIC" not in out
-    # a rerun resumes inside the rounds: every fold of both rounds is finished and skipped
+    import re
+
+    for r, folder in ((0, run), (1, run / "round1")):  # the default setting's score, then the nested estimate
+        default, nested = map(float, re.search(rf"round {r}: (\d\.\d+)  (\d\.\d+)", out).groups())
+        info = json.loads((folder / "postprocess.json").read_text())
+        assert nested == pytest.approx(info["default_score"] + info["chosen_held_out_gain"], abs=2e-6)
+        assert default == pytest.approx(info["default_score"], abs=2e-6)  # the search scored the same images
+    # a rerun resumes inside the rounds: every fold of both rounds is finished and skipped, and so is what was made
+    # from them (predictions, search, submission, labels)
+    labels = {f: (run / "pseudo" / f"{f}-labels.npz").read_bytes() for f in ("fold0", "fold1")}
     calls.clear()
     assert ensemble_cli.main(argv) == 0
-    assert "train" not in [s for s, _ in scripts(calls)]
-    assert capsys.readouterr().out.count("exists, skipped") == 4
+    assert calls == []
+    out = capsys.readouterr().out
+    assert out.count("exists, skipped") == 4 and out.count("search and submission in") == 2
+    assert out.count("was made from these models and options, reused") == 2 and "round 1:" in out
+    # the outputs made again (their record gone), yet the labels that round 1 trained on are kept as they are
+    (run / "outputs.made-from.json").unlink()
+    (run / "ensemble-submission.csv").unlink()
+    assert ensemble_cli.main(argv) == 0
+    assert [label for _, label in scripts(calls)] == ["oof/fold0", "oof/fold1", "oof", "search", "test", "check"]
+    assert "reused" in capsys.readouterr().out
+    assert labels == {f: (run / "pseudo" / f"{f}-labels.npz").read_bytes() for f in ("fold0", "fold1")}
 
 
 def test_ensemble_labels_say_the_score_is_optimistic(tiny_data, tmp_path, calls, capsys):
@@ -673,7 +691,9 @@ def test_mosaics_built_once_mosaic_folds_and_rules_searched_and_submitted(tiny_d
     assert train_argv[train_argv.index("--folds-file") + 1] == str(run / "folds.csv")
     search = next(a for s, a, label, _ in calls if label == "search")
     assert search[search.index("--mosaics") + 1] == str(run / "mosaics" / "mosaics.csv")
-    assert "--oof-folds" not in search and "--folds-file" not in search  # chunk groups: rules can act
+    # grouped by the mosaic folds the models were trained on: a fold's tiles and its mosaics' masks are unknown
+    assert search[search.index("--oof-folds") + 1] == "fold0,fold1"
+    assert search[search.index("--folds-file") + 1] == str(run / "folds.csv")
     submit = next(a for s, a, label, _ in calls if label == "test")
     assert "--mosaics" in submit and "--post-config" in submit
     # a rerun reuses the mosaics built for this data, and the folds

@@ -19,7 +19,7 @@ from cli import test as test_cli
 from tgs.errors import UserError
 from tgs.inputs import InputSpec
 from tgs.io import atomic_paths
-from tests.tiny import TINY
+from tests.tiny import TINY, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,55 @@ def test_a_full_disk_message_names_the_file_and_what_is_left(tmp_path, monkeypat
             fh.write("x")
             Full().write()
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+
+
+HOLDER = ("import sys; from tgs.io import FolderLock; lock = FolderLock(sys.argv[1], 'x'); print('held', flush=True); "
+          "sys.stdin.read()")
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """hold(folder): another real process holds ``folder``'s lock until the test ends (its stdin closes)."""
+    procs = []
+
+    def start(folder: Path) -> int:
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert p.stdout.readline().strip() == "held"
+        procs.append(p)
+        return p.pid
+
+    yield start
+    for p in procs:
+        p.communicate("", timeout=60)
+
+
+def test_a_folder_lock_is_exclusive_between_processes_and_freed_by_a_kill(tmp_path, hold):
+    from tgs.io import FolderLock
+
+    pid = hold(tmp_path / "a")
+    with pytest.raises(UserError, match=rf"^--log-dir {tmp_path / 'a'} is in use by another process \(pid {pid}\)"):
+        FolderLock(tmp_path / "a", "--log-dir")
+    with FolderLock(tmp_path / "b", "--log-dir"):  # another folder is free, and so is one whose holder was killed
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "c")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(UserError):
+            FolderLock(tmp_path / "c", "--log-dir")
+        p.kill()
+        p.wait()
+        FolderLock(tmp_path / "c", "--log-dir").release()
+
+
+def test_a_second_train_or_ensemble_in_a_busy_folder_is_refused_before_any_work(data, tmp_path, hold):
+    log = tmp_path / "run"
+    pid = hold(log)
+    err = one_line(script("train", "--data-dir", data, "--log-dir", log, *TINY, "--max-epochs", "1"))
+    assert f"--log-dir {log} is in use by another process (pid {pid})" in err
+    assert sorted(p.name for p in log.iterdir()) == [".lock"]  # nothing written beside the other process
+    run = tmp_path / "ens"
+    pid = hold(run)
+    err = one_line(script("ensemble", "--data-dir", data, "--run-dir", run, "--folds", "fold0", "--modes", "resize",
+                          "--resize-size", "32", "--", *TINY_MODEL, "--max-epochs", "1"))
+    assert f"--run-dir {run} is in use by another process (pid {pid})" in err
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]

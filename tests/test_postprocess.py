@@ -269,6 +269,23 @@ def test_the_nested_search_keeps_a_setting_that_generalises_and_its_scores_are_e
                                         abs=1e-12)
 
 
+def test_each_fold_gets_the_setting_chosen_without_its_truth():
+    truth = planted(40, 2)
+    groups = np.arange(40) % 4
+    q = P.quantize(np.where(truth, 0.36, 0.05).astype(np.float32))
+    res = postprocess.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
+    assert res.chosen_family == "threshold"
+    settings = res.held_out_settings()
+    assert [sel.tolist() for sel, _ in settings] == [(groups == k).tolist() for k in range(4)]
+    for k, (_, setting) in enumerate(settings):  # the threshold family's choice on the other three folds
+        rest = groups != k
+        assert setting == postprocess.search(q[rest], truth[rest], min_areas=(0,), gates=(None,)).best
+    q, truth, groups = overfitting_case()  # the defaults chosen: every fold keeps them
+    res = postprocess.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
+    assert res.chosen_family is None
+    assert [s for _, s in res.held_out_settings()] == [postprocess.DEFAULTS] * 2
+
+
 def test_one_fold_is_split_in_halves_for_the_estimate():
     q, truth, _ = overfitting_case()
     res = postprocess.honest_search(q, truth)

@@ -214,7 +214,20 @@ def epoch_batches(sampler, epoch):
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_mixed_batches_carry_the_share_and_ranks_share_nothing(world):
+def test_ranks_share_no_pseudo_image_while_an_epoch_stays_in_one_permutation(world):
+    n_real, n_pseudo, bs, k = 37, 48, 8, 2  # 3 batches x 2 x 2 ranks = 12 of the 48 per epoch (world 2)
+    samplers = [MixedBatchSampler(n_real, n_pseudo, bs, k, num_replicas=world, rank=r, seed=5) for r in range(world)]
+    per_epoch = len(samplers[0]) * k * world
+    seen = []
+    for epoch in range(n_pseudo // per_epoch):  # the first permutation, epoch by epoch
+        fake = [i for s in samplers for b in epoch_batches(s, epoch) for i in b if i >= n_real]
+        assert len(fake) == per_epoch and len(set(fake)) == len(fake)
+        seen += fake
+    assert sorted(seen) == list(range(n_real, n_real + n_pseudo))  # every image once before any twice
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_mixed_batches_carry_the_share(world):
     n_real, n_pseudo, bs, k = 37, 11, 8, 2
     samplers = [MixedBatchSampler(n_real, n_pseudo, bs, k, num_replicas=world, rank=r, seed=5) for r in range(world)]
     per_rank_real = -(-n_real // world)
@@ -459,3 +472,35 @@ def test_ddp_two_gloo_processes_with_pseudo_labels(tiny, tmp_path):
     ck = models.read_checkpoint(log / "checkpoints" / "last-checkpoint-fold0.pth")
     assert ck["extra"]["state"]["step"] == 2 * 3 and ck["meta"]["pseudo_labels"]["digest"] == pseudo.digest(
         tiny["labels"])
+
+
+def test_fold_labels_never_carry_the_masks_of_the_folds_own_tiles(tiny, tmp_path):
+    """Mosaic rules on pseudo-labels (``--pseudo-source fold``): a vertical train tile V above test tile T carries
+    its wall down into T's label, unless V is one of the fold's validation tiles (``unknown_ids``)."""
+    import shutil
+
+    import cv2
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data, ignore=shutil.ignore_patterns(".cache"))
+    train_ids = kaggle.load_train(data, cache=False).ids
+    test = tiny["test"]
+    v, t = train_ids[0], test.ids[3]
+    wall = np.zeros((TILE, TILE), np.uint8)
+    wall[:, 30:] = 255  # all rows equal, partly salt: a vertical mask
+    assert cv2.imwrite(str(data / "train" / "masks" / f"{v}.png"), wall)
+    mosaics = tmp_path / "mosaics.csv"
+    mosaics.write_text(f"id,mosaic,row,col\n{v},0,0,0\n{t},0,1,0\n")
+    post = postprocess.PostProcess(rules=("vertical",))
+    rule = pseudo.Rule(min_confidence=0.0)
+    src = tiny["root"] / "test-probabilities.npz"
+    plain, _ = engine_pseudo.make(src, data, tmp_path / "plain.npz", rule=rule, cache=False)
+    carried, _ = engine_pseudo.make(src, data, tmp_path / "known.npz", post=post, rule=rule, cache=False,
+                                    mosaics=mosaics)
+    hidden, _ = engine_pseudo.make(src, data, tmp_path / "unknown.npz", post=post, rule=rule, cache=False,
+                                   mosaics=mosaics, unknown_ids=[v])
+    row = {name: labels.masks[labels.ids.tolist().index(t)] for name, labels in
+           (("plain", plain), ("carried", carried), ("hidden", hidden))}
+    assert np.array_equal(row["carried"], np.broadcast_to(wall[-1] > 0, (TILE, TILE)))  # V's last row, repeated
+    assert not np.array_equal(row["plain"], row["carried"])
+    assert np.array_equal(row["hidden"], row["plain"])  # V unknown: T keeps its own prediction

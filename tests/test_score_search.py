@@ -194,6 +194,8 @@ def test_a_rule_that_helps_one_fold_only_is_not_kept(tmp_path, run_score):
     code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics])
     assert code == 0, err
     assert "in-sample gain +0.050000, held-out gain +0.000000" in out and "kept: none" in out
+    assert "test.py flags (no mosaic rule kept): --threshold 0.5 --min-area 0 --gate none" in out
+    assert "--mosaics" not in out.split("no mosaic rule kept")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("case", ["unknown ids", "another dataset", "two ids one cell"])

@@ -64,6 +64,52 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+class FolderLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock`` while one process works in FOLDER.
+
+    A second process that asks for the same folder gets one line (which process holds it) instead of writing
+    beside the first (mixed checkpoints, or its stale-temporary clean-up removing the other's files). The lock
+    belongs to the open file, so a killed process frees it at once; the small file stays.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        import fcntl
+
+        from tgs.errors import UserError
+
+        self._fd = None
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(self._fd)
+            self._fd = None
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise UserError(f"{what} {self.folder} is in use by another process{pid}; wait for it to end, or use "
+                            "another folder") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike, replace_also: Sequence[str | os.PathLike] = ()) -> Iterator[list[Path]]:
     """Temporary paths for files written as a set. Only when every one is complete (fsynced) are the old versions

@@ -31,13 +31,14 @@ vectorised over tiles: the only loops are over the few steps of a column walk an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from tgs.errors import UserError, excerpt
-from tgs.mosaic import Mosaics
+
+if TYPE_CHECKING:  # pandas and the mosaic reader load only where rules run, not for a script's --help
+    from tgs.mosaic import Mosaics
 
 RULES = ("vertical", "empty-below", "boundary", "fill-holes")
 VERTICAL_ROWS = 15  # a known mask whose last 15 rows are equal (and partly salt) is softly vertical
@@ -145,6 +146,8 @@ class Context:
         if len(known_ids) != len(known_masks):
             raise ValueError(f"{len(known_ids)} known ids but {len(known_masks)} known masks")
         self.mosaics = mosaics
+        import pandas as pd
+
         self.known_index = pd.Index(known_ids)
         nb = mosaics.neighbours(mosaics.ids)
         self.up, self.down, self.left, self.right = nb.up, nb.down, nb.left, nb.right
@@ -297,6 +300,9 @@ class RuleSearch:
     counts: np.ndarray  # (K,)
     names: list
     alone: dict  # rule -> (tiles changed, mean score change)
+    # the same search on masks made fold by fold with the setting chosen without that fold's truth: when given, the
+    # held-out figures (``folds``, ``held_out_gain``, ``kept``, :meth:`for_fold`) come from it
+    nested: "RuleSearch | None" = None
 
     def _pick(self, groups) -> int:
         total = self.sums[:, groups].sum(axis=1)
@@ -317,6 +323,8 @@ class RuleSearch:
 
     @property
     def folds(self) -> list:
+        if self.nested is not None:
+            return self.nested.folds
         out = []
         for k in range(len(self.counts)):
             rest = np.arange(len(self.counts)) != k
@@ -336,6 +344,18 @@ class RuleSearch:
     @property
     def kept(self) -> tuple:
         return self.best if self.held_out_gain > 0 else ()
+
+    def for_fold(self, k: int) -> tuple:
+        """The rules that fold k's own predictions may use (its pseudo-labels, ``--pseudo-source fold``), decided
+        without fold k's truth: the best subset on the other folds, kept when its nested held-out gain among those
+        folds is positive; none with fewer than two other folds."""
+        src = self.nested if self.nested is not None else self
+        every = np.arange(len(src.counts))
+        rest = every != k
+        if rest.sum() < 2:
+            return ()
+        gain = sum(src.sums[src._pick(rest & (every != j)), j] - src.sums[0, j] for j in np.flatnonzero(rest))
+        return src.subsets[src._pick(rest)] if gain > 1e-12 else ()
 
     def empty_share(self, subset: tuple) -> float:
         """The share of empty masks with the rules ``subset``."""

@@ -386,6 +386,7 @@ class HeldOut:
     setting: PostProcess
     score: float
     default_score: float
+    index: int = 0  # the fold's group number in :attr:`HonestSearch.groups`
 
     @property
     def gain(self) -> float:
@@ -419,6 +420,17 @@ class HonestSearch:
     names: list
     counts: list
     notes: list
+    groups: np.ndarray | None = None  # (N,) the fold of each image, 0..K-1 (names[k])
+    chosen_family: str | None = None  # the family of the chosen setting; None: the defaults
+
+    def held_out_settings(self) -> list[tuple[np.ndarray, PostProcess]]:
+        """(images of fold k (bool, (N,)), the setting chosen for it without its truth) for each fold: the chosen
+        family's setting searched on the other folds, or the defaults when the defaults were chosen."""
+        if self.groups is None:
+            return []
+        if self.chosen_family is None:
+            return [(self.groups == k, self.chosen) for k in range(len(self.names))]
+        return [(self.groups == h.index, h.setting) for h in self.families[self.chosen_family].folds]
 
     def lines(self) -> list[str]:
         r, full, thr = self.result, self.families["all"], self.families["threshold"]
@@ -476,7 +488,7 @@ def honest_search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | No
             idx = g.pick(rest, name)
             here = np.arange(k_groups) == k
             folds.append(HeldOut(names[k], int(g.counts[k]), g.setting(idx), g.mean(idx, here),
-                                 g.mean(g.default, here)))
+                                 g.mean(g.default, here), k))
         held = (sum(h.gain * h.count for h in folds) / n) if len(folds) == k_groups and k_groups > 1 else np.nan
         families[name] = Family(name, g.setting(best), g.mean(best), g.mean(best) - g.mean(g.default), float(held),
                                 folds)
@@ -485,7 +497,8 @@ def honest_search(q: np.ndarray, truth: np.ndarray, image_probs: np.ndarray | No
     truth_empty = float((~np.asarray(truth, bool).reshape(n, -1).any(axis=1)).mean())
     return HonestSearch(result_of(g), families, g.setting(idx), g.mean(idx), reason, truth_empty,
                         {"default": g.empty_share(g.default), "best": g.empty_share(g.pick()),
-                         "chosen": g.empty_share(idx)}, names, [int(c) for c in g.counts], notes)
+                         "chosen": g.empty_share(idx)}, names, [int(c) for c in g.counts], notes, groups,
+                        chosen_name)
 
 
 def _choose(families: dict) -> tuple[str | None, str]:
