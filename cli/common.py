@@ -5,41 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from tgs.errors import UserError
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors raised as :class:`~tgs.errors.UserError`: ``error: PROG: MESSAGE``, one line,
-    exit 2 (argparse's own would print the usage first)."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
-
-
-def integer(low: int | None = None):
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
-    return value
+from tgs import TILE
+from tgs.cliargs import ArgumentParser, integer, probability  # noqa: F401  (re-exported for the cli modules)
 
 
 def add_device(p, default: str = "auto") -> None:
@@ -51,11 +18,11 @@ def add_amp(p) -> None:
 
 
 def add_threads(p) -> None:
-    p.add_argument("--threads", type=integer(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=integer(0, 1024), default=0, help="torch CPU threads (0: torch's default)")
 
 
 def add_decoding(p) -> None:
-    p.add_argument("--decode-threads", type=integer(0), default=0, help="PNG decoding threads (0: automatic)")
+    p.add_argument("--decode-threads", type=integer(0, 1024), default=0, help="PNG decoding threads (0: automatic)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the decoded-PNG cache")
 
 
@@ -75,7 +42,7 @@ def add_postprocessing(p) -> None:
     pp.add_argument("--post-config", metavar="JSON",
                     help="the setting of score.py --search --save-best JSON; the flags below override its values")
     pp.add_argument("--threshold", type=probability, help=f"salt where probability > this (default {d.threshold:g})")
-    pp.add_argument("--min-area", type=integer(0),
+    pp.add_argument("--min-area", type=integer(0, TILE * TILE),
                     help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
     pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
                     help="empty where the image-level salt probability < this (none: off; default off)")

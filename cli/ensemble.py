@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from cli import swa as swa_cli
 from cli import test as test_cli
@@ -279,6 +280,13 @@ def parse(argv=None):
     for key in TEST_OWNED:
         if key in test_given and test_given[key] not in ([], None):
             raise UserError(f"--test-args: --{key.replace('_', '-')} is set by ensemble.py")
+    if test_given.get("post_config"):  # read now, not after every fold has trained
+        from tgs import postprocess
+
+        try:
+            postprocess.load_setting(test_given["post_config"])
+        except UserError as exc:
+            raise UserError(f"--test-args: {exc}") from None
     swa_given = given_options(swa_cli.build_parser(), swa_args, "--swa-args")
     for key in SWA_OWNED:
         if key in swa_given:
@@ -301,6 +309,9 @@ def parse(argv=None):
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
     if a.mosaic_folds and a.folds_file:
         raise UserError("--mosaic-folds makes the folds file itself (RUN/folds.csv): leave out --folds-file")
+    if a.folds_file is not None and not Path(a.folds_file).is_file():
+        raise UserError(f"--folds-file {a.folds_file} " + ("is a folder, not a file" if Path(a.folds_file).is_dir()
+                                                            else "does not exist"))
     if opts.pseudo_train and not opts.pseudo_rounds:
         raise UserError(f"{opts.pseudo_train[0]} goes with --pseudo-rounds N (N >= 1)")
     # every fold's complete train.py command, in round 0 and in a pseudo-label round, must be valid before anything

@@ -73,6 +73,10 @@ def parse(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if not Path(args.probabilities).is_file():
         raise UserError(f"--probabilities {args.probabilities} does not exist")
+    from tgs.io import check_output
+
+    check_output(args.out, "--out", {"--probabilities": args.probabilities, "--mosaics": args.mosaics,
+                                     "--post-config": args.post_config}, [args.data_dir])
     post, source = post_setting(args)
     rule = Rule(args.lo, args.hi, args.min_confidence, tuple(args.cap))
     return dict(probabilities=args.probabilities, data_dir=args.data_dir, out=args.out, post=post, rule=rule,

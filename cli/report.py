@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cli.common import ArgumentParser, add_device, doc_parts, integer, probability
 from cli.test import rule_names
+from tgs.cliargs import SEED_MAX
 from tgs.errors import UserError, cli
 from tgs.mosaic_rules import RULES
 
@@ -59,7 +60,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--threshold", type=probability, default=0.5,
                    help="probability threshold of the masks (default 0.5)")
     g.add_argument("--samples", type=integer(0), default=6, help="worst, best and random images shown (6 each)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    g.add_argument("--seed", type=integer(0, SEED_MAX), default=0, help="seed of the random sample")
     g = p.add_argument_group("mosaics")
     g.add_argument("--mosaics", type=Path, metavar="CSV",
                    help="mosaics.csv of mosaic.py: also draw the largest mosaics as assembled sections, train masks "

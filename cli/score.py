@@ -78,6 +78,14 @@ def parse(argv=None) -> argparse.Namespace:
         raise UserError("give a SUBMISSION.csv to score or check (or --search OOF.npz --truth ...)")
     if args.check and (args.per_image or args.subset):
         raise UserError("--per-image and --subset go with --truth, not --check")
+    from tgs.io import check_output
+
+    inputs = {"SUBMISSION": args.submission, "--truth": args.truth, "--search": args.search,
+              "--folds-file": args.folds_file, "--mosaics": args.mosaics}
+    inputs = {k: v for k, v in inputs.items() if v}
+    data = [d for d in (args.check,) if d]
+    check_output(args.per_image, "--per-image", inputs, data)
+    check_output(args.save_best, "--save-best", inputs, data)
     return args
 
 

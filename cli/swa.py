@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_threads, doc_parts, integer
-from tgs.errors import cli
+from tgs import TILE
+from tgs.errors import UserError, cli
 
 DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training images.
 
@@ -26,7 +28,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the checkpoints' data dir)")
     p.add_argument("--data-fold", help="fold whose training images recompute BatchNorm (default: the checkpoints')")
     p.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
-    p.add_argument("--drop-mask-threshold", type=integer(0), help="as in train.py (default: the checkpoints')")
+    p.add_argument("--drop-mask-threshold", type=integer(0, TILE * TILE), help="as in train.py (default: the checkpoints')")
     p.add_argument("--batch-size", type=integer(1), help="BatchNorm recompute batch (default: the run's --batch-size)")
     add_device(p)
     add_amp(p)
@@ -43,6 +45,23 @@ def parse(argv=None):
         from datasets.folds import parse_fold
 
         parse_fold(a.data_fold)
+    from tgs.io import check_output
+
+    files = [x for x in a.input if not Path(x).is_dir()]
+    check_output(a.output, "--output", {"--input": files, "--folds-file": a.folds_file}, [a.data_dir])
+    out = Path(a.output)
+    for folder in (Path(x) for x in a.input if Path(x).is_dir()):
+        # a new file in an input folder is fine (it is not averaged); one of its models, replaced, is not
+        if out.is_file() and folder.resolve() in out.resolve().parents:
+            import models
+
+            try:
+                kind = models.read_checkpoint(out)["meta"].get("kind")
+            except UserError:
+                kind = None
+            if kind != "swa":
+                raise UserError(f"--output {a.output} would overwrite a model of the input --input {folder}: write "
+                                "it elsewhere")
     return SwaOptions(inputs=tuple(a.input), output=a.output, data_dir=a.data_dir, data_fold=a.data_fold,
                       folds_file=a.folds_file, drop_mask_threshold=a.drop_mask_threshold, batch_size=a.batch_size,
                       device=a.device, amp=a.amp, threads=a.threads, decode_threads=a.decode_threads,

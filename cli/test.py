@@ -109,7 +109,15 @@ def parse(argv=None):
             raise UserError(f"{dup[0]} is listed twice")
         missing = [x for x in paths if not Path(x).is_file()]
         if missing:
-            raise UserError(f"{missing[0]} does not exist")
+            kind = "is a folder, not a file" if Path(missing[0]).is_dir() else "does not exist"
+            raise UserError(f"{missing[0]} {kind}")
+    from engine.layout import Outputs
+    from tgs.io import check_output
+
+    inputs = {"MODELS": args.models, "--from-probabilities": args.from_probabilities, "--merge-oof": args.merge_oof,
+              "--post-config": args.post_config, "--mosaics": args.mosaics, "--folds-file": args.folds_file}
+    for out in (Outputs(args.output_prefix).csv, Outputs(args.output_prefix).npz):
+        check_output(out, "--output-prefix", {k: v for k, v in inputs.items() if v}, [args.data_dir])
     post, source = rule_setting(args)
     return PredictOptions(
         output_prefix=args.output_prefix, post=post, post_source=source, models=tuple(args.models),

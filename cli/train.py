@@ -41,4 +41,9 @@ def parse(argv=None) -> C.TrainConfig:
 def main(argv=None) -> int:
     from engine import trainer
 
-    return trainer.run(parse(argv))
+    flags, config_file = given(argv)
+    cfg = C.resolve(flags, config_file)
+    names = set(flags) | (set(C.read_yaml(config_file)) if config_file else set())
+    for note in cfg.unused(names):
+        print(f"note: {note}")
+    return trainer.run(cfg)

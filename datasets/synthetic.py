@@ -622,12 +622,17 @@ def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int =
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    from tgs.cliargs import SEED_MAX, ArgumentParser, integer
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="dataset folder to create (Kaggle's layout)")
-    p.add_argument("--train", type=int, default=4000, help="training images (default 4000, as in the competition)")
-    p.add_argument("--test", type=int, default=18000, help="test images (default 18000, as in the competition)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="write into a folder that already has files")
+    p.add_argument("--train", type=integer(1, 1_000_000), default=4000,
+                   help="training images (default 4000, as in the competition)")
+    p.add_argument("--test", type=integer(0, 1_000_000), default=18000,
+                   help="test images (default 18000, as in the competition)")
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that already has files (an old dataset there is replaced)")
     return p.parse_args(argv)
 
 
@@ -641,6 +646,17 @@ def main(argv=None) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise UserError(f"--out {out} is not empty; pass --force to write into it anyway")
+    if args.force and out.is_dir():  # the old dataset goes first: its PNGs must not mix with the new CSVs
+        import shutil
+
+        from tgs.io import DATASET_ENTRIES
+
+        for name in (*DATASET_ENTRIES, LAYOUT_FILE, ".cache"):
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
     summary = write_dataset(out, args.train, args.test, args.seed)
     print(f"wrote {summary['train']} train and {summary['test']} test images from {summary['sections']} sections "
           f"to {out} (empty masks {summary['empty_fraction']:.1%}, mean coverage {summary['mean_coverage']:.1%}, "

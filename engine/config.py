@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -107,11 +107,11 @@ class DataOptions:
     folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
                                                "chunks", optional=True)
     resize: bool = opt(False, "bool", "resize 101 -> input size instead of reflect-padding")
-    input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1)
+    input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1, high=1024)
     disable_cutout: bool = opt(False, "bool", "no cutout augmentation")
     no_augment: bool = opt(False, "bool", "no augmentation at all")
     drop_mask_threshold: int = opt(0, "int", "drop training images whose mask has 1..N-1 salt pixels (tiny, "
-                                             "doubtful labels)", low=0)
+                                             "doubtful labels)", low=0, high=101 * 101)
     dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0)
     no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache")
 
@@ -168,7 +168,7 @@ class OptimOptions:
     batch_size: int = opt(32, "int", "per process", low=1)
     val_batch_size: int = opt(0, "int", "0: same as --batch-size", low=0)
     optim: str = opt("adamw", "choice", "optimiser", choices=OPTIMIZERS)
-    learning_rate: float = opt(5e-4, "float", "base learning rate", low=0.0, open_low=True)
+    learning_rate: float = opt(5e-4, "float", "base learning rate", low=0.0, open_low=True, high=10.0)
     weight_decay: float = opt(1e-4, "float", "weight decay", low=0.0)
     momentum: float = opt(0.9, "float", "sgd", low=0.0, high=1.0, open_high=True)
     gradient_accumulation: int = opt(1, "int", "batches per optimizer step", low=1)
@@ -177,7 +177,7 @@ class OptimOptions:
     cycle_epochs: int = opt(50, "int", "cos: epochs per restart cycle (a snapshot each)", low=1)
     min_lr: float = opt(1e-6, "float", "cos/clr floor, plateau minimum", low=0.0)
     step_epochs: int = opt(30, "int", "step: epochs between decays; clr: half cycle", low=1)
-    gamma: float = opt(0.1, "float", "step: decay factor", low=0.0, open_low=True)
+    gamma: float = opt(0.1, "float", "step: decay factor", low=0.0, open_low=True, high=1.0)
     plateau_patience: int = opt(10, "int", "plateau: epochs without a better metric before a decay", low=0)
     plateau_factor: float = opt(0.5, "float", "plateau: decay factor", low=0.0, high=1.0, open_low=True,
                                 open_high=True)
@@ -195,9 +195,9 @@ class RunOptions:
     amp: str = opt("none", "choice", "mixed precision", choices=AMP)
     channels_last: bool = opt(False, "bool", "channels-last memory format")
     compile: bool = opt(False, "bool", "torch.compile the model")
-    seed: int = opt(0, "int", "random seed", low=0)
+    seed: int = opt(0, "int", "random seed", low=0, high=2**32 - 1)
     comment: str = opt("", "str", "free text kept in config.yaml and checkpoints")
-    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0)
+    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024)
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,14 @@ def spec(name: str) -> Option:
 
 
 # -- checking one value -----------------------------------------------------------------------------------------
+def _number(x) -> str:
+    """A bound or a value in a message: whole numbers as integers (4294967295, not 4.29497e+09), short."""
+    if isinstance(x, int) or (float(x).is_integer() and abs(x) < 1e16):
+        return excerpt(int(x))
+    return f"{x:g}"
+
+
+
 def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
     """``value`` of option ``name`` as its type, or a UserError ``{where}: {problem}``. ``text``: the value is a
     command-line string (``"32"``), else a YAML/checkpoint value whose type must already be right (``2.5`` is no
@@ -281,17 +289,35 @@ def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
             bad(f"{value} is not a finite number")
     elif not isinstance(value, str):
         bad(f"{excerpt(value)} is not a string")
+    elif kind == "path" and not value.strip():
+        bad("an empty path")
     if o.choices and value not in o.choices:
         bad(f"{excerpt(value)} is not one of {', '.join(map(str, o.choices))}")
     if o.low is not None and (value < o.low or (o.open_low and value == o.low)):
-        bad(f"must be {'>' if o.open_low else '>='} {o.low:g}, got {value:g}")
+        bad(f"must be {'>' if o.open_low else '>='} {_number(o.low)}, got {_number(value)}")
     if o.high is not None and (value > o.high or (o.open_high and value == o.high)):
-        bad(f"must be {'<' if o.open_high else '<='} {o.high:g}, got {value:g}")
+        bad(f"must be {'<' if o.open_high else '<='} {_number(o.high)}, got {_number(value)}")
     if o.check is not None:
         problem = o.check(value)
         if problem:
             bad(f"{excerpt(value)} {problem}")
     return value
+
+
+# -- options that only one mode uses: (the option, the options that decide, what they must be)
+USED_ONLY_WITH = {
+    "momentum": ("optim", ("sgd",)),
+    "warmup_epochs": ("lr_scheduler", ("noam",)),
+    "cycle_epochs": ("lr_scheduler", ("cos",)),
+    "min_lr": ("lr_scheduler", ("cos", "clr", "plateau")),
+    "step_epochs": ("lr_scheduler", ("step", "clr")),
+    "gamma": ("lr_scheduler", ("step",)),
+    "plateau_patience": ("lr_scheduler", ("plateau",)),
+    "plateau_factor": ("lr_scheduler", ("plateau",)),
+    "pseudo_fraction": ("pseudo_schedule", ("mix",)),
+    "pseudo_weight": ("pseudo_schedule", ("mix",)),
+    "pseudo_epochs": ("pseudo_schedule", ("pretrain",)),
+}
 
 
 # -- the whole configuration ------------------------------------------------------------------------------------
@@ -303,6 +329,22 @@ class TrainConfig:
     optim: OptimOptions = field(default_factory=OptimOptions)
     pseudo: PseudoOptions = field(default_factory=PseudoOptions)
     run: RunOptions = field(default_factory=RunOptions)
+
+    def unused(self, given: Iterable[str]) -> list[str]:
+        """Notes for options that were given (flags or file keys) but that this configuration does not use, e.g.
+        ``--momentum`` with ``--optim adamw``: nothing given is ignored without a word."""
+        values, out = self.to_dict(repeated_only=False), []
+        defaults = TrainConfig().to_dict(repeated_only=False)
+        given = set(given)
+        for name in [n for n in values if n in given and values[n] != defaults[n]]:  # a default changes nothing
+            if name in USED_ONLY_WITH:
+                key, wanted = USED_ONLY_WITH[name]
+                if values[key] not in wanted:
+                    out.append(f"{flag(name)} is not used with {flag(key)} {values[key]} (only with "
+                               f"{' / '.join(wanted)})")
+            if name in ("image_loss_weight", "aux_loss_weight", "final_loss_weight") and "deep" not in values["loss"]:
+                out.append(f"{flag(name)} is not used with --loss {values['loss']} (only with the deep loss)")
+        return out
 
     def to_dict(self, repeated_only: bool = True) -> dict:
         """Flat ``{option: value}`` of builtins, sorted (without ``resume``/``overwrite`` unless
@@ -407,7 +449,9 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     if not path.is_file():
         raise UserError(f"--config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise UserError(f"--config {path}: key {excerpt(str(exc))} is given twice") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -423,8 +467,32 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
             raise UserError(f"--config {path}: unknown option {excerpt(key)}{_did_you_mean(name)}")
         if name in NOT_REPEATED:
             raise UserError(f"{where}: give {flag(name)} on the command line, not in a config file")
+        if name in out:
+            raise UserError(f"{where}: the option is given twice (also as {out[name][1].rsplit('key ', 1)[-1]})")
+        coerce(name, value, where)  # every value of the file is checked, also one that a flag overrides
         out[name] = (value, where)
     return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a mapping that repeats a key (yaml itself keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: yaml's own error follows
+                break
+            if repeated:
+                raise _DuplicateKey(str(key))
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def resolve(given: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:

@@ -45,6 +45,7 @@ class ImageSet:
     split: str = "test"
     masks: np.ndarray | None = None  # (N, 101, 101) bool, valid split only
     fold: str | None = None
+    data_fingerprint: str | None = None  # valid split: the whole training set's (kaggle.TrainSet.fingerprint)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,7 +53,7 @@ class ImageSet:
     def take(self, index, fold: str | None = None) -> "ImageSet":
         """The images at ``index`` (positions or a boolean mask), e.g. one fold's or one file's."""
         masks = None if self.masks is None else self.masks[index]
-        return ImageSet(self.ids[index], self.images[index], self.split, masks, fold)
+        return ImageSet(self.ids[index], self.images[index], self.split, masks, fold, self.data_fingerprint)
 
 
 def test_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
@@ -71,10 +72,26 @@ def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = N
     return train.take(va, fold)
 
 
+def check_split(model: str | os.PathLike, trained_folds_file: str | None, folds_file: str | None) -> None:
+    """A model's validation images are its fold's under the split it trained with: another ``--folds-file`` would
+    put images it trained on among them (an optimistic score), so it is refused with one line."""
+    if folds_file is None:
+        return
+    given = Path(folds_file)
+    if trained_folds_file is not None:
+        trained = Path(trained_folds_file)
+        if given.resolve() == trained.resolve() or (given.is_file() and trained.is_file()
+                                                     and given.read_bytes() == trained.read_bytes()):
+            return
+    split = trained_folds_file or "the 10 consecutive chunks of train.csv"
+    raise UserError(f"--folds-file {folds_file}: {model} was trained with the folds of {split}; under another split "
+                    "its validation images would include images it trained on (leave out --folds-file)")
+
+
 def train_set(data_dir: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSet:
     """Every training image with its mask (for scoring merged out-of-fold predictions)."""
     train = kaggle.load_train(data_dir, cache=cache, workers=workers)
-    return ImageSet(train.ids, train.images, "valid", train.masks)
+    return ImageSet(train.ids, train.images, "valid", train.masks, data_fingerprint=train.fingerprint())
 
 
 def release(device: torch.device) -> None:

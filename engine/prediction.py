@@ -97,6 +97,7 @@ def models_data(opts: PredictOptions, timer: inference.Timer) -> tuple:
         fold = opts.data_fold or first.get("fold")
         if not fold:
             raise UserError(f"{opts.models[0]} does not record its fold; give --data-fold")
+        inference.check_split(opts.models[0], trained.data.folds_file, opts.folds_file)
         folds_file = opts.folds_file or trained.data.folds_file
         data = inference.valid_set(data_dir, fold, folds_file, cache=not opts.no_cache, workers=opts.workers)
     else:
@@ -115,6 +116,11 @@ def predict_with_models(opts: PredictOptions, data: inference.ImageSet, device, 
         if data.split == "valid" and fold is not None and fold != data.fold:
             raise UserError(f"{path} was trained on {fold}, not {data.fold}: its out-of-fold images are another "
                             f"fold's (predict each fold's validation images with that fold's models)")
+        stored = loaded.meta.get("data_fingerprint")
+        if data.split == "valid" and stored not in (None, data.data_fingerprint):
+            raise UserError(f"{path} was trained on other data than these training images (data fingerprint "
+                            f"{stored}, not {data.data_fingerprint}): its fold's validation images are not the ones "
+                            "it never saw")
 
     t0 = time.perf_counter()
     probs, image_probs, names, forward_s = inference.predict_models(

@@ -234,6 +234,11 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
                         f"({', '.join(str(s.path) for s in avg.sources[:3])})")
     trained = TrainConfig.from_checkpoint(avg.meta, paths[0])
     fold = opts.data_fold or avg.meta.get("fold")
+    trained_on = {s.fold for s in avg.sources} - {None}
+    if opts.data_fold and len(trained_on) == 1 and opts.data_fold not in trained_on:
+        raise UserError(f"--data-fold {opts.data_fold}: the models were trained on {trained_on.pop()} (the average "
+                        "would be labelled with another fold, and its out-of-fold score would include images it "
+                        "trained on); leave out --data-fold")
     if fold is None:
         raise UserError(f"{paths[0]} does not record its fold; give --data-fold")
     data_dir = opts.data_dir or trained.data.data_dir

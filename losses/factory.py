@@ -119,6 +119,8 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
         if any(name == n for n, _ in terms):
             raise UserError(f"loss {name!r} appears twice in {spec!r}")
         terms.append((name, weight))
+    if all(w == 0 for _, w in terms):
+        raise UserError(f"loss spec {spec!r}: every weight is 0 (nothing would be learned)")
     return terms
 
 

@@ -235,3 +235,136 @@ def test_a_second_train_or_ensemble_in_a_busy_folder_is_refused_before_any_work(
                           "--resize-size", "32", "--", *TINY_MODEL, "--max-epochs", "1"))
     assert f"--run-dir {run} is in use by another process (pid {pid})" in err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+# -- an output never replaces an input, and a path of the wrong kind is one line --------------------------------------
+def _main(name):
+    import importlib
+
+    return importlib.import_module(name).main
+
+
+def refused(capsys, module, argv, fragment):
+    code = _main(module)([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, (code, err)
+    return err
+
+
+def test_outputs_that_would_replace_an_input_or_the_dataset_are_refused(data, tmp_path, capsys):
+    model = _model(tmp_path / "m.pth")
+    before = {p: p.read_bytes() for p in (model, data / "train.csv")}
+    refused(capsys, "cli.swa", ["--input", model, "--output", model, "--data-dir", data],
+            f"--output {model} would overwrite the input --input {model}")
+    refused(capsys, "cli.swa", ["--input", tmp_path, "--output", model, "--data-dir", data],
+            f"--output {model} would overwrite a model of the input --input {tmp_path}")  # one of the averaged
+    refused(capsys, "cli.swa", ["--input", model, "--output", data / "train.csv", "--data-dir", data],
+            f"would overwrite the dataset's train.csv in {data}")
+    sub = tmp_path / "s.csv"
+    sub.write_text("id,rle_mask\n")
+    refused(capsys, "cli.score", [sub, "--truth", data / "train.csv", "--per-image", sub],
+            f"--per-image {sub} would overwrite the input SUBMISSION {sub}")
+    oof = tmp_path / "oof.npz"
+    oof.write_bytes(b"x")
+    refused(capsys, "cli.score", ["--search", oof, "--truth", data / "train.csv", "--save-best", oof],
+            "--save-best")
+    refused(capsys, "cli.pseudo", ["--probabilities", oof, "--data-dir", data, "--out", oof],
+            f"--out {oof} would overwrite the input --probabilities {oof}")
+    refused(capsys, "datasets.folds", ["--data-dir", data, "--out", data / "train.csv"],
+            "would overwrite the dataset's train.csv")
+    refused(capsys, "cli.test", [model, "--data-dir", data, "--output-prefix", data / "train" / "x"],
+            "would overwrite the dataset's train")
+    probs = tmp_path / "p-probabilities.npz"
+    probs.write_bytes(b"x")
+    refused(capsys, "cli.test", ["--from-probabilities", probs, "--data-dir", data, "--output-prefix", tmp_path / "p"],
+            "would overwrite the input --from-probabilities")
+    src = tmp_path / "download"
+    src.mkdir()
+    (src / "train.zip").write_bytes(b"x")
+    refused(capsys, "datasets.prepare", [src, "--out", src, "--force"], f"--out {src} holds the source")
+    assert (src / "train.zip").read_bytes() == b"x"
+    assert before == {p: p.read_bytes() for p in before}
+
+
+def test_a_folder_for_a_file_and_a_file_for_a_folder_are_one_line(data, tmp_path, capsys):
+    model = _model(tmp_path / "m.pth")
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    refused(capsys, "cli.swa", ["--input", model, "--output", folder, "--data-dir", data], f"{folder}: it is a folder")
+    refused(capsys, "datasets.folds", ["--data-dir", data, "--out", folder], "it is a folder")
+    refused(capsys, "tgs.submission", ["--empty", "--ids", data / "sample_submission.csv", "--out", folder],
+            "it is a folder")
+    refused(capsys, "cli.train", ["--data-dir", data, "--log-dir", a_file, *TINY, "--max-epochs", "1"],
+            f"{a_file}: exists and is not a folder")
+    refused(capsys, "cli.mosaic", ["--data-dir", data, "--out", a_file / "m"], "is a file, where a folder is expected")
+    assert a_file.read_text() == "x"
+
+
+def test_swa_refuses_to_label_one_folds_models_with_another_fold(data, tmp_path, capsys):
+    model = _model(tmp_path / "m.pth")  # fold0's
+    refused(capsys, "cli.swa", ["--input", model, "--output", tmp_path / "s.pth", "--data-dir", data,
+                                "--data-fold", "fold1", "--device", "cpu"],
+            "--data-fold fold1: the models were trained on fold0")
+
+
+def test_out_of_fold_prediction_refuses_a_model_of_other_data(data, tmp_path, capsys):
+    spec = InputSpec("resize", 32)
+    torch.manual_seed(0)
+    model = models.build_model(encoder="unet", encoder_width=4, decoder_channels=8, center_channels=16,
+                               input_upsample=1, oc_decoder=False, fuse_channels=8, image_channels=8)
+    path = models.save_checkpoint(tmp_path / "m.pth", model, spec, {"fold": "fold0", "data_fingerprint": "0" * 16})
+    refused(capsys, "cli.test", [path, "--split", "valid", "--data-dir", data, "--output-prefix", tmp_path / "o",
+                                 "--device", "cpu"], "was trained on other data than these training images")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--k", "11"], "--k: must be <= 10, got 11"),
+    (["--k", "1"], "--k: must be >= 2, got 1"),
+    (["--seed", "-1"], "--seed: must be >= 0, got -1"),
+])
+def test_folds_options_are_bounded(data, tmp_path, capsys, argv, fragment):
+    refused(capsys, "datasets.folds", ["--data-dir", data, "--out", tmp_path / "f.csv", *argv], fragment)
+    assert not (tmp_path / "f.csv").exists()
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ('{"threshold": 0.5, "threshold": 0.4, "min_area": 0, "gate": null, "flat": true}', "'threshold' is given twice"),
+    ('{"treshold": 0.4, "threshold": 0.5, "min_area": 0, "gate": null, "flat": true}',
+     "unknown key 'treshold' (did you mean threshold?)"),
+    ('{"threshold": 0.5, "min_area": 100000, "gate": null, "flat": true}', "must be in 0..10201"),
+    ('{"threshold": 0.5, "min_area": 1e23, "gate": null, "flat": true}', "min_area = 1e+23 is not a valid value"),
+])
+def test_bad_post_config_files(data, tmp_path, capsys, text, fragment):
+    post = tmp_path / "post.json"
+    post.write_text(text)
+    refused(capsys, "cli.test", [_model(tmp_path / "m.pth"), "--data-dir", data, "--output-prefix", tmp_path / "o",
+                                 "--post-config", post], fragment)
+    refused(capsys, "cli.test", [tmp_path / "m.pth", "--data-dir", data, "--output-prefix", tmp_path / "o",
+                                 "--min-area", "100000"], "--min-area: must be <= 10201")
+
+
+def test_ensemble_reads_its_test_args_files_and_folds_file_before_any_fold(data, tmp_path, capsys):
+    base = ["--data-dir", data, "--run-dir", tmp_path / "r", "--folds", "fold0", "--modes", "resize",
+            "--resize-size", "32"]
+    refused(capsys, "cli.ensemble", [*base, "--test-args", f"--post-config {tmp_path / 'no.json'}", "--",
+                                     *TINY_MODEL], f"--test-args: --post-config {tmp_path / 'no.json'} does not exist")
+    refused(capsys, "cli.ensemble", [*base, "--folds-file", tmp_path / "no.csv", "--", *TINY_MODEL],
+            f"--folds-file {tmp_path / 'no.csv'} does not exist")
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_of_fold_prediction_and_reports_refuse_another_split(data, tmp_path, capsys):
+    log = tmp_path / "run"
+    assert script("train", "--data-dir", data, "--log-dir", log, *TINY, "--max-epochs", "1").returncode == 0
+    other = tmp_path / "other.csv"
+    assert _main("datasets.folds")(["--data-dir", str(data), "--out", str(other), "--k", "5"]) == 0
+    capsys.readouterr()
+    model = log / "models" / "last-fold0.pth"
+    fragment = "was trained with the folds of the 10 consecutive chunks of train.csv; under another split"
+    refused(capsys, "cli.test", [model, "--split", "valid", "--data-dir", data, "--folds-file", other,
+                                 "--output-prefix", tmp_path / "o", "--device", "cpu"],
+            f"--folds-file {other}: {model} {fragment}")
+    refused(capsys, "cli.report", [log, "--source", "model", "--folds-file", other, "--device", "cpu",
+                                   "--out", tmp_path / "rep"], fragment)

@@ -27,6 +27,8 @@ def test_perfect_and_empty(synthetic_root, truth, tmp_path, run_score):
     df = pd.read_csv(per, dtype={"id": str})
     assert df.columns.tolist() == ["id", "score", "iou"] and len(df) == len(ids)
     assert df["score"].mean() == pytest.approx(empty_frac)
+    code, out, err = run_score([tmp_path / "e.csv", "--truth", synthetic_root / "train/images"])
+    assert code == 2 and "holds the seismic images, not masks" in err and err.count("\n") == 1
 
 
 def test_rows_in_any_order_and_subset(synthetic_root, truth, tmp_path, run_score):

@@ -138,3 +138,14 @@ def test_cli_refuses_non_empty_folder(tmp_path, capsys):
     assert synthetic.main(["--out", str(tmp_path), "--train", "2", "--test", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert synthetic.main(["--out", str(tmp_path / "new"), "--train", "3", "--test", "2"]) == 0
+
+
+def test_force_replaces_an_old_dataset_and_keeps_other_files(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert synthetic.main(["--out", str(out), "--train", "30", "--test", "10", "--seed", "1"]) == 0
+    (out / "notes.txt").write_text("keep me")
+    assert synthetic.main(["--out", str(out), "--train", "5", "--test", "3", "--seed", "2", "--force"]) == 0
+    assert len(list((out / "train" / "images").iterdir())) == 5 and len(list((out / "test" / "images").iterdir())) == 3
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert synthetic.main(["--out", str(tmp_path / "e"), "--train", "0"]) == 2
+    assert "--train: must be >= 1, got 0" in capsys.readouterr().err

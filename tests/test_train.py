@@ -265,6 +265,12 @@ def test_loss_on_center_targets_are_the_original_masks():
     ("resume: x.pth\n", "give --resume on the command line"),
     ("optm: sgd\n", "unknown option 'optm' (did you mean optim?)"),
     ("- a\n- b\n", "expected a mapping"),
+    ("batch_size: 4\nbatch_size: 8\n", "key 'batch_size' is given twice"),
+    ("batch-size: 4\nbatch_size: 8\n", "key batch_size: the option is given twice (also as batch-size)"),
+    ("log_dir: ''\n", "key log_dir: an empty path"),
+    ("seed: 99999999999999999999\n", "key seed: must be <= 4294967295, got 99999999999999999999"),
+    ("drop_mask_threshold: 20000\n", "key drop_mask_threshold: must be <= 10201, got 20000"),
+    ("loss: 'lovasz:0'\n", "every weight is 0"),
 ])
 def test_bad_config_values_exit_2_with_one_line_naming_file_and_key(tmp_path, capsys, yaml_text, fragment):
     cfg = tmp_path / "bad.yaml"
@@ -283,11 +289,40 @@ def test_bad_config_values_exit_2_with_one_line_naming_file_and_key(tmp_path, ca
     (["--dropout", "1"], "--dropout: must be < 1, got 1"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--loss-on-center", "--resize"], "--loss-on-center needs reflect padding"),
+    (["--threads", "100000"], "--threads: must be <= 1024, got 100000"),
+    (["--seed", "99999999999999999999"], "--seed: must be <= 4294967295, got 99999999999999999999"),
+    (["--input-size", "100000"], "--input-size: must be <= 1024, got 100000"),
+    (["--learning-rate", "1e300"], "--learning-rate: must be <= 10, got 1e+300"),
+    (["--lr-scheduler", "step", "--gamma", "5"], "--gamma: must be <= 1, got 5"),
+    (["--loss", "lovasz:0"], "every weight is 0"),
+    (["--log-dir", ""], "--log-dir: an empty path"),
 ])
 def test_bad_flags_exit_2_with_the_same_kind_of_line(tmp_path, capsys, flags, fragment):
     assert train_cli.main(["--log-dir", str(tmp_path / "r"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_a_bad_file_value_is_refused_even_where_a_flag_overrides_it(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: sgdd\n")
+    assert train_cli.main(["--config", str(cfg), "--optim", "adam", "--log-dir", str(tmp_path / "r")]) == 2
+    assert f"--config {cfg}, key optim: 'sgdd' is not one of" in capsys.readouterr().err
+
+
+def test_resume_into_a_folder_of_another_run_is_refused(tiny_data, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_train(tiny_data, a, "--max-epochs", "1") == 0
+    assert run_train(tiny_data, b, "--max-epochs", "1", "--seed", "7") == 0
+    before = {p.name: p.read_bytes() for p in (b / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert run_train(tiny_data, b, "--max-epochs", "2", "--resume",
+                     str(a / "checkpoints" / "last-checkpoint-fold0.pth")) == 2
+    err = capsys.readouterr().err
+    assert f"--log-dir {b} already holds another run than --resume" in err and err.count("\n") == 1
+    assert before == {p.name: p.read_bytes() for p in (b / "checkpoints").iterdir()}  # b untouched
+    assert run_train(tiny_data, a, "--max-epochs", "2", "--resume",
+                     str(a / "checkpoints" / "last-checkpoint-fold0.pth")) == 0  # its own folder: fine
 
 
 def test_cross_checks_name_the_file_of_a_value(tmp_path):
@@ -418,3 +453,19 @@ def test_resume_only_with_the_same_data_and_options(tiny_data, tmp_path, capsys)
     assert run_train(other, log, "--max-epochs", "2", "--resume", ck) == 2
     assert "was trained on other data" in capsys.readouterr().err
     assert run_train(tiny_data, log, "--max-epochs", "2", "--resume", ck, "--threads", "1") == 0  # more epochs: fine
+
+
+def test_an_option_that_the_configuration_does_not_use_gets_a_note(tmp_path):
+    from engine import config as C
+
+    flags, _ = train_cli.given(["--momentum", "0.5", "--lr-scheduler", "step", "--warmup-epochs", "3",
+                                "--aux-loss-weight", "0.2", "--loss", "bce", "--gamma", "0.5"])
+    assert C.resolve(flags).unused(flags) == [
+        "--aux-loss-weight is not used with --loss bce (only with the deep loss)",
+        "--momentum is not used with --optim adamw (only with sgd)",
+        "--warmup-epochs is not used with --lr-scheduler step (only with noam)"]
+    flags, _ = train_cli.given(["--optim", "sgd", "--momentum", "0.5", "--lr-scheduler", "step", "--gamma", "0.5"])
+    assert C.resolve(flags).unused(flags) == []
+    saved = tmp_path / "config.yaml"  # a run's resolved config names every option: its defaults say nothing
+    C.save_yaml(C.resolve(flags), saved)
+    assert C.resolve({}, saved).unused(C.read_yaml(saved)) == []

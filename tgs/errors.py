@@ -42,6 +42,16 @@ def excerpt(value, limit: int = 40) -> str:
     return f"{shown[:-1]}...{shown[-1]} ({len(text)} characters)"
 
 
+def _path_problem(exc: OSError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, where a file is expected"
+    if isinstance(exc, NotADirectoryError):
+        return "a part of this path is a file, where a folder is expected"
+    if isinstance(exc, FileExistsError):
+        return "exists and is not a folder (a folder is expected here)"
+    return "permission denied"
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a script's ``main``: a UserError becomes ``error: <message>`` on stderr and exit code 2."""
 
@@ -51,6 +61,11 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
             return int(main(*args, **kwargs) or 0)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+            # a path that the user gave is of the wrong kind (a folder for a file, a file on the way to a folder)
+            # or may not be written: one line naming it, whichever step met it
+            print(f"error: {exc.filename or 'a path'}: {_path_problem(exc)}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

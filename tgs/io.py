@@ -40,6 +40,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     from tgs.errors import UserError
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder, where a file is expected")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,6 +64,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+DATASET_ENTRIES = ("train.csv", "depths.csv", "sample_submission.csv", "train", "test")  # Kaggle's layout
+
+
+def check_output(path, flag: str, inputs: dict | None = None, data_dirs: Sequence = ()) -> None:
+    """Refuse, with one line, an output ``path`` (given as ``flag``) that would replace one of the step's
+    ``inputs`` (``{flag: path}``; a folder input protects everything under it) or a file of a dataset in Kaggle's
+    layout (``data_dirs``), before any work."""
+    from tgs.errors import UserError
+
+    if path is None:
+        return
+    out = Path(os.path.abspath(path))
+    for where, given in (inputs or {}).items():
+        for one in ([given] if isinstance(given, (str, os.PathLike)) else list(given or [])):
+            if one is None:
+                continue
+            src = Path(os.path.abspath(one))
+            if out == src or (src.is_dir() and src in out.parents) or (out.exists() and src.exists()
+                                                                       and os.path.samefile(out, src)):
+                raise UserError(f"{flag} {path} would overwrite the input {where} {one}: write it elsewhere")
+    for data in data_dirs:
+        if data is None:
+            continue
+        root = Path(os.path.abspath(data))
+        for entry in DATASET_ENTRIES:
+            target = root / entry
+            if out == target or target in out.parents:
+                raise UserError(f"{flag} {path} would overwrite the dataset's {entry} in {data}: write it elsewhere")
 
 
 class FolderLock:

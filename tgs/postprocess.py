@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tgs import metric
+from tgs import TILE, metric
 from tgs.errors import UserError, excerpt
 from tgs.mosaic_rules import parse_rules
 from tgs.probabilities import at_least, level_histograms, level_of, quantize
@@ -60,8 +60,8 @@ class PostProcess:
         object.__setattr__(self, "rules", parse_rules(self.rules, "mosaic rules"))
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"--threshold {self.threshold}: must be in [0, 1)")
-        if self.min_area < 0:
-            raise UserError(f"--min-area {self.min_area}: must be >= 0")
+        if not 0 <= self.min_area <= TILE * TILE:
+            raise UserError(f"--min-area {self.min_area}: must be in 0..{TILE * TILE} (the pixels of a tile)")
         if self.gate is not None and not 0.0 <= self.gate <= 1.0:
             raise UserError(f"--gate {self.gate}: must be in [0, 1] (or none)")
 
@@ -116,12 +116,25 @@ def load_setting(path) -> tuple[PostProcess, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--post-config {path} does not exist")
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        twice = [k for k in keys if keys.count(k) > 1]
+        if twice:
+            raise UserError(f"--post-config {path}: key {excerpt(twice[0])} is given twice")
+        return dict(pairs)
+
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=unique)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"--post-config {path}: not a JSON file ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"--post-config {path}: expected a JSON object with threshold, min_area, gate, flat")
+    import difflib
+
+    for key in data:
+        near = difflib.get_close_matches(str(key), FIELDS, n=1, cutoff=0.75)
+        if key not in FIELDS and near:
+            raise UserError(f"--post-config {path}: unknown key {excerpt(key)} (did you mean {near[0]}?)")
     missing = [k for k in ("threshold", "min_area", "gate", "flat") if k not in data]
     if missing:
         raise UserError(f"--post-config {path}: missing {', '.join(missing)}")

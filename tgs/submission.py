@@ -140,6 +140,9 @@ def read_truth(path: str | Path, workers: int | None = None) -> tuple[np.ndarray
 
     path = Path(path)
     if path.is_dir():
+        if path.name == "images" and (path.parent / "masks").is_dir():
+            raise DataError(f"{path} holds the seismic images, not masks: give {path.parent / 'masks'} (or the "
+                            "train.csv beside the data)")
         ids = np.array(sorted(png.stems(path)), dtype=str)
         if len(ids) == 0:
             raise DataError(f"{path}: no mask PNGs in this folder")
