@@ -382,6 +382,10 @@ class TrainConfig:
                             f"{where('resize')}")
         if self.run.resume and self.run.overwrite:
             raise UserError(f"{where('overwrite')} starts afresh: it cannot be used with {where('resume')}")
+        weights = ("image_loss_weight", "aux_loss_weight", "final_loss_weight")
+        if "deep" in self.loss.loss and all(getattr(self.loss, w) == 0 for w in weights):
+            raise UserError(f"{where('final_loss_weight')}: the deep loss's three weights are all 0 (nothing would be "
+                            "learned)")
         self._check_pseudo(where)
 
     def _check_pseudo(self, where: Callable[[str], str]) -> None:

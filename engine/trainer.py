@@ -203,8 +203,8 @@ def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
     import os
 
     if cfg.run.resume and layout.holds_run():  # continuing a run here is fine, writing another one over it is not
-        own = Path(os.path.abspath(layout.checkpoints))
-        if own not in Path(os.path.abspath(cfg.run.resume)).parents:
+        own = Path(os.path.abspath(layout.checkpoints)).resolve()
+        if own not in Path(os.path.abspath(cfg.run.resume)).resolve().parents:
             raise UserError(f"--log-dir {layout.root} already holds another run than --resume {cfg.run.resume} "
                             f"({len(layout.run_files())} files); resume into the checkpoint's own folder, or choose "
                             "a new --log-dir")

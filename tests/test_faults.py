@@ -368,3 +368,18 @@ def test_out_of_fold_prediction_and_reports_refuse_another_split(data, tmp_path,
             f"--folds-file {other}: {model} {fragment}")
     refused(capsys, "cli.report", [log, "--source", "model", "--folds-file", other, "--device", "cpu",
                                    "--out", tmp_path / "rep"], fragment)
+
+
+def test_a_filesystem_without_locks_works_on_with_a_note(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    from tgs.io import FolderLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    FolderLock(tmp_path / "nfs", "--log-dir").release()
+    assert f"note: --log-dir {tmp_path / 'nfs'}: no lock on this filesystem (No locks available)" in \
+        capsys.readouterr().err

@@ -296,6 +296,7 @@ def test_bad_config_values_exit_2_with_one_line_naming_file_and_key(tmp_path, ca
     (["--lr-scheduler", "step", "--gamma", "5"], "--gamma: must be <= 1, got 5"),
     (["--loss", "lovasz:0"], "every weight is 0"),
     (["--log-dir", ""], "--log-dir: an empty path"),
+    (["--image-loss-weight", "0", "--aux-loss-weight", "0", "--final-loss-weight", "0"], "weights are all 0"),
 ])
 def test_bad_flags_exit_2_with_the_same_kind_of_line(tmp_path, capsys, flags, fragment):
     assert train_cli.main(["--log-dir", str(tmp_path / "r"), *flags]) == 2

@@ -124,6 +124,12 @@ class FolderLock:
             pid = f" (pid {holder})" if holder.isdigit() else ""
             raise UserError(f"{what} {self.folder} is in use by another process{pid}; wait for it to end, or use "
                             "another folder") from None
+        except OSError as exc:  # a filesystem without locks (some network mounts): work on, unguarded
+            import sys
+
+            print(f"note: {what} {self.folder}: no lock on this filesystem ({exc.strerror}); make sure no other "
+                  "process works in it", file=sys.stderr)
+            return
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 
