@@ -167,7 +167,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-retries", type=integer(0), default=2,
                    help="times a failed (or, on Slurm, timed-out) fold's job is started again from its last "
                         "checkpoint (default: 2)")
-    p.add_argument("--gpus", default=None,
+    p.add_argument("--gpus", type=gpu_list, default=None,
                    help="local GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1 (default: auto)")
     p.add_argument("--parallel", type=integer(0), default=0,
                    help="folds trained at the same time (local default: one per GPU with 2+ GPUs, else 1; on the "
@@ -245,6 +245,22 @@ def split_fields(text: str, name: str, allowed=None) -> tuple:
     if allowed is not None and set(items) - set(allowed):
         raise UserError(f"{name} {text!r}: use {', '.join(allowed)} or {','.join(allowed)}")
     return items
+
+
+_GPU = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")  # an index or a CUDA_VISIBLE_DEVICES UUID
+
+
+def gpu_list(text: str) -> str:
+    """``--gpus``: auto, none, or a comma-separated list of GPU indices (or UUIDs), each once."""
+    if text in ("auto", "none"):
+        return text
+    ids = [g.strip() for g in text.split(",")]
+    bad = [g for g in ids if not _GPU.match(g)]
+    if bad or not ids:
+        raise argparse.ArgumentTypeError(f"{excerpt(text)}: use auto, none, or GPU indices such as 0,1")
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"{excerpt(text)} names a GPU twice")
+    return ",".join(ids)
 
 
 def parse(argv=None):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tgs.errors import DataError, UserError, cli
+from tgs.errors import DataError, UserError, cli, excerpt
 from tgs.io import atomic_open
 from tgs.mosaic import Mosaics
 
@@ -71,6 +71,8 @@ def split(ids: np.ndarray, fold: str, folds_file: str | Path | None = None) -> t
 def read_folds_file(path: str | Path, ids: np.ndarray) -> np.ndarray:
     """Fold number of every id in ``ids`` from a CSV ``id,fold``; every id must be there."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--folds-file {path} is a folder, not a CSV file")
     if not path.is_file():
         raise UserError(f"--folds-file {path} does not exist (make one with `python -m datasets.folds`)")
     df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
@@ -79,7 +81,8 @@ def read_folds_file(path: str | Path, ids: np.ndarray) -> np.ndarray:
     folds = pd.to_numeric(df["fold"], errors="coerce")
     if folds.isna().any() or (folds < 0).any() or (folds != folds.round()).any():
         row = int(np.argmax((folds.isna() | (folds < 0) | (folds != folds.round())).to_numpy()))
-        raise DataError(f"{path}: id {df['id'].iloc[row]} has fold {df['fold'].iloc[row]!r}, expected 0, 1, 2, ...")
+        raise DataError(f"{path}: id {df['id'].iloc[row]} has fold {excerpt(str(df['fold'].iloc[row]))}, expected "
+                        "0, 1, 2, ...")
     table = pd.Series(folds.astype(np.int64).to_numpy(), index=df["id"].to_numpy(str))
     if table.index.duplicated().any():
         raise DataError(f"{path}: id {table.index[table.index.duplicated()][0]} appears twice")

@@ -22,7 +22,6 @@ What it refuses (one line, exit code 2) and why it is safe:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -347,7 +346,9 @@ def _remove_empty(folders: list[Path]) -> None:
 
 @cli
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from tgs.cliargs import ArgumentParser
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="the competition zip, or a folder holding train.zip, test.zip and the CSVs")
     p.add_argument("--out", required=True, help="dataset folder to write (Kaggle's layout); must not exist, or be "
                                                 "empty, unless --force")

@@ -182,6 +182,8 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
     (["--executor", "slurm", "--slurm-extra", "=x"], [], "'=x' is not KEY=VALUE"),
     (["--executor", "debug", "--parallel", "2"], [], "--executor debug runs one fold at a time"),
     (["--max-retries", "-1"], [], "--max-retries: must be >= 0, got -1"),
+    (["--gpus", "abc"], [], "--gpus: 'abc': use auto, none, or GPU indices such as 0,1"),
+    (["--gpus", "0,0"], [], "--gpus: '0,0' names a GPU twice"),
 ])
 def test_bad_options_are_refused_before_anything_runs(tiny_data, tmp_path, calls, capsys, extra, passthrough,
                                                       fragment):

@@ -159,3 +159,15 @@ def test_folds_cli_with_mosaics(synthetic_root, tmp_path, capsys):
     train = m.ids[np.isin(m.ids, df["id"])]
     per_mosaic = pd.Series(fold_of.loc[train].to_numpy()).groupby(m.mosaic[np.isin(m.ids, df["id"])]).nunique()
     assert len(per_mosaic) > 0 and (per_mosaic == 1).all()
+
+
+def test_a_bad_folds_file_is_one_line_naming_it(tmp_path):
+    from datasets.folds import read_folds_file
+    from tgs.errors import UserError
+
+    bad = tmp_path / "f.csv"
+    bad.write_text("id,fold\na,0\nb,1.5\n")
+    with pytest.raises(UserError, match=r"f\.csv: id b has fold '1\.5', expected 0, 1, 2"):
+        read_folds_file(bad, np.array(["a", "b"]))
+    with pytest.raises(UserError, match=rf"--folds-file {tmp_path} is a folder, not a CSV file"):
+        read_folds_file(tmp_path, np.array(["a", "b"]))

@@ -10,7 +10,6 @@ A train.csv has the same format, so :func:`read_truth` reads true masks from it 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -160,7 +159,9 @@ def images_beside(truth: str | Path) -> Path:
 
 @cli
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write a submission from a folder of masks, or an all-empty one.")
+    from tgs.cliargs import ArgumentParser
+
+    p = ArgumentParser(description="Write a submission from a folder of masks, or an all-empty one.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--masks", help="folder of mask PNGs: encode them (a perfect submission for that set)")
     src.add_argument("--empty", action="store_true", help="every mask empty (the all-empty baseline)")
