@@ -451,7 +451,7 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     a file that is not a mapping or not YAML is a one-line UserError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--config {path} does not exist")
+        raise UserError(f"--config {path} " + ("is a folder, not a YAML file" if path.is_dir() else "does not exist"))
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:

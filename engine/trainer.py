@@ -153,6 +153,8 @@ def read_resume(cfg: TrainConfig) -> dict | None:
     path = cfg.run.resume
     if not path:
         return None
+    if Path(path).is_dir():
+        raise UserError(f"--resume {path} is a folder: give its checkpoints/last-checkpoint-*.pth file")
     if not Path(path).is_file():
         raise UserError(f"--resume {path} does not exist (a missing resume file never starts a fresh run)")
     raw = models.read_checkpoint(path)

@@ -157,6 +157,7 @@ def test_post_config_file_and_flags_that_override_it(ckpts, test_images, tmp_pat
 
 @pytest.mark.parametrize("text,fragment", [
     (None, "does not exist"),
+    ("folder", "is a folder, not a JSON file"),
     ("{not json", "not a JSON file"),
     ("[1, 2]", "expected a JSON object"),
     ('{"threshold": 0.5, "min_area": 0, "gate": null}', "missing flat"),
@@ -166,7 +167,9 @@ def test_post_config_file_and_flags_that_override_it(ckpts, test_images, tmp_pat
 ])
 def test_a_bad_post_config_is_one_line(ckpts, tmp_path, capsys, text, fragment):
     path = tmp_path / "post.json"
-    if text is not None:
+    if text == "folder":
+        path.mkdir()
+    elif text is not None:
         path.write_text(text)
     code, _, err = run([ckpts["a"], "--output-prefix", tmp_path / "x", "--post-config", path], capsys)
     assert code == 2 and err.count("\n") == 1 and str(path) in err and fragment in err

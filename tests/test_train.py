@@ -105,6 +105,8 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch, c
     (["--basenet", "resnet1888"], "resnet1888"),
     (["--loss-on-center"], "--loss-on-center needs reflect padding"),
     (["--resume", "nowhere.pth"], "--resume nowhere.pth does not exist"),
+    (["--resume", "."], "--resume . is a folder: give its checkpoints/last-checkpoint-*.pth file"),
+    (["--config", "."], "--config . is a folder, not a YAML file"),
     (["--loss", "lovas"], "lovas"),
     (["--input-size", "33"], "33"),
     (["--sync-bn"], "--sync-bn needs CUDA"),

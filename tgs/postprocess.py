@@ -115,7 +115,8 @@ def load_setting(path) -> tuple[PostProcess, dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--post-config {path} does not exist")
+        raise UserError(f"--post-config {path} " + ("is a folder, not a JSON file" if path.is_dir()
+                                                     else "does not exist"))
     def unique(pairs):
         keys = [k for k, _ in pairs]
         twice = [k for k in keys if keys.count(k) > 1]
