@@ -325,9 +325,10 @@ def parse(argv=None):
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
     if a.mosaic_folds and a.folds_file:
         raise UserError("--mosaic-folds makes the folds file itself (RUN/folds.csv): leave out --folds-file")
-    if a.folds_file is not None and not Path(a.folds_file).is_file():
-        raise UserError(f"--folds-file {a.folds_file} " + ("is a folder, not a file" if Path(a.folds_file).is_dir()
-                                                            else "does not exist"))
+    if a.folds_file is not None:
+        from datasets.folds import require_folds_file
+
+        require_folds_file(a.folds_file)
     if opts.pseudo_train and not opts.pseudo_rounds:
         raise UserError(f"{opts.pseudo_train[0]} goes with --pseudo-rounds N (N >= 1)")
     # every fold's complete train.py command, in round 0 and in a pseudo-label round, must be valid before anything

@@ -82,10 +82,8 @@ def parse(argv=None) -> argparse.Namespace:
 
     inputs = {"SUBMISSION": args.submission, "--truth": args.truth, "--search": args.search,
               "--folds-file": args.folds_file, "--mosaics": args.mosaics}
-    inputs = {k: v for k, v in inputs.items() if v}
-    data = [d for d in (args.check,) if d]
-    check_output(args.per_image, "--per-image", inputs, data)
-    check_output(args.save_best, "--save-best", inputs, data)
+    check_output(args.per_image, "--per-image", inputs, [args.check])
+    check_output(args.save_best, "--save-best", inputs, [args.check])
     return args
 
 

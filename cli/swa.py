@@ -28,7 +28,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the checkpoints' data dir)")
     p.add_argument("--data-fold", help="fold whose training images recompute BatchNorm (default: the checkpoints')")
     p.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
-    p.add_argument("--drop-mask-threshold", type=integer(0, TILE * TILE), help="as in train.py (default: the checkpoints')")
+    p.add_argument("--drop-mask-threshold", type=integer(0, TILE * TILE),
+                   help="as in train.py (default: the checkpoints')")
     p.add_argument("--batch-size", type=integer(1), help="BatchNorm recompute batch (default: the run's --batch-size)")
     add_device(p)
     add_amp(p)

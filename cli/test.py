@@ -8,6 +8,7 @@ from pathlib import Path
 from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_postprocessing, add_threads,
                         doc_parts, integer, post_setting)
 from tgs.errors import UserError, cli
+from tgs.io import check_output, require_file
 from tgs.mosaic_rules import RULES, parse_rules
 
 DOC = """Predict with one model or an ensemble, post-process, and write a submission and the probabilities.
@@ -107,17 +108,14 @@ def parse(argv=None):
         dup = [x for i, x in enumerate(paths) if Path(x).resolve() in {Path(y).resolve() for y in paths[:i]}]
         if dup:
             raise UserError(f"{dup[0]} is listed twice")
-        missing = [x for x in paths if not Path(x).is_file()]
-        if missing:
-            kind = "is a folder, not a file" if Path(missing[0]).is_dir() else "does not exist"
-            raise UserError(f"{missing[0]} {kind}")
+        for x in paths:
+            require_file(x, "")
     from engine.layout import Outputs
-    from tgs.io import check_output
 
     inputs = {"MODELS": args.models, "--from-probabilities": args.from_probabilities, "--merge-oof": args.merge_oof,
               "--post-config": args.post_config, "--mosaics": args.mosaics, "--folds-file": args.folds_file}
     for out in (Outputs(args.output_prefix).csv, Outputs(args.output_prefix).npz):
-        check_output(out, "--output-prefix", {k: v for k, v in inputs.items() if v}, [args.data_dir])
+        check_output(out, "--output-prefix", inputs, [args.data_dir])
     post, source = rule_setting(args)
     return PredictOptions(
         output_prefix=args.output_prefix, post=post, post_source=source, models=tuple(args.models),

@@ -33,17 +33,21 @@ def given(argv=None) -> tuple[dict, str | None]:
 
 
 def parse(argv=None) -> C.TrainConfig:
+    return parse_given(argv)[0]
+
+
+def parse_given(argv=None) -> tuple[C.TrainConfig, set[str]]:
+    """The config, and the options the command line and the config file named (read once)."""
     flags, config_file = given(argv)
-    return C.resolve(flags, config_file)
+    from_file = C.read_yaml(config_file) if config_file else {}
+    return C.combine(flags, from_file), set(flags) | set(from_file)
 
 
 @cli
 def main(argv=None) -> int:
     from engine import trainer
 
-    flags, config_file = given(argv)
-    cfg = C.resolve(flags, config_file)
-    names = set(flags) | (set(C.read_yaml(config_file)) if config_file else set())
-    for note in cfg.unused(names):
+    cfg, named = parse_given(argv)
+    for note in cfg.unused(named):
         print(f"note: {note}")
     return trainer.run(cfg)

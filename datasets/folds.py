@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tgs.errors import DataError, UserError, cli, excerpt
-from tgs.io import atomic_open
+from tgs.io import atomic_open, require_file
 from tgs.mosaic import Mosaics
 
 CHUNKS = 10
@@ -68,13 +68,15 @@ def split(ids: np.ndarray, fold: str, folds_file: str | Path | None = None) -> t
     return np.flatnonzero(~valid), np.flatnonzero(valid)
 
 
+def require_folds_file(path: str | Path) -> Path:
+    """``path`` when it is a file; else one line naming it (a folder, or missing: how to make one)."""
+    return require_file(path, "--folds-file ", "CSV file",
+                        "does not exist (make one with `python -m datasets.folds`)")
+
+
 def read_folds_file(path: str | Path, ids: np.ndarray) -> np.ndarray:
     """Fold number of every id in ``ids`` from a CSV ``id,fold``; every id must be there."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--folds-file {path} is a folder, not a CSV file")
-    if not path.is_file():
-        raise UserError(f"--folds-file {path} does not exist (make one with `python -m datasets.folds`)")
+    path = require_folds_file(path)
     df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
     if list(df.columns) != ["id", "fold"]:
         raise DataError(f"{path}: header is {','.join(map(str, df.columns))!r}, expected 'id,fold'")

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from tgs.errors import DataError
+from tgs.errors import DataError, UserError
 from tgs.io import atomic_path, read_csv_strings
 from tgs.png import read_pngs, stems
 from tgs.progress import bar
@@ -82,6 +82,14 @@ class Layout:
             ok = path.is_dir() if part.endswith(("images", "masks")) else path.is_file()
             if not ok:
                 raise DataError(f"{path} is missing; {LAYOUT_HELP}")
+
+
+def check_fingerprint(model, stored: str | None, fingerprint: str, data, why: str) -> None:
+    """Refuse ``model`` whose checkpoint says it was trained on other data (``stored``, its meta's
+    ``data_fingerprint``; None in older files, which pass) than ``data`` (:meth:`TrainSet.fingerprint`)."""
+    if stored not in (None, fingerprint):
+        raise UserError(f"{model} was trained on other data than {data} (data fingerprint {stored}, not "
+                        f"{fingerprint}): {why}")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from tgs.errors import UserError, excerpt
-from tgs.io import atomic_open
+from tgs.io import atomic_open, require_file
 
 RECIPE = """the 9th-place recipe (2 GPUs):
   torchrun --nproc_per_node=2 train.py --vtf --pretrained imagenet --loss-on-center --batch-size 32 \\
@@ -255,7 +255,6 @@ def _number(x) -> str:
     return f"{x:g}"
 
 
-
 def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
     """``value`` of option ``name`` as its type, or a UserError ``{where}: {problem}``. ``text``: the value is a
     command-line string (``"32"``), else a YAML/checkpoint value whose type must already be right (``2.5`` is no
@@ -449,9 +448,7 @@ def _did_you_mean(name: str) -> str:
 def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     """``--config FILE.yaml``: ``{option: (value, where)}``, keys as flag names with ``_`` or ``-``; an unknown key,
     a file that is not a mapping or not YAML is a one-line UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--config {path} " + ("is a folder, not a YAML file" if path.is_dir() else "does not exist"))
+    path = require_file(path, "--config ", "YAML file")
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
@@ -501,10 +498,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def resolve(given: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
     """Defaults < ``config_file``'s keys < ``given`` (command-line strings, or True for a switch given)."""
+    return combine(given, read_yaml(config_file) if config_file else {})
+
+
+def combine(given: Mapping[str, Any], from_file: Mapping[str, tuple[Any, str]]) -> TrainConfig:
+    """:func:`resolve` with the config file already read (:func:`read_yaml`'s ``{option: (value, where)}``)."""
     values, where = {}, {}
-    if config_file:
-        for name, (value, w) in read_yaml(config_file).items():
-            values[name], where[name] = value, w
+    for name, (value, w) in from_file.items():
+        values[name], where[name] = value, w
     for name, value in given.items():
         values[name], where[name] = value, flag(name)
     text = {n for n, v in given.items() if isinstance(v, str)}

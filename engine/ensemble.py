@@ -347,47 +347,59 @@ def stamp(inputs, options) -> dict:
     return {"inputs": files, "options": [str(o) for o in options]}
 
 
-def fresh(marker: Path, made_from: dict, outputs) -> bool:
-    """True when every output exists and ``marker`` says they were made from ``made_from``."""
+def fresh(marker: Path, source: dict, outputs) -> bool:
+    """True when every output exists and ``marker`` says they were made from ``source`` (a :func:`stamp`)."""
     import json
 
     if not marker.is_file() or not all(Path(o).is_file() for o in outputs):
         return False
     try:
-        return json.loads(marker.read_text()) == made_from
+        return json.loads(marker.read_text()) == source
     except ValueError:  # a damaged marker: make the outputs again
         return False
 
 
-def mark(marker: Path, made_from: dict) -> None:
+def made_from(opts: EnsembleOptions, swas, options) -> dict:
+    """The :func:`stamp` of a step over a round's SWA models ``swas``: they, the test images' list and the mosaics
+    are its input files."""
+    from datasets.kaggle import Layout
+
+    return stamp([*swas, Layout.of(opts.data_dir).sample_submission, *([opts.mosaics_csv] if opts.mosaics_csv else [])],
+                 options)
+
+
+def reused(marker: Path, source: dict, outputs, line: str) -> bool:
+    """True (and ``line`` printed) when :func:`fresh`; else the stale ``marker`` goes, and the step runs."""
+    if fresh(marker, source, outputs):
+        print(line)
+        return True
+    marker.unlink(missing_ok=True)
+    return False
+
+
+def mark(marker: Path, source: dict) -> None:
     import json
 
     from tgs.io import atomic_open
 
     with atomic_open(marker, "w") as fh:
-        json.dump(made_from, fh)
+        json.dump(source, fh)
 
 
 def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
     """Out-of-fold predictions, search, submission and its check (skipped when made from the same SWA models, test
     images and options: a rerun of a finished round redoes nothing, and its pseudo-labels stay the same)."""
     lay = opts.layout
-    from datasets.kaggle import Layout
-
     done = {"submission": lay.submission.csv, "probabilities": lay.submission.npz, "oof": lay.merged_oof.npz,
             "postprocess": lay.postprocess}
-    made_from = None
+    source = None
     if not opts.dry_run:
-        made_from = stamp([*(j.swa for j in jobs), Layout.of(opts.data_dir).sample_submission,
-                           *([opts.mosaics_csv] if opts.mosaics_csv else [])],
-                          [opts.data_dir, opts.folds_file, opts.tta, opts.tuned_post, *_shared_flags(opts),
-                           *opts.test_args])
+        source = made_from(opts, [j.swa for j in jobs], [opts.data_dir, opts.folds_file, opts.tta, opts.tuned_post,
+                                                         *_shared_flags(opts), *opts.test_args])
         wanted = [v for k, v in done.items() if k != "postprocess" or opts.tuned_post]
-        if fresh(lay.outputs_stamp, made_from, wanted):
-            print(f"[outputs] the out-of-fold predictions, search and submission in {lay.root} were made from these "
-                  "models and options, reused")
+        if reused(lay.outputs_stamp, source, wanted, f"[outputs] the out-of-fold predictions, search and submission "
+                                                     f"in {lay.root} were made from these models and options, reused"):
             return done
-        lay.outputs_stamp.unlink(missing_ok=True)
     data = ["--data-dir", str(opts.data_dir), *(["--folds-file", opts.folds_file] if opts.folds_file else [])]
     tta = ["--tta"] if opts.tta else []
     common = [*tta, *_shared_flags(opts), *opts.test_args]
@@ -418,8 +430,8 @@ def ensemble_outputs(jobs: list[Job], opts: EnsembleOptions) -> dict:
                                                 f"{len(opts.folds)} folds)"],
          "test", lay.log("test"), dry=opts.dry_run)
     _run("score", [str(sub.csv), "--check", str(opts.data_dir)], "check", lay.log("test"), dry=opts.dry_run)
-    if made_from is not None:
-        mark(lay.outputs_stamp, made_from)
+    if source is not None:
+        mark(lay.outputs_stamp, source)
     return done
 
 
@@ -492,7 +504,6 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
     rules that the search chose without this fold (``rules_by_fold``), its validation tiles unknown to them, so the
     next round's out-of-fold score of that fold stays honest. Labels made from the same models and options are
     kept as they are. Returns a path or ((fold, path), ...)."""
-    from datasets.kaggle import Layout
     from engine import pseudo as pseudo_engine
 
     lay = opts.layout
@@ -501,13 +512,12 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
             (f, str(lay.fold_pseudo_labels(f))) for f in opts.folds)
     if opts.pseudo_source == "ensemble":
         post, source = post_setting(opts)
-        made_from = stamp([*(j.swa for j in jobs), Layout.of(opts.data_dir).sample_submission,
-                           *([opts.mosaics_csv] if opts.mosaics_csv else [])], [opts.pseudo_rule, post])
-        if _labels_reused(lay.pseudo_labels, made_from):
+        labels_from = made_from(opts, [j.swa for j in jobs], [opts.pseudo_rule, post])
+        if _labels_reused(lay.pseudo_labels, labels_from):
             return str(lay.pseudo_labels)
         pseudo_engine.make(lay.submission.npz, opts.data_dir, lay.pseudo_labels, post=post, rule=opts.pseudo_rule,
                            post_source=source, mosaics=opts.mosaics_csv)
-        mark(lay.stamp_of(lay.pseudo_labels), made_from)
+        mark(lay.stamp_of(lay.pseudo_labels), labels_from)
         return str(lay.pseudo_labels)
     by_fold = {}
     if opts.mosaics_csv and opts.tuned_post and opts.layout.postprocess.is_file():
@@ -522,11 +532,10 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
         swas = [str(j.swa) for j in jobs if j.fold == fold]
         tta = ["--tta"] if opts.tta else []
         rules = mosaic_rules.parse_rules(by_fold.get(fold, ()), f"{opts.layout.postprocess}: rules_by_fold")
-        made_from = stamp([*swas, Layout.of(opts.data_dir).sample_submission,
-                           *([opts.mosaics_csv] if opts.mosaics_csv else [])],
-                          [opts.pseudo_rule, rules, opts.folds_file, *tta, *_shared_flags(opts), *opts.test_args])
+        labels_from = made_from(opts, swas, [opts.pseudo_rule, rules, opts.folds_file, *tta, *_shared_flags(opts),
+                                             *opts.test_args])
         out.append((fold, str(lay.fold_pseudo_labels(fold))))
-        if _labels_reused(lay.fold_pseudo_labels(fold), made_from):
+        if _labels_reused(lay.fold_pseudo_labels(fold), labels_from):
             continue
         _run("test", [*swas, "--data-dir", str(opts.data_dir), "--output-prefix", prefix.prefix, *tta,
                       *_shared_flags(opts), *opts.test_args], f"pseudo/{fold}", lay.log("pseudo"))
@@ -538,18 +547,15 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
                            post_source=f"defaults{' + the mosaic rules ' + ','.join(rules) if rules else ''} (the "
                                        f"labels of {fold} see no setting searched on its truth, and none of its "
                                        "tiles' masks)")
-        mark(lay.stamp_of(lay.fold_pseudo_labels(fold)), made_from)
+        mark(lay.stamp_of(lay.fold_pseudo_labels(fold)), labels_from)
     return tuple(out)
 
 
-def _labels_reused(path: Path, made_from: dict) -> bool:
+def _labels_reused(path: Path, source: dict) -> bool:
     """True (and said) when the pseudo-labels ``path`` were made from the same models and options: a rerun keeps
     them byte for byte, so the next round's finished folds, trained on them, stay reusable."""
-    if fresh(EnsembleLayout.stamp_of(path), made_from, [path]):
-        print(f"[pseudo] {path} was made from these models and options, reused")
-        return True
-    EnsembleLayout.stamp_of(path).unlink(missing_ok=True)
-    return False
+    return reused(EnsembleLayout.stamp_of(path), source, [path],
+                  f"[pseudo] {path} was made from these models and options, reused")
 
 
 def oof_score(opts: EnsembleOptions) -> tuple[float, float | None]:

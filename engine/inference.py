@@ -72,6 +72,9 @@ def valid_set(data_dir: str | os.PathLike, fold: str, folds_file: str | None = N
     return train.take(va, fold)
 
 
+UNSEEN = "its fold's validation images are not the ones it never saw"
+
+
 def check_split(model: str | os.PathLike, trained_folds_file: str | None, folds_file: str | None) -> None:
     """A model's validation images are its fold's under the split it trained with: another ``--folds-file`` would
     put images it trained on among them (an optimistic score), so it is refused with one line."""

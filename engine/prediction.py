@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets import kaggle
 from datasets.kaggle import Layout, read_sample_submission
 from engine import distributed, inference, logs
 from engine.config import TrainConfig
@@ -116,11 +117,9 @@ def predict_with_models(opts: PredictOptions, data: inference.ImageSet, device, 
         if data.split == "valid" and fold is not None and fold != data.fold:
             raise UserError(f"{path} was trained on {fold}, not {data.fold}: its out-of-fold images are another "
                             f"fold's (predict each fold's validation images with that fold's models)")
-        stored = loaded.meta.get("data_fingerprint")
-        if data.split == "valid" and stored not in (None, data.data_fingerprint):
-            raise UserError(f"{path} was trained on other data than these training images (data fingerprint "
-                            f"{stored}, not {data.data_fingerprint}): its fold's validation images are not the ones "
-                            "it never saw")
+        if data.split == "valid":
+            kaggle.check_fingerprint(path, loaded.meta.get("data_fingerprint"), data.data_fingerprint,
+                                     "these training images", inference.UNSEEN)
 
     t0 = time.perf_counter()
     probs, image_probs, names, forward_s = inference.predict_models(

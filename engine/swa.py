@@ -246,10 +246,8 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
     drop = opts.drop_mask_threshold if opts.drop_mask_threshold is not None else trained.data.drop_mask_threshold
     train = kaggle.load_train(data_dir, cache=not opts.no_cache, workers=opts.decode_threads or None)
     fingerprint = train.fingerprint()
-    if avg.meta.get("data_fingerprint") not in (None, fingerprint):
-        raise UserError(f"{paths[0]} was trained on other data than {data_dir} (data fingerprint "
-                        f"{avg.meta['data_fingerprint']}, not {fingerprint}): BatchNorm must be recomputed on the "
-                        "images the models trained on")
+    kaggle.check_fingerprint(paths[0], avg.meta.get("data_fingerprint"), fingerprint, data_dir,
+                             "BatchNorm must be recomputed on the images the models trained on")
     tr, _ = folds.training_rows(train.ids, train.masks, fold, folds_file, drop)
     batch = opts.batch_size or trained.optim.batch_size
     batches = update_bn(avg.model, avg.input_spec, train.images[tr], device, batch, opts.amp)

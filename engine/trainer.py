@@ -45,7 +45,7 @@ from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import FolderLock, atomic_open
+from tgs.io import FolderLock, atomic_open, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 # options that may change when a run is resumed: where and how fast it runs, and how long it trains
@@ -153,10 +153,8 @@ def read_resume(cfg: TrainConfig) -> dict | None:
     path = cfg.run.resume
     if not path:
         return None
-    if Path(path).is_dir():
-        raise UserError(f"--resume {path} is a folder: give its checkpoints/last-checkpoint-*.pth file")
-    if not Path(path).is_file():
-        raise UserError(f"--resume {path} does not exist (a missing resume file never starts a fresh run)")
+    require_file(path, "--resume ", missing="does not exist (a missing resume file never starts a fresh run)",
+                 folder="is a folder: give its checkpoints/last-checkpoint-*.pth file")
     raw = models.read_checkpoint(path)
     if raw.get("extra") is None:
         raise UserError(f"--resume {path} is a model file without training state; resume from a "
@@ -202,11 +200,8 @@ def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> Folder
 
 
 def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
-    import os
-
     if cfg.run.resume and layout.holds_run():  # continuing a run here is fine, writing another one over it is not
-        own = Path(os.path.abspath(layout.checkpoints)).resolve()
-        if own not in Path(os.path.abspath(cfg.run.resume)).resolve().parents:
+        if layout.checkpoints.resolve() not in Path(cfg.run.resume).resolve().parents:
             raise UserError(f"--log-dir {layout.root} already holds another run than --resume {cfg.run.resume} "
                             f"({len(layout.run_files())} files); resume into the checkpoint's own folder, or choose "
                             "a new --log-dir")

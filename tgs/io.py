@@ -66,6 +66,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def require_file(path, where: str, kind: str = "file", missing: str = "does not exist",
+                 folder: str | None = None) -> Path:
+    """``path`` as a Path when it is a file; else one line: ``WHERE PATH is a folder, not a KIND`` (or ``folder``)
+    or ``WHERE PATH MISSING``. ``where`` is the flag that gave it, with its trailing space ("--config ")."""
+    from tgs.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{where}{path} {folder or f'is a folder, not a {kind}'}")
+    if not path.is_file():
+        raise UserError(f"{where}{path} {missing}")
+    return path
+
+
 DATASET_ENTRIES = ("train.csv", "depths.csv", "sample_submission.csv", "train", "test")  # Kaggle's layout
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from tgs import TILE, metric
 from tgs.errors import UserError, excerpt
+from tgs.io import require_file
 from tgs.mosaic_rules import parse_rules
 from tgs.probabilities import at_least, level_histograms, level_of, quantize
 
@@ -113,10 +114,7 @@ def load_setting(path) -> tuple[PostProcess, dict]:
     import json
     from pathlib import Path
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--post-config {path} " + ("is a folder, not a JSON file" if path.is_dir()
-                                                     else "does not exist"))
+    path = require_file(path, "--post-config ", "JSON file")
     def unique(pairs):
         keys = [k for k, _ in pairs]
         twice = [k for k in keys if keys.count(k) > 1]

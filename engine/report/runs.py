@@ -12,7 +12,7 @@ import pandas as pd
 
 from datasets import folds, kaggle
 from engine.config import TrainConfig, read_yaml
-from engine.inference import Ensemble, check_split
+from engine.inference import UNSEEN, Ensemble, check_split
 from engine.layout import Outputs, RunLayout
 from engine.report.mosaics import Tiles, largest, pictures
 from engine.report.plots import plot_coverage, plot_learning_curves, plot_samples, plot_thresholds, write_csv
@@ -412,10 +412,7 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
         meta = loaded.meta
         fold = meta.get("fold") or cfg.data.data_fold
         check_split(use_model, cfg.data.folds_file, folds_file)
-        stored = meta.get("data_fingerprint")
-        if stored not in (None, train.fingerprint()):
-            raise UserError(f"{use_model} was trained on other data than {data} (data fingerprint {stored}): its "
-                            "fold's validation images are not the ones it never saw")
+        kaggle.check_fingerprint(use_model, meta.get("data_fingerprint"), train.fingerprint(), data, UNSEEN)
         ff = folds_file or cfg.data.folds_file
         _, rows = folds.split(train.ids, fold, ff)
         q, used_tta = predict_levels(loaded, train.images[rows], dev, tta, batch_size)
