@@ -117,27 +117,11 @@ def seed_everything(seed: int) -> None:
 
 
 def input_spec(cfg: TrainConfig) -> InputSpec:
-    return InputSpec(mode="resize" if cfg.data.resize else "pad", size=cfg.data.input_size)
+    return InputSpec(mode=cfg.data.mode, size=cfg.data.input_size)
 
 
 def build_criterion(cfg: TrainConfig):
     return cfg.loss.criterion()
-
-
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.optim == "sgd":
-        return torch.optim.SGD(params, lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.optim == "adam":
-        return torch.optim.Adam(params, lr=o.learning_rate, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
-
-
-def build_scheduler(cfg: TrainConfig, optimizer):
-    o = cfg.optim
-    return schedulers.build(o.lr_scheduler, optimizer, base_lr=o.learning_rate, warmup=o.warmup_epochs,
-                            cycle=o.cycle_epochs, min_lr=o.min_lr, step_epochs=o.step_epochs, gamma=o.gamma,
-                            patience=o.plateau_patience, factor=o.plateau_factor)
 
 
 def load_split(cfg: TrainConfig):
@@ -258,8 +242,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     if cfg.run.compile:
         model = torch.compile(model)
 
-    optimizer = build_optimizer(cfg, core.parameters())
-    scheduler = build_scheduler(cfg, optimizer)
+    optimizer = cfg.optim.optimizer(core.parameters())
+    scheduler = cfg.optim.scheduler(optimizer)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.run.amp == "fp16")
 
     d = cfg.data
