@@ -19,7 +19,7 @@ import numpy as np
 from tgs import TILE
 from tgs.io import atomic_path
 from tgs.mosaic import Mosaics
-from tgs.mosaic_rules import RULES
+from tgs.mosaic_rules import MOSAIC_RULES
 
 HEADER = 60  # pixels of the text band above the grid
 MIN_WIDTH = 720  # narrow mosaics are padded on the right so that the header's text fits
@@ -28,9 +28,7 @@ EMPTY_CELL = (24, 24, 40)  # RGB
 TRUTH = (0, 230, 0)
 PREDICTED = (255, 40, 40)
 BOTH = (255, 255, 0)
-RULE_COLOURS = {"vertical": (0, 220, 255), "empty-below": (255, 0, 255), "boundary": (255, 150, 0),
-                "fill-holes": (120, 120, 255)}
-assert set(RULE_COLOURS) == set(RULES)
+RULE_COLOURS = {e.name: e.colour for e in MOSAIC_RULES.entries()}  # each rule's colour, from its registration
 
 
 def tile_origin(row: int, col: int) -> tuple[int, int]:
@@ -81,7 +79,7 @@ def draw(grid: np.ndarray, tiles: Tiles, title: str) -> np.ndarray:
     cells[truth_line & pred_line] = BOTH
     border = np.zeros((TILE, TILE), bool)
     border[:FRAME], border[-FRAME:], border[:, :FRAME], border[:, -FRAME:] = True, True, True, True
-    for rule, colour in RULE_COLOURS.items():  # a loop over the four rules
+    for rule, colour in RULE_COLOURS.items():  # a loop over the rules
         hit = tiles.changed.get(rule, np.zeros(len(tiles.ids), bool))[k]
         cells[hit[:, None, None] & border[None]] = colour
     canvas = np.empty((rows, TILE, cols, TILE, 3), np.uint8)
