@@ -455,10 +455,9 @@ class TrainConfig:
 
     @classmethod
     def from_checkpoint(cls, meta: Mapping, path: str | Path = "checkpoint") -> "TrainConfig":
-        """The options of the run a checkpoint's ``meta`` came from (older files: ``meta["options"]``); options it
-        does not record take their defaults, and keys this code does not know are ignored."""
-        legacy = {k: meta[k] for k in ("data_dir", "folds_file", "drop_mask_threshold", "comment") if k in meta}
-        stored = {**legacy, **(meta.get("config") or meta.get("options") or {})}  # older files: top-level keys
+        """The options of the run a checkpoint's ``meta["config"]`` came from; options it does not record take their
+        defaults, and keys this code does not know are ignored."""
+        stored = dict(meta.get("config") or {})
         known = options()
         values = {k: v for k, v in stored.items() if k in known and k not in NOT_REPEATED}
         where = {k: f"{path}: stored option {k}" for k in values}

@@ -3,7 +3,7 @@
 Public API::
 
     build_model(config=None, **overrides) -> SaltUNet      # ModelConfig, dict or keyword arguments
-    ModelConfig(...) / ModelConfig.recipe(**overrides)      # to_dict() / from_dict(); defaults = 9th-place recipe
+    ModelConfig(...)      # to_dict() / from_dict(); defaults = 9th-place recipe
     list_encoders(pattern="*") -> list[str]                 # unet, unet_nopool, recipe aliases, timm models
     save_checkpoint(path, model, input_spec, meta=None, extra=None) -> Path   # atomic
     read_checkpoint(path) -> dict                           # validated raw dict (resume state under "extra")

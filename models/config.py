@@ -68,11 +68,6 @@ class ModelConfig:
         if self.pretrained is not None and not isinstance(self.pretrained, str):
             self.pretrained = str(self.pretrained)  # a pathlib.Path
 
-    @classmethod
-    def recipe(cls, **overrides: Any) -> "ModelConfig":
-        """The 9th-place recipe: SENet154 encoder, OC blocks, x2 input up-sampling (same as the defaults)."""
-        return cls(**overrides)
-
     def to_dict(self) -> dict:
         """A dict of builtins (lists, not tuples)."""
         return dataclasses.asdict(self)

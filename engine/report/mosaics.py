@@ -1,9 +1,8 @@
 """Pictures of the mosaics: the largest sections assembled from their tiles (``report.py --mosaics``).
 
 Each picture is a raster at one pixel per tile pixel, so it shows the seams as they are: the tile at (row, col)
-of a mosaic's bounding box fills ``[HEADER + row * 101, HEADER + (row + 1) * 101) x [col * 101, (col + 1) * 101)``
-(:func:`tile_origin`); cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are
-outlined in :data:`TRUTH`, the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines
+of a mosaic's bounding box fills ``[HEADER + row * 101, HEADER + (row + 1) * 101) x [col * 101, (col + 1) * 101)``;
+cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are outlined in :data:`TRUTH`, the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines
 coincide, :data:`BOTH`), and a tile that a rule changed gets a frame in the rule's colour (:data:`RULE_COLOURS`).
 A header band names the mosaic and the colours. The PNG is written atomically.
 """
@@ -29,11 +28,6 @@ TRUTH = (0, 230, 0)
 PREDICTED = (255, 40, 40)
 BOTH = (255, 255, 0)
 RULE_COLOURS = {e.name: e.colour for e in MOSAIC_RULES.entries()}  # each rule's colour, from its registration
-
-
-def tile_origin(row: int, col: int) -> tuple[int, int]:
-    """(y, x) of the top-left pixel of grid cell (row, col) in a picture."""
-    return HEADER + row * TILE, col * TILE
 
 
 def outlines(masks: np.ndarray) -> np.ndarray:
