@@ -42,8 +42,6 @@ OC = ("both", "center", "decoder", "none")
 SKIP = ("concat", "add", "max", "none")
 PSEUDO_SCHEDULES = ("mix", "pretrain")
 
-# options that are about this invocation, not the training: not written to config.yaml, not re-applied from it
-NOT_REPEATED = ("resume", "overwrite")
 
 
 def _fold_name(value: str) -> str | None:
@@ -84,7 +82,7 @@ def _weights(value: str) -> str | None:
 # -- the sections -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataOptions:
-    data_dir: str = opt("data", "path", "dataset in Kaggle's layout")
+    data_dir: str = opt("data", "path", "dataset in Kaggle's layout", run_only=True)
     data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name)
     folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
                                                "chunks", optional=True)
@@ -96,8 +94,8 @@ class DataOptions:
     no_augment: bool = opt(False, "bool", "no augmentation at all")
     drop_mask_threshold: int = opt(0, "int", "drop training images whose mask has 1..N-1 salt pixels (tiny, "
                                              "doubtful labels)", low=0, high=101 * 101)
-    dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0)
-    no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache")
+    dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0, run_only=True)
+    no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache", run_only=True)
 
     @property
     def mode(self) -> str:
@@ -189,7 +187,7 @@ def _scheduler(self, optimizer):
 OptimOptions = _section(
     "OptimOptions",
     [("batch_size", int, opt(32, "int", "per process", low=1)),
-     ("val_batch_size", int, opt(0, "int", "0: same as --batch-size", low=0)),
+     ("val_batch_size", int, opt(0, "int", "0: same as --batch-size", low=0, resumable=True)),
      ("optim", str, opt("adamw", "choice", "optimiser: " + "; ".join(optimizers.OPTIMIZERS.describe()),
                         choices=optimizers.OPTIMIZERS.names())),
      ("learning_rate", float, opt(5e-4, "float", "base learning rate", low=0.0, open_low=True, high=10.0)),
@@ -198,25 +196,26 @@ OptimOptions = _section(
      ("lr_scheduler", str, opt("noam", "choice", "learning-rate schedule: "
                                + "; ".join(schedulers.SCHEDULES.describe()), choices=schedulers.SCHEDULES.names()))],
     (optimizers.OPTIMIZERS, schedulers.SCHEDULES),
-    [("max_epochs", int, opt(250, "int", "epochs to train", low=1)),
-     ("early_stopping", int, opt(0, "int", "stop after N epochs without a better metric (0: off)", low=0))],
+    [("max_epochs", int, opt(250, "int", "epochs to train", low=1, resumable=True)),
+     ("early_stopping", int, opt(0, "int", "stop after N epochs without a better metric (0: off)", low=0,
+                                 resumable=True))],
     "Optimisation: batch, optimiser, schedule, and the options the registered optimisers and schedules declare.",
     {"optimizer": _optimizer, "scheduler": _scheduler})
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/")
-    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True)
-    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)")
+    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/", run_only=True)
+    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True, repeated=False)
+    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)", repeated=False)
     vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
-    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device)
-    amp: str = opt("none", "choice", "mixed precision", choices=AMP)
-    channels_last: bool = opt(False, "bool", "channels-last memory format")
-    compile: bool = opt(False, "bool", "torch.compile the model")
+    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True)
+    amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True)
+    channels_last: bool = opt(False, "bool", "channels-last memory format", resumable=True)
+    compile: bool = opt(False, "bool", "torch.compile the model", run_only=True)
     seed: int = opt(0, "int", "random seed", low=0, high=2**32 - 1)
-    comment: str = opt("", "str", "free text kept in config.yaml and checkpoints")
-    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024)
+    comment: str = opt("", "str", "free text kept in config.yaml and checkpoints", run_only=True)
+    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024, run_only=True)
 
 
 @dataclass(frozen=True)
@@ -227,7 +226,7 @@ class PseudoOptions:
     for a pseudo one; pretrain: the first N epochs on the pseudo-labels alone, then the real images alone."""
 
     pseudo_labels: str | None = opt(None, "path", "a pseudo-labels.npz (pseudo.py) of this data set's test images "
-                                                  "to train on as well", optional=True)
+                                                  "to train on as well", optional=True, resumable=True)
     pseudo_fraction: float = opt(0.25, "float", "mix: the share F of each batch drawn from the pseudo-labels "
                                                 "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True)
     pseudo_weight: float = opt(1.0, "float", "mix: weight W of a pseudo-labelled image in the batch's loss (a real "
@@ -256,6 +255,16 @@ def options() -> dict[str, tuple[str, dataclasses.Field]]:
         for f in dataclasses.fields(cls):
             out[f.name] = (title, f)
     return out
+
+
+def _where(test) -> tuple[str, ...]:
+    return tuple(name for name, (_, f) in options().items() if test(f.metadata["option"]))
+
+
+# the sets every reader derives from the options' declarations (tgs.options.Option)
+NOT_REPEATED = _where(lambda o: not o.repeated)  # about this invocation: not in config.yaml, not re-applied
+RUN_ONLY = _where(lambda o: o.run_only)  # where and how a run runs: a finished model made otherwise is reused
+RESUMABLE_CHANGES = _where(lambda o: o.run_only or o.resumable)  # may change when a run is resumed
 
 
 def flag(name: str) -> str:

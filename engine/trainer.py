@@ -38,7 +38,7 @@ from datasets import augment, folds, kaggle
 from datasets.torchdata import MixedBatchSampler, SaltDataset
 from engine import distributed, logs, predict, schedulers
 from engine import pseudo as pseudo_labels
-from engine.config import TrainConfig, save_yaml
+from engine.config import RESUMABLE_CHANGES, TrainConfig, save_yaml
 from engine.distributed import DistInfo
 from engine.layout import RunLayout
 from engine.saver import CheckpointSaver
@@ -48,10 +48,6 @@ from tgs.inputs import InputSpec
 from tgs.io import FolderLock, atomic_open, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
-# options that may change when a run is resumed: where and how fast it runs, and how long it trains
-RESUMABLE_CHANGES = ("max_epochs", "early_stopping", "device", "threads", "dataload_workers_nums", "no_cache",
-                     "compile", "comment", "log_dir", "data_dir", "val_batch_size", "amp", "channels_last",
-                     "pseudo_labels")  # the labels' file may move: their digest is checked instead
 
 
 class TrainingError(UserError):

@@ -171,3 +171,13 @@ def test_every_named_encoder_resolves(name):
         import timm
 
         assert models.resolve_encoder(name) == entry.obj and timm.is_model(entry.obj)
+
+
+# -- what an option changes, declared on the option ------------------------------------------------------------------
+def test_the_reuse_and_resume_sets_come_from_the_declarations():
+    assert set(config.NOT_REPEATED) == {"resume", "overwrite"}
+    assert set(config.RUN_ONLY) == {"device", "threads", "dataload_workers_nums", "no_cache", "compile", "comment",
+                                    "log_dir", "data_dir"}
+    assert set(config.RESUMABLE_CHANGES) == set(config.RUN_ONLY) | {"max_epochs", "early_stopping", "val_batch_size",
+                                                                   "amp", "channels_last", "pseudo_labels"}
+    assert "learning_rate" not in config.RESUMABLE_CHANGES and "focal_gamma" not in config.RESUMABLE_CHANGES

@@ -15,7 +15,10 @@ from typing import Any, Callable
 class Option:
     """How one option is given and checked. ``kind``: int, float, str, path, bool or choice; ``low``/``high``:
     inclusive bounds unless ``open_low``/``open_high``; ``optional``: None (YAML ``null``) is allowed;
-    ``check(value)``: a further test returning the problem as text, or None."""
+    ``check(value)``: a further test returning the problem as text, or None. What a value changes:
+    ``run_only``: only where and how the run runs (device, threads, folders), never its result, so a finished
+    model made with another value is reused; ``resumable``: may change when a run is resumed (also how long it
+    trains); ``repeated=False``: about this invocation only (not written to config.yaml, not re-applied)."""
 
     kind: str
     help: str
@@ -26,6 +29,9 @@ class Option:
     open_high: bool = False
     optional: bool = False
     check: Callable[[Any], str | None] | None = None
+    run_only: bool = False
+    resumable: bool = False
+    repeated: bool = True
 
 
 @dataclass(frozen=True)
