@@ -195,8 +195,8 @@ def _cached(layout: Layout, name: str, ids: Sequence[str], folders: Sequence[Pat
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-    except OSError:
-        pass  # a read-only data folder simply has no cache
+    except (OSError, UserError):
+        pass  # a read-only or full data folder simply has no cache
     return arrays
 
 

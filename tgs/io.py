@@ -80,34 +80,99 @@ def require_file(path, where: str, kind: str = "file", missing: str = "does not 
     return path
 
 
-DATASET_ENTRIES = ("train.csv", "depths.csv", "sample_submission.csv", "train", "test")  # Kaggle's layout
+DATASET_FILES = ("train.csv", "depths.csv", "sample_submission.csv")  # Kaggle's layout: its files ...
+DATASET_FOLDERS = ("train", "test")  # ... and its folders, with everything inside them
+DATASET_ENTRIES = DATASET_FILES + DATASET_FOLDERS
+_DATASET_MARKS = ("train/images", "train/masks", "test/images")  # folders that make a folder a dataset
 
 
-def check_output(path, flag: str, inputs: dict | None = None, data_dirs: Sequence = ()) -> None:
-    """Refuse, with one line, an output ``path`` (given as ``flag``) that would replace one of the step's
-    ``inputs`` (``{flag: path}``; a folder input protects everything under it) or a file of a dataset in Kaggle's
-    layout (``data_dirs``), before any work."""
+def _spellings(path) -> list[Path]:
+    """``path`` as written (absolute, ``..`` folded) and with every symlink resolved: the two ways to reach it."""
+    lexical = Path(os.path.abspath(os.path.expanduser(path)))
+    real = Path(os.path.realpath(lexical))
+    return [lexical] if real == lexical else [lexical, real]
+
+
+def _same_or_inside(out: Path, src: Path) -> bool:
+    """Whether ``out`` is ``src`` or lies inside the folder ``src`` (both resolved), or is the same file (a hard
+    link)."""
+    if out == src or src in out.parents:
+        return True
+    try:
+        return out.exists() and src.exists() and os.path.samefile(out, src)
+    except OSError:
+        return False
+
+
+def is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset in Kaggle's layout: it holds one of its CSV files, or train/images,
+    train/masks or test/images."""
+    return (any((folder / f).is_file() for f in DATASET_FILES)
+            or any((folder / d).is_dir() for d in _DATASET_MARKS))
+
+
+def dataset_entry(path, data_dirs: Sequence = ()) -> tuple[Path, str] | None:
+    """``(dataset folder, entry)`` when ``path`` is one of a dataset's entries (train.csv, depths.csv,
+    sample_submission.csv) or lies inside its train/ or test/ folder, however it is reached: through a symlink to
+    the dataset, to one of its folders or to the file itself, or by ``..``. The datasets are ``data_dirs`` and any
+    folder above ``path`` (either spelling) that :func:`is_dataset`; None otherwise."""
+    outs = _spellings(path)
+    roots = {Path(os.path.realpath(d)) for d in data_dirs if d is not None}
+    for out in outs:
+        for folder in out.parents:
+            if folder in roots or is_dataset(folder):
+                entry = out.relative_to(folder).parts[0]
+                if entry in DATASET_ENTRIES:
+                    return folder, entry
+    for root in roots:  # an entry that is itself a symlink (DATA/train -> /disk/train): compare its target
+        for entry in DATASET_ENTRIES:
+            target = Path(os.path.realpath(root / entry))
+            if any(_same_or_inside(out, target) for out in outs):
+                return root, entry
+    return None
+
+
+def _each(inputs: dict | None) -> Iterator[tuple[str, str | os.PathLike]]:
+    """``(flag, path)`` for every path of ``{flag: path, paths or None}``."""
+    for where, given in (inputs or {}).items():
+        for one in ([given] if isinstance(given, (str, os.PathLike)) else list(given or [])):
+            if one is not None:
+                yield where, one
+
+
+def input_hit(path, inputs: dict | None) -> tuple[str, str] | None:
+    """``(flag, given path)`` of the first of ``inputs`` (``{flag: path or paths}``) that ``path`` is, or lies
+    inside (an input folder), compared with symlinks resolved; None when none."""
+    outs = _spellings(path)
+    for where, one in _each(inputs):
+        if any(_same_or_inside(out, src) for out in outs for src in _spellings(one)):
+            return where, str(one)
+    return None
+
+
+def check_output(path, flag: str, inputs: dict | None = None, data_dirs: Sequence = (),
+                 contains_inputs: bool = False) -> None:
+    """The one check that an output never replaces an input: refuse, with one line and before any work, an
+    output ``path`` (given as ``flag``) that is one of the step's ``inputs`` (``{flag: path or paths}``) or lies
+    in an input folder, or that is an entry of a dataset in Kaggle's layout (:func:`dataset_entry`: ``data_dirs``,
+    and any dataset folder above the path). Paths are compared with symlinks resolved, and as written.
+    ``contains_inputs``: the output is a folder that is replaced whole, so an input inside it is refused too."""
     from tgs.errors import UserError
 
     if path is None:
         return
-    out = Path(os.path.abspath(path))
-    for where, given in (inputs or {}).items():
-        for one in ([given] if isinstance(given, (str, os.PathLike)) else list(given or [])):
-            if one is None:
-                continue
-            src = Path(os.path.abspath(one))
-            if out == src or (src.is_dir() and src in out.parents) or (out.exists() and src.exists()
-                                                                       and os.path.samefile(out, src)):
-                raise UserError(f"{flag} {path} would overwrite the input {where} {one}: write it elsewhere")
-    for data in data_dirs:
-        if data is None:
-            continue
-        root = Path(os.path.abspath(data))
-        for entry in DATASET_ENTRIES:
-            target = root / entry
-            if out == target or target in out.parents:
-                raise UserError(f"{flag} {path} would overwrite the dataset's {entry} in {data}: write it elsewhere")
+    hit = input_hit(path, inputs)
+    if hit is not None:
+        raise UserError(f"{flag} {path} would overwrite the input {hit[0]} {hit[1]}: write it elsewhere")
+    if contains_inputs:
+        for where, one in _each(inputs):
+            if input_hit(one, {flag: path}) is not None:
+                raise UserError(f"{flag} {path} would remove the input {where} {one}, which lies inside it: move "
+                                "it out first, or write elsewhere")
+    found = dataset_entry(path, data_dirs)
+    if found is not None:
+        root, entry = found
+        raise UserError(f"{flag} {path} would overwrite the dataset's {entry} in {root}: write it elsewhere")
 
 
 class FolderLock:
