@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 
 def _umask() -> int:
@@ -78,6 +80,20 @@ def require_file(path, where: str, kind: str = "file", missing: str = "does not 
     if not path.is_file():
         raise UserError(f"{where}{path} {missing}")
     return path
+
+
+CONFIG_BYTES = 1 << 20  # a configuration file (YAML, JSON) holds a few dozen keys: 1 MiB is far more than enough
+
+
+def read_config_text(path: Path, where: str, most: int = CONFIG_BYTES) -> str:
+    """The text of a small configuration file, refused with one line (``WHERE PATH is N bytes ...``) before it is
+    read when it is larger than ``most`` bytes: a config is read whole and parsed, so its size bounds the work."""
+    from tgs.errors import UserError
+
+    size = path.stat().st_size
+    if size > most:
+        raise UserError(f"{where}{path} is {size} bytes, more than a configuration file can need ({most}); refused")
+    return path.read_text()
 
 
 DATASET_FILES = ("train.csv", "depths.csv", "sample_submission.csv")  # Kaggle's layout: its files ...
@@ -322,11 +338,78 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def read_npz(path: str | os.PathLike, names: Sequence[str], what: str) -> dict:
-    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``), all of
-    them decompressed here. A file that is not a readable ``.npz`` holding them all (a single ``.npy``, not a zip,
-    truncated or corrupt, an object array, a missing array) is a DataError naming the file as a ``what`` (e.g.
-    "probabilities file")."""
+@dataclass(frozen=True)
+class Declared:
+    """What a ``.npy`` member of an archive says it holds (read from its header, nothing decompressed)."""
+
+    shape: tuple
+    dtype: "np.dtype"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+MAX_TILES = 2_000_000  # tiles of one data set at most: datasets.synthetic makes up to 1,000,000 train and test each
+MAX_CHARS = 4096  # characters of one string of a saved file (an id, a model's path, a provenance record)
+
+
+def check_strings(path, name: str, declared: "Declared", ndim: int, most: int = MAX_TILES) -> int:
+    """A declared string array (``ndim`` 1) or string (0): the right kind, at most ``most`` strings of at most
+    :data:`MAX_CHARS` characters; returns how many. A DataError naming the file and the array otherwise."""
+    from tgs.errors import DataError
+
+    if len(declared.shape) != ndim or declared.dtype.kind != "U":
+        kind = "a 1-D array of strings" if ndim else "a string"
+        raise DataError(f"{path}: {name!r} must be {kind}, got {declared.dtype} {declared.shape}")
+    count, chars = math.prod(declared.shape), declared.dtype.itemsize // 4
+    if count > most or chars > MAX_CHARS:
+        raise DataError(f"{path}: {name!r} declares {count} strings of {chars} characters, more than the data can "
+                        f"need (at most {most} of {MAX_CHARS}); refused before reading it")
+    return count
+
+
+def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, Declared]:
+    """The declared shape and dtype of the arrays ``names`` of the ``.npz`` ``path``, from each member's ``.npy``
+    header alone; a member whose size in the archive's directory disagrees with its header (a lie that would make
+    numpy allocate the header's size first), an object array (a pickle), a missing array or a damaged header is
+    a DataError naming the file."""
+    import numpy as np
+
+    from tgs.errors import DataError
+
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for name in names:
+            try:
+                info = z.getinfo(f"{name}.npy")
+            except KeyError:
+                raise DataError(f"{path} is not a {what} (no {name!r} array)") from None
+            with z.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                header = fh.tell()
+            if dtype.hasobject:
+                raise DataError(f"{path} holds an object array (pickled data), refused: {what}s hold plain arrays "
+                                "only")
+            out[name] = Declared(tuple(shape), dtype)
+            if info.file_size != header + out[name].nbytes:
+                raise DataError(f"{path} is not a readable .npz {what}: corrupt ({name!r} declares {dtype} "
+                                f"{tuple(shape)} but its member holds {info.file_size} bytes)")
+    return out
+
+
+def read_npz(path: str | os.PathLike, names: Sequence[str], what: str,
+             check: Callable[[dict[str, Declared]], None] | None = None) -> dict:
+    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``).
+
+    Nothing is decompressed before every member's declared shape and dtype (:func:`npz_declared`) passed
+    ``check``, which raises a DataError for shapes the caller's data cannot need (an archive of a few MB may
+    declare gigabytes): memory is bounded by what ``check`` accepts. A file that is not a readable ``.npz``
+    holding them all (a single ``.npy``, not a zip, truncated or corrupt, an object array, a missing array) is a
+    DataError naming the file as a ``what`` (e.g. "probabilities file")."""
     import numpy as np
 
     from tgs.errors import DataError
@@ -339,10 +422,10 @@ def read_npz(path: str | os.PathLike, names: Sequence[str], what: str) -> dict:
     if not head.startswith(_ZIP_MAGIC):
         raise DataError(f"{path} is not a readable .npz {what} (not a zip archive)")
     try:
+        declared = npz_declared(path, names, what)
+        if check is not None:
+            check(declared)
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in names if k not in z.files]
-            if missing:
-                raise DataError(f"{path} is not a {what} (no {missing[0]!r} array)")
             return {k: z[k] for k in names}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
