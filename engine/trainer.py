@@ -325,7 +325,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
               f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
     if pseudo is not None:
         epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
-        how = (f"{p.per_batch(bs)} of every batch of {bs}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
+        _, real, k = sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
+        how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
                else f"alone for {epochs}, then the real images alone")
         logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
     return ctx

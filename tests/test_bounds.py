@@ -230,3 +230,34 @@ def test_a_png_larger_than_any_tile_is_refused_before_reading(tmp_path):
     ok = tmp_path / "ok.png"
     ok.write_bytes(png_bomb(101, 101))
     assert png.decode(ok, "ok").shape == (101, 101)
+
+
+# -- a batch larger than the fold, with pseudo-labels --------------------------------------------------------------
+@pytest.mark.parametrize("n_real,n_pseudo,batch,share,world,expected", [
+    (72, 24, 100_000, 25_000, 1, 24),  # the issue's case: 72 real images; 25,000 pseudo images per batch before
+    (36, 24, 100_000, 25_000, 1, 12),  # 36 x 25,000 / 75,000
+    (10, 50, 64, 16, 1, 3),  # 10 x 16 / 48 = 3.3
+    (2, 50, 64, 16, 1, 1),  # 0.67 rounds to 1: the pseudo images are still used
+    (20, 50, 64, 16, 2, 3),  # per rank: 10 real images
+])
+def test_a_batch_larger_than_the_fold_keeps_the_pseudo_share(n_real, n_pseudo, batch, share, world, expected):
+    from datasets.torchdata import MixedBatchSampler
+
+    for rank in range(world):
+        sampler = MixedBatchSampler(n_real, n_pseudo, batch, share, num_replicas=world, rank=rank, seed=2)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 1
+        real = [i for i in batches[0] if i < n_real]
+        fake = [i for i in batches[0] if i >= n_real]
+        assert len(real) == n_real // world and len(fake) == expected
+        assert len(set(fake)) == len(fake)  # no pseudo image twice while the set has enough
+        assert abs(len(fake) / len(batches[0]) - share / batch) <= 1 / len(batches[0])
+
+
+def test_a_full_fold_keeps_its_batches():
+    """A fold of at least one batch: the batches are as before (the fix touches only the short fold)."""
+    from datasets.torchdata import MixedBatchSampler
+
+    sampler = MixedBatchSampler(50, 40, 8, 2, seed=1)
+    assert [len(b) for b in sampler] == [8] * (50 // 6)
+    assert all(sum(i >= 50 for i in b) == 2 for b in sampler)
