@@ -261,3 +261,48 @@ def test_a_full_fold_keeps_its_batches():
     sampler = MixedBatchSampler(50, 40, 8, 2, seed=1)
     assert [len(b) for b in sampler] == [8] * (50 // 6)
     assert all(sum(i >= 50 for i in b) == 2 for b in sampler)
+
+
+# -- swa.py's BatchNorm pass with a last batch of one image ----------------------------------------------------------
+def _bottleneck_model():
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    return models.build_model(encoder="unet", encoder_width=4, decoder_channels=8, center_channels=16,
+                              input_upsample=1, oc_decoder=False, fuse_channels=8, image_channels=8)
+
+
+def test_the_batchnorm_pass_merges_a_last_batch_of_one_image():
+    """81 images in batches of 8 through a model whose bottleneck is 1x1 at input 32: the 81st image alone made
+    BatchNorm fail ("Expected more than 1 value per channel"). Merged into the batch before, the statistics are
+    those of all 81 images: the first BN layer's running mean equals that of one batch of all of them."""
+    import torch
+
+    from engine import swa
+    from tgs.inputs import InputSpec
+
+    assert swa.bn_batches(81, 8)[-1] == (72, 81) and len(swa.bn_batches(81, 8)) == 10
+    assert swa.bn_batches(80, 8)[-1] == (72, 80) and swa.bn_batches(1, 8) == [(0, 1)]
+    images = np.random.default_rng(0).integers(0, 256, (81, 101, 101), dtype=np.uint8)
+    spec, cpu = InputSpec("resize", 32), torch.device("cpu")
+    model = _bottleneck_model()
+    assert swa.update_bn(model, spec, images, cpu, batch_size=8) == 10
+    whole = _bottleneck_model()
+    swa.update_bn(whole, spec, images, cpu, batch_size=81)
+    first = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)][0]
+    reference = [m for m in whole.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)][0]
+    torch.testing.assert_close(first.running_mean, reference.running_mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batchnorm_pass_over_a_single_image_through_a_1x1_bottleneck_is_one_line():
+    import torch
+
+    from engine import swa
+    from tgs.errors import UserError
+    from tgs.inputs import InputSpec
+
+    images = np.zeros((1, 101, 101), np.uint8)
+    with pytest.raises(UserError, match="cannot recompute BatchNorm over 1 image"):
+        swa.update_bn(_bottleneck_model(), InputSpec("resize", 32), images, torch.device("cpu"))
