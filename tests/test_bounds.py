@@ -205,11 +205,17 @@ def png_bomb(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    c = zlib.compressobj(9)
-    row = bytes(width + 1)  # filter byte 0, then the row
-    body = b"".join(c.compress(row) for _ in range(height)) + c.flush()
+    n = height * (width + 1)  # each row: filter byte 0, then the row
+    body = b"\x78\xda" + deflate_zeros(b"", n) + struct.pack(">I", (n % 65521) << 16 | 1)  # adler32 of n zeros
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_the_crafted_png_is_a_valid_png():
+    import cv2
+
+    small = np.frombuffer(png_bomb(300, 200), np.uint8)
+    assert cv2.imdecode(small, cv2.IMREAD_UNCHANGED).shape == (200, 300)
 
 
 def test_a_png_declaring_a_huge_image_is_refused_from_its_header(tmp_path):
