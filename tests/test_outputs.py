@@ -48,9 +48,9 @@ def link(data, tmp_path):
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file under ``folder`` (symlinks not followed) with the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts}
+    """Every file and folder under ``folder`` (but the decoded-image cache) with the sha256 of each file's bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*")) if ".cache" not in p.parts}
 
 
 def refused(module: str, argv, fragment: str) -> str:
