@@ -454,8 +454,7 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     except _DuplicateKey as exc:
         raise UserError(f"--config {path}: key {excerpt(str(exc))} is given twice") from None
     except _Alias as exc:
-        raise UserError(f"--config {path}: {exc}: anchors and aliases (&name, *name) are refused, give each value "
-                        "itself") from None
+        raise UserError(f"--config {path}: {exc}: aliases (*name) are refused, give each value itself") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:

@@ -186,12 +186,12 @@ def test_config_files_larger_than_any_config_are_refused_before_reading(tmp_path
     one_line(read_limited("post", post), f"--post-config {post} is {post.stat().st_size} bytes")
 
 
-def test_anchors_and_aliases_are_refused_but_plain_files_read(tmp_path):
+def test_aliases_are_refused_but_plain_files_and_lone_anchors_read(tmp_path):
     from engine.config import read_yaml
     from tgs.errors import UserError
 
     plain = tmp_path / "plain.yaml"
-    plain.write_text("comment: hello\nbasenet: unet\n")
+    plain.write_text("comment: &c hello\nbasenet: unet\n")  # an anchor alone expands nothing
     assert read_yaml(plain)["basenet"][0] == "unet"
     small = tmp_path / "small.yaml"
     small.write_text("comment: &c hello\nmessage: *c\n")
