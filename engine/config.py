@@ -27,7 +27,7 @@ from engine import optimizers, schedulers
 from losses import LOSSES
 from tgs.errors import UserError, excerpt
 from tgs.inputs import INPUT_MODES
-from tgs.io import atomic_open, require_file
+from tgs.io import atomic_open, read_config_text, require_file
 from tgs.options import Declared, Option, opt
 from tgs.registry import Registry
 
@@ -489,9 +489,11 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     a file that is not a mapping or not YAML is a one-line UserError naming the file."""
     path = require_file(path, "--config ", "YAML file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        data = yaml.load(read_config_text(path, "--config "), Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
         raise UserError(f"--config {path}: key {excerpt(str(exc))} is given twice") from None
+    except _Alias as exc:
+        raise UserError(f"--config {path}: {exc}: aliases (*name) are refused, give each value itself") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -518,8 +520,20 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _Alias(Exception):
+    pass
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing a mapping that repeats a key (yaml itself keeps the last one silently)."""
+    """yaml's safe loader, refusing a mapping that repeats a key (yaml itself keeps the last one silently) and any
+    alias (``*name``): a few hundred bytes of nested aliases expand to gigabytes once anything walks the values
+    (the "billion laughs"), and a flat option file never needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Alias(f"line {event.start_mark.line + 1}: alias *{str(event.anchor)[:40]}")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -45,7 +45,7 @@ from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import FolderLock, atomic_open, require_file
+from tgs.io import FolderLock, atomic_open, check_output, input_hit, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 
@@ -179,6 +179,11 @@ def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> Folder
     return lock
 
 
+def run_inputs(cfg: TrainConfig) -> dict:
+    """The files a run reads that may lie in its --log-dir (``{flag: path}``): never written over, never removed."""
+    return {"--folds-file": cfg.data.folds_file, "--pseudo-labels": cfg.pseudo.pseudo_labels}
+
+
 def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
     if cfg.run.resume and layout.holds_run():  # continuing a run here is fine, writing another one over it is not
         if layout.checkpoints.resolve() not in Path(cfg.run.resume).resolve().parents:
@@ -192,6 +197,10 @@ def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
         resume = f"--resume {last[0]}" if last else "--resume CHECKPOINT"
         raise UserError(f"--log-dir {layout.root} already holds a run ({len(layout.run_files())} files); continue "
                         f"it with {resume}, start afresh with --overwrite (removes them), or choose a new --log-dir")
+    kept = next(filter(None, (input_hit(p, run_inputs(cfg)) for p in layout.run_files())), None)
+    if kept is not None:
+        raise UserError(f"--overwrite would remove the input {kept[0]} {kept[1]}, which lies in --log-dir "
+                        f"{layout.root}: move it out first, or choose another --log-dir")
     if info.is_main:
         for p in layout.run_files():
             p.unlink()
@@ -206,6 +215,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
         torch.backends.cudnn.benchmark = True
     if cfg.model.sync_bn and info.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    check_output(cfg.run.log_dir, "--log-dir", run_inputs(cfg), [cfg.data.data_dir])
     layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
     spec = input_spec(cfg)
     criterion = build_criterion(cfg)
@@ -295,7 +305,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
               f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
     if pseudo is not None:
         epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
-        how = (f"{p.per_batch(bs)} of every batch of {bs}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
+        _, real, k = sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
+        how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
                else f"alone for {epochs}, then the real images alone")
         logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
     return ctx
