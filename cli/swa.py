@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_threads, doc_parts, integer
-from tgs import TILE
+from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_option, add_threads, doc_parts
 from tgs.errors import UserError, cli
 
 DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training images.
@@ -25,12 +24,12 @@ def build_parser() -> ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="model files and/or folders of them (e.g. LOG_DIR/models)")
     p.add_argument("--output", required=True, help="the averaged checkpoint to write")
-    p.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the checkpoints' data dir)")
-    p.add_argument("--data-fold", help="fold whose training images recompute BatchNorm (default: the checkpoints')")
-    p.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
-    p.add_argument("--drop-mask-threshold", type=integer(0, TILE * TILE),
-                   help="as in train.py (default: the checkpoints')")
-    p.add_argument("--batch-size", type=integer(1), help="BatchNorm recompute batch (default: the run's --batch-size)")
+    inherited = "the checkpoints'"
+    add_option(p, "data_dir", default=None, help=f"dataset in Kaggle's layout; {inherited}")
+    add_option(p, "data_fold", default=None, help=f"fold whose training images recompute BatchNorm; {inherited}")
+    add_option(p, "folds_file", default=None, help=f"CSV id,fold as in train.py; {inherited}")
+    add_option(p, "drop_mask_threshold", default=None, help=f"as in train.py; {inherited}")
+    add_option(p, "batch_size", default=None, help="BatchNorm recompute batch; the run's --batch-size")
     add_device(p)
     add_amp(p)
     add_threads(p)
@@ -42,10 +41,6 @@ def parse(argv=None):
     from engine.swa import SwaOptions
 
     a = build_parser().parse_args(argv)
-    if a.data_fold is not None:
-        from datasets.folds import parse_fold
-
-        parse_fold(a.data_fold)
     from tgs.io import check_output
 
     files = [x for x in a.input if not Path(x).is_dir()]

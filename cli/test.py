@@ -5,7 +5,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_postprocessing, add_threads,
+from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_option, add_postprocessing, add_threads,
                         doc_parts, integer, post_setting)
 from tgs.errors import UserError, cli
 from tgs.io import check_output, require_file
@@ -44,11 +44,11 @@ def build_parser() -> ArgumentParser:
                    help="writes PREFIX-submission.csv and PREFIX-probabilities.npz (e.g. runs/fold0)")
     g.add_argument("--split", choices=("test", "valid"), default="test",
                    help="test: the test set; valid: --data-fold's validation images (out-of-fold)")
-    g.add_argument("--data-dir", help="dataset in Kaggle's layout (default: the first checkpoint's, else 'data')")
-    g.add_argument("--data-fold", help="--split valid: the fold (default: the checkpoints')")
-    g.add_argument("--folds-file", help="CSV id,fold as in train.py (default: the checkpoints')")
+    add_option(g, "data_dir", default=None, help="dataset in Kaggle's layout; the first checkpoint's, else 'data'")
+    add_option(g, "data_fold", default=None, help="--split valid: the fold; the checkpoints'")
+    add_option(g, "folds_file", default=None, help="CSV id,fold as in train.py; the checkpoints'")
     add_device(g)
-    g.add_argument("--batch-size", type=integer(1), default=64)
+    add_option(g, "batch_size", default=64, help="prediction batch")
     add_amp(g)
     g.add_argument("--channels-last", action="store_true")
     add_threads(g)
@@ -100,10 +100,6 @@ def parse(argv=None):
         raise UserError("give model files, or --from-probabilities NPZ ..., or --merge-oof NPZ ... (exactly one)")
     if args.data_fold and args.split != "valid" and not args.merge_oof:
         raise UserError("--data-fold goes with --split valid")
-    if args.data_fold:
-        from datasets.folds import parse_fold
-
-        parse_fold(args.data_fold)
     for paths in (args.models, args.from_probabilities or [], args.merge_oof or []):
         dup = [x for i, x in enumerate(paths) if Path(x).resolve() in {Path(y).resolve() for y in paths[:i]}]
         if dup:
