@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo    venv + install, synthetic Kaggle-layout data, the pipeline on it, a scored submission
-#   make test    venv + install, the test suite (CPU, tiny models, tiny data)
+#   make test    venv + install, ruff, the test suite (CPU, tiny models, tiny data)
+#   make lint    ruff alone (pyflakes, import order, complexity; configured in pyproject.toml)
 # `make demo DATA=/path/to/kaggle` runs the demo on the real competition data instead.
 
 PYTHON_SYS ?= python3
@@ -12,7 +13,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 SHELL      := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all venv test test-slow demo bench clean-demo
+.PHONY: all venv lint test test-slow demo bench clean-demo
 
 all: test
 
@@ -29,7 +30,10 @@ venv:
 	  cp requirements.txt $(VENV)/.requirements.txt; \
 	fi
 
-test: venv
+lint: venv
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: venv
