@@ -308,6 +308,117 @@ def predict_levels(loaded, images: np.ndarray, device, tta: bool | None = None,
     return quantize(ens.result()[0]), tta
 
 
+@dataclass
+class RunSources:
+    """Where a run's validation report comes from: a saved ``*-probabilities.npz`` of split 'valid' (``npz``) or a
+    model to predict with (``model``), and what was found (``npzs``, ``checkpoint``)."""
+
+    npz: Path | None
+    model: Path | None
+    npzs: list[Path]
+    checkpoint: Path | None
+
+
+def choose_sources(run: Path, layout: RunLayout | None, source: str, checkpoint: Path | None,
+                   metrics_df) -> RunSources:
+    """``auto``: the newest valid-split npz when it is newer than the model, else the model; ``npz`` / ``model``:
+    that one or a UserError saying how to make it; nothing at all to report is a UserError too."""
+    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(layout)
+    if checkpoint and not ckpt.is_file():
+        raise UserError(f"--checkpoint {ckpt} does not exist")
+    npzs = find_valid_probabilities(run) if source in ("auto", "npz") else []
+    if source == "npz" and not npzs:
+        raise UserError(f"{run}: no *-probabilities.npz with split 'valid' (write one with test.py's --split valid, "
+                        "or use --source model)")
+    use_npz = npzs[0] if npzs and (source == "npz" or ckpt is None
+                                   or npzs[0].stat().st_mtime >= ckpt.stat().st_mtime) else None
+    use_model = ckpt if use_npz is None and source in ("auto", "model") else None
+    if source == "model" and ckpt is None:
+        raise UserError(f"{run}: no models/best-metric-*.pth or models/last-*.pth to predict with (they appear "
+                        "after the first epoch of `python train.py --log-dir RUN`)")
+    if (metrics_df is None or metrics_df.empty) and use_npz is None and use_model is None:
+        raise UserError(
+            f"{run} has nothing to report: no metrics.csv rows, no models/best-metric-*.pth or models/last-*.pth, "
+            f"no *-probabilities.npz of split 'valid'; train into it with `python train.py --data-dir DATA "
+            f"--log-dir {run}` (both appear after the first epoch), or report saved predictions with "
+            f"`python report.py --probabilities FILE.npz --truth DATA/train.csv`")
+    return RunSources(use_npz, use_model, npzs, ckpt)
+
+
+@dataclass
+class RunInputs:
+    """What the validation report reads, checked before anything is written: the loaded model (or None), its
+    device, the run's configuration (or None) and the data folder (None: no validation report)."""
+
+    loaded: object = None
+    device: object = None
+    cfg: TrainConfig | None = None
+    data: Path | None = None
+
+
+def read_inputs(run: Path, layout: RunLayout | None, src: RunSources, data_dir: Path | None,
+                device: str) -> RunInputs:
+    out = RunInputs()
+    if src.model is not None:
+        import models
+        from engine.distributed import resolve_device
+
+        out.device = resolve_device(device)
+        out.loaded = models.load(src.model, device=out.device)
+        out.cfg = TrainConfig.from_checkpoint(out.loaded.meta, src.model)
+    elif layout is not None and layout.config.is_file():
+        stored = read_yaml(layout.config)
+        out.cfg = TrainConfig.from_dict({k: v for k, (v, _) in stored.items()},
+                                        {k: w for k, (_, w) in stored.items()})
+    if src.npz is None and src.model is None:
+        return out
+    stored = out.cfg.data.data_dir if out.cfg is not None else None
+    out.data = Path(data_dir) if data_dir else (Path(stored) if stored else None)
+    if out.data is None:
+        raise UserError(f"{run}: the run does not say where its data is; pass --data-dir DATA")
+    if not out.data.is_dir():
+        if data_dir:
+            raise UserError(f"--data-dir {out.data} does not exist")
+        raise UserError(f"data folder {out.data} (from {src.model or run / 'config.yaml'}) does not exist; "
+                        "pass --data-dir DATA")
+    return out
+
+
+def report_curves(run: Path, metrics_df, out_dir: Path, outcome: Outcome) -> None:
+    """``learning-curves.png`` and the best epochs' lines, or a note on why there are none."""
+    if metrics_df is None:
+        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} does not exist")
+        return
+    if metrics_df.empty:
+        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} has no epochs yet")
+        return
+    best = best_epochs(metrics_df)
+    outcome.written.append(plot_learning_curves(metrics_df, best, out_dir / "learning-curves.png",
+                                                f"{run}: {best.epochs} epochs"))
+    outcome.lines.append(f"run {run}: {best.epochs} epochs (last {best.last_epoch})")
+    if best.metric_epoch is not None:
+        loss = (f"; best validation loss {best.loss:.4f} at epoch {best.loss_epoch}"
+                if best.loss_epoch is not None else "")
+        outcome.lines.append(f"  best epoch {best.metric_epoch}: validation metric {best.metric:.4f}{loss}")
+
+
+def predicted_validation(src: RunSources, inp: RunInputs, train, folds_file: Path | None, tta: bool | None,
+                         batch_size: int, notes: list[str]) -> Validation:
+    """The fold's validation images predicted by the run's model, as train.py validated them (its fold, its TTA)."""
+    meta, cfg = inp.loaded.meta, inp.cfg
+    fold = meta.get("fold") or cfg.data.data_fold
+    check_split(src.model, cfg.data.folds_file, folds_file)
+    kaggle.check_fingerprint(src.model, meta.get("data_fingerprint"), train.fingerprint(), inp.data, UNSEEN)
+    _, rows = folds.split(train.ids, fold, folds_file or cfg.data.folds_file)
+    q, used_tta = predict_levels(inp.loaded, train.images[rows], inp.device, tta, batch_size)
+    epoch = meta.get("epoch")
+    own = (meta.get("metrics") or {}).get("val_metric")
+    if own is not None:
+        notes.append(f"  during training (epoch {epoch}, unquantised probabilities > 0.5): {own:.4f}")
+    return Validation(train.ids[rows], q, train.masks[rows], train.images[rows],
+                      f"{fold} predicted by {src.model.name} (epoch {epoch}{', flip TTA' if used_tta else ''})")
+
+
 def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, data_dir: Path | None = None,
                folds_file: Path | None = None, out_dir: Path | None = None, threshold: float = 0.5,
                samples: int = 6, seed: int = 0, device: str = "auto", tta: bool | None = None,
@@ -329,97 +440,30 @@ def report_run(run: Path, source: str = "auto", checkpoint: Path | None = None, 
     outcome = Outcome()
     layout = RunLayout.discover(run)
     metrics_df = read_metrics(run / "metrics.csv")
-    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(layout)
-    if checkpoint and not ckpt.is_file():
-        raise UserError(f"--checkpoint {ckpt} does not exist")
-    npzs = find_valid_probabilities(run) if source in ("auto", "npz") else []
-    if source == "npz" and not npzs:
-        raise UserError(f"{run}: no *-probabilities.npz with split 'valid' (write one with test.py's --split valid, "
-                        "or use --source model)")
-    use_npz = npzs[0] if npzs and (source == "npz" or ckpt is None
-                                   or npzs[0].stat().st_mtime >= ckpt.stat().st_mtime) else None
-    use_model = ckpt if use_npz is None and source in ("auto", "model") else None
-    if source == "model" and ckpt is None:
-        raise UserError(f"{run}: no models/best-metric-*.pth or models/last-*.pth to predict with (they appear "
-                        "after the first epoch of `python train.py --log-dir RUN`)")
-    if (metrics_df is None or metrics_df.empty) and use_npz is None and use_model is None:
-        raise UserError(
-            f"{run} has nothing to report: no metrics.csv rows, no models/best-metric-*.pth or models/last-*.pth, "
-            f"no *-probabilities.npz of split 'valid'; train into it with `python train.py --data-dir DATA "
-            f"--log-dir {run}` (both appear after the first epoch), or report saved predictions with "
-            f"`python report.py --probabilities FILE.npz --truth DATA/train.csv`")
+    src = choose_sources(run, layout, source, checkpoint, metrics_df)
+    inp = read_inputs(run, layout, src, data_dir, device)  # every input checked before anything is written
+    board = MosaicInputs.read(mosaics, inp.data) if mosaics is not None and inp.data is not None else None
 
-    # the inputs of the validation report, checked before anything is written
-    loaded, dev, data, cfg = None, None, None, None
-    if use_model is not None:
-        import models
-        from engine.distributed import resolve_device
-
-        dev = resolve_device(device)
-        loaded = models.load(use_model, device=dev)
-        cfg = TrainConfig.from_checkpoint(loaded.meta, use_model)
-    elif layout is not None and layout.config.is_file():
-        stored = read_yaml(layout.config)
-        cfg = TrainConfig.from_dict({k: v for k, (v, _) in stored.items()}, {k: w for k, (_, w) in stored.items()})
-    if use_npz is not None or use_model is not None:
-        stored = cfg.data.data_dir if cfg is not None else None
-        data = Path(data_dir) if data_dir else (Path(stored) if stored else None)
-        if data is None:
-            raise UserError(f"{run}: the run does not say where its data is; pass --data-dir DATA")
-        if not data.is_dir():
-            if data_dir:
-                raise UserError(f"--data-dir {data} does not exist")
-            raise UserError(f"data folder {data} (from {use_model or run / 'config.yaml'}) does not exist; "
-                            "pass --data-dir DATA")
-    board = MosaicInputs.read(mosaics, data) if mosaics is not None and data is not None else None
-
-    # learning curves
-    if metrics_df is None:
-        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} does not exist")
-    elif metrics_df.empty:
-        outcome.skipped.append(f"learning curves: {run / 'metrics.csv'} has no epochs yet")
-    else:
-        best = best_epochs(metrics_df)
-        outcome.written.append(plot_learning_curves(metrics_df, best, out_dir / "learning-curves.png",
-                                                    f"{run}: {best.epochs} epochs"))
-        outcome.lines.append(f"run {run}: {best.epochs} epochs (last {best.last_epoch})")
-        if best.metric_epoch is not None:
-            loss = (f"; best validation loss {best.loss:.4f} at epoch {best.loss_epoch}"
-                    if best.loss_epoch is not None else "")
-            outcome.lines.append(f"  best epoch {best.metric_epoch}: validation metric {best.metric:.4f}{loss}")
-
-    # validation predictions
-    if data is None:
+    report_curves(run, metrics_df, out_dir, outcome)
+    if inp.data is None:
         outcome.skipped.append(f"validation plots: no models/best-metric-*.pth or models/last-*.pth in {run} and no "
                                "*-probabilities.npz of split 'valid' yet (a model appears after the first epoch)")
         if mosaics is not None:
             outcome.skipped.append("the mosaic pictures: no validation predictions yet")
         return outcome
     notes = []
-    if npzs and use_npz is None:
-        outcome.lines.append(f"ignored {npzs[0].name}: older than {ckpt.name} (--source npz uses it)")
-    train = kaggle.load_train(data)
-    if use_npz is not None:
-        v = validation_from_npz(use_npz, data_dir=data, train=train)
-        if len(npzs) > 1:
-            outcome.lines.append(f"(the newest of {len(npzs)} validation probability files: "
-                                 f"{few((p.name for p in npzs), 3)})")
+    if src.npzs and src.npz is None:
+        outcome.lines.append(f"ignored {src.npzs[0].name}: older than {src.checkpoint.name} (--source npz uses it)")
+    train = kaggle.load_train(inp.data)
+    if src.npz is not None:
+        v = validation_from_npz(src.npz, data_dir=inp.data, train=train)
+        if len(src.npzs) > 1:
+            outcome.lines.append(f"(the newest of {len(src.npzs)} validation probability files: "
+                                 f"{few((p.name for p in src.npzs), 3)})")
     else:
-        meta = loaded.meta
-        fold = meta.get("fold") or cfg.data.data_fold
-        check_split(use_model, cfg.data.folds_file, folds_file)
-        kaggle.check_fingerprint(use_model, meta.get("data_fingerprint"), train.fingerprint(), data, UNSEEN)
-        ff = folds_file or cfg.data.folds_file
-        _, rows = folds.split(train.ids, fold, ff)
-        q, used_tta = predict_levels(loaded, train.images[rows], dev, tta, batch_size)
-        epoch = meta.get("epoch")
-        v = Validation(train.ids[rows], q, train.masks[rows], train.images[rows],
-                       f"{fold} predicted by {use_model.name} (epoch {epoch}{', flip TTA' if used_tta else ''})")
-        own = (meta.get("metrics") or {}).get("val_metric")
-        if own is not None:
-            notes.append(f"  during training (epoch {epoch}, unquantised probabilities > 0.5): {own:.4f}")
+        v = predicted_validation(src, inp, train, folds_file, tta, batch_size, notes)
     report_validation(v, out_dir, "valid", threshold, samples, seed, outcome, notes)
     if board is not None:
         board.report(v.ids, v.q, threshold, mosaic_rules, mosaic_count, out_dir, "valid", outcome,
-                     folds_file=folds_file or (cfg.data.folds_file if cfg is not None else None))
+                     folds_file=folds_file or (inp.cfg.data.folds_file if inp.cfg is not None else None))
     return outcome
