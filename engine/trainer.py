@@ -208,14 +208,101 @@ def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
     distributed.barrier(info)
 
 
+def announce(ctx: Context, n_valid: int, resumed: bool) -> None:
+    """The run's first lines: the fold, the input mode, the model and device, and the pseudo-labels' share."""
+    cfg, info, spec, pseudo, p = ctx.cfg, ctx.info, ctx.spec, ctx.pseudo, ctx.cfg.pseudo
+    logs.info(f"fold {cfg.data.data_fold}: {ctx.n_real} training, {n_valid} validation images; "
+              f"{spec.mode} {spec.source}->{spec.size}; {cfg.model.basenet}; device {info.device}"
+              f"{f' x{info.world_size} processes' if info.enabled else ''}"
+              f"{f'; resuming after epoch {ctx.state.epoch}' if resumed else ''}")
+    if pseudo is not None:
+        epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
+        _, real, k = ctx.sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
+        how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
+               else f"alone for {epochs}, then the real images alone")
+        logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
+
+
+def place_model(cfg: TrainConfig, core: torch.nn.Module, info: DistInfo):
+    """(the model to call, its core): on the device, channels-last, SyncBatchNorm, DDP and compiled as asked."""
+    core.to(info.device)
+    if cfg.run.channels_last:
+        core.to(memory_format=torch.channels_last)
+    model = core
+    if info.enabled:
+        if cfg.model.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            core = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.run.compile:
+        model = torch.compile(model)
+    return model, core
+
+
+def build_loader(cfg: TrainConfig, train, tr: np.ndarray, pseudo, info: DistInfo):
+    """(dataset, sampler, loader) of the fold's training images, with the pseudo-labelled ones when given (the same
+    augmentations for both kinds; indices >= len(tr) are pseudo-labelled)."""
+    d, p, bs = cfg.data, cfg.pseudo, cfg.optim.batch_size
+    transform = None if d.no_augment else augment.recipe(mean=float(train.images[tr].mean()),
+                                                         cutout=not d.disable_cutout)
+    pin = info.device.type == "cuda"
+    if pseudo is None:
+        train_set = SaltDataset(train.images[tr], train.masks[tr], transform, seed=cfg.run.seed)
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.run.seed, drop_last=False)
+        loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=d.dataload_workers_nums,
+                            pin_memory=pin, drop_last=len(train_set) // info.world_size > bs)
+        return train_set, sampler, loader
+    train_set = SaltDataset(np.concatenate([train.images[tr], pseudo.images]),
+                            np.concatenate([train.masks[tr], pseudo.masks]), transform, seed=cfg.run.seed)
+    mixed = p.pseudo_schedule == "mix"
+    sampler = MixedBatchSampler(len(tr), len(pseudo), bs, p.per_batch(bs) if mixed else 0,
+                                0 if mixed else p.pseudo_epochs, num_replicas=info.world_size, rank=info.rank,
+                                seed=cfg.run.seed)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=d.dataload_workers_nums, pin_memory=pin)
+    return train_set, sampler, loader
+
+
+def restore_state(resume: dict | None, optimizer, scheduler, scaler, info: DistInfo) -> RunState:
+    """The run's state: fresh, or the resume checkpoint's (optimiser, schedule, grad scaler, RNG states)."""
+    if resume is None:
+        return RunState()
+    extra = resume["extra"]
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    if extra.get("scaler"):
+        scaler.load_state_dict(extra["scaler"])
+    torch.set_rng_state(extra["rng"]["torch"])
+    if info.device.type == "cuda" and extra["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(extra["rng"]["cuda"][0], info.device)
+    return RunState.from_dict(extra["state"])
+
+
+def start_outputs(ctx: Context, resumed: bool) -> None:
+    """The main process's outputs: the checkpoint folder (a resume re-links what a kill left), config.yaml, and
+    the TensorBoard writer."""
+    ctx.saver.prepare()
+    if resumed:
+        mended = ctx.saver.restore(ctx.state.epoch, ctx.state.best_epoch, _snapshot_epoch(ctx, ctx.state.epoch))
+        if mended:
+            logs.info(f"restored {len(mended)} files of epoch {ctx.state.epoch} from its last checkpoint: "
+                      f"{few(mended, 3)}")
+    save_yaml(ctx.cfg, ctx.layout.config)
+    from torch.utils.tensorboard import SummaryWriter
+
+    ctx.writer = SummaryWriter(log_dir=str(ctx.layout.root))
+
+
 def setup(cfg: TrainConfig, info: DistInfo) -> Context:
+    """Everything a run needs, every input checked before the run folder is claimed (a refused run leaves it as it
+    was): the model (resumed or fresh), the data and pseudo-labels, the optimiser, schedule and loader."""
     runtime.setup_cpu(cfg.run.threads)
     seed_everything(cfg.run.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if cfg.model.sync_bn and info.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
-    check_output(cfg.run.log_dir, "--log-dir", run_inputs(cfg), [cfg.data.data_dir])
     layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
     spec = input_spec(cfg)
     criterion = build_criterion(cfg)
@@ -235,80 +322,20 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
             raise UserError(f"--resume {cfg.run.resume} does not fit the model of these options: "
                             f"{str(exc).splitlines()[0]}") from None
     lock = claim_log_dir(cfg, layout, info)  # after every check of the input: a refused run leaves the folder as it was
-    core.to(info.device)
-    if cfg.run.channels_last:
-        core.to(memory_format=torch.channels_last)
-    model = core
-    if info.enabled:
-        if cfg.model.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            core = model
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if cfg.run.compile:
-        model = torch.compile(model)
-
+    model, core = place_model(cfg, core, info)
     optimizer = cfg.optim.optimizer(core.parameters())
     scheduler = cfg.optim.scheduler(optimizer)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.run.amp == "fp16")
-
-    d = cfg.data
-    transform = None if d.no_augment else augment.recipe(mean=float(train.images[tr].mean()),
-                                                         cutout=not d.disable_cutout)
-    bs = cfg.optim.batch_size
-    pin = info.device.type == "cuda"
-    if pseudo is None:
-        train_set = SaltDataset(train.images[tr], train.masks[tr], transform, seed=cfg.run.seed)
-        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                     seed=cfg.run.seed, drop_last=False)
-        loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=d.dataload_workers_nums,
-                            pin_memory=pin, drop_last=len(train_set) // info.world_size > bs)
-    else:  # the same augmentations for both kinds of image; indices >= len(tr) are pseudo-labelled
-        train_set = SaltDataset(np.concatenate([train.images[tr], pseudo.images]),
-                                np.concatenate([train.masks[tr], pseudo.masks]), transform, seed=cfg.run.seed)
-        mixed = p.pseudo_schedule == "mix"
-        sampler = MixedBatchSampler(len(tr), len(pseudo), bs, p.per_batch(bs) if mixed else 0,
-                                    0 if mixed else p.pseudo_epochs, num_replicas=info.world_size, rank=info.rank,
-                                    seed=cfg.run.seed)
-        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=d.dataload_workers_nums, pin_memory=pin)
-
-    state = RunState()
-    if resume is not None:
-        extra = resume["extra"]
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        if extra.get("scaler"):
-            scaler.load_state_dict(extra["scaler"])
-        state = RunState.from_dict(extra["state"])
-        torch.set_rng_state(extra["rng"]["torch"])
-        if info.device.type == "cuda" and extra["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(extra["rng"]["cuda"][0], info.device)
+    train_set, sampler, loader = build_loader(cfg, train, tr, pseudo, info)
+    state = restore_state(resume, optimizer, scheduler, scaler, info)
 
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
                   train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo,
                   lock=lock)
     if info.is_main:
-        saver.prepare()
-        if resume is not None:
-            mended = saver.restore(state.epoch, state.best_epoch, _snapshot_epoch(ctx, state.epoch))
-            if mended:
-                logs.info(f"restored {len(mended)} files of epoch {state.epoch} from its last checkpoint: "
-                          f"{few(mended, 3)}")
-        save_yaml(cfg, layout.config)
-        from torch.utils.tensorboard import SummaryWriter
-
-        ctx.writer = SummaryWriter(log_dir=str(layout.root))
-    logs.info(f"fold {d.data_fold}: {len(tr)} training, {len(va)} validation images; "
-              f"{spec.mode} {spec.source}->{spec.size}; {cfg.model.basenet}; device {info.device}"
-              f"{f' x{info.world_size} processes' if info.enabled else ''}"
-              f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
-    if pseudo is not None:
-        epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
-        _, real, k = sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
-        how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
-               else f"alone for {epochs}, then the real images alone")
-        logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
+        start_outputs(ctx, resume is not None)
+    announce(ctx, len(va), resume is not None)
     return ctx
 
 
