@@ -268,11 +268,13 @@ def make_executor(kind: str, folder: Path, max_retries: int, slurm: SlurmSetting
 def job_main(folder: str) -> None:
     """A fold's job process: submitit's ``process_job`` with three additions.
 
-    - A SIGTERM ends the job at once *without a result* (its running step is stopped on the way out, see
-      :func:`run_step`). Slurm sends SIGTERM when it requeues the job (``scontrol requeue``, a pre-emption), when a
-      user cancels it and at its time limit: Slurm's state then says what happened, and a requeued job stays the
-      fold's one job (submitit alone would bypass the signal, let the step fail and write a failure, and the
-      ensemble would submit a copy while Slurm restarts the original).
+    - A SIGTERM ends the job *without a result*: its running step is stopped (see :func:`run_step`), then a Slurm
+      job waits for Slurm to kill it (at most :data:`LINGER_S`). Slurm sends SIGTERM when it requeues the job
+      (``scontrol requeue``, a pre-emption), when a user cancels it and at its time limit, and kills it after
+      KillWait or the partition's GraceTime: Slurm's state then says what happened (a job that ended by itself
+      during a pre-emption's grace time would be FAILED instead of requeued), and a requeued job stays the fold's
+      one job. submitit alone would bypass the signal, let the step fail and write a failure, and the ensemble
+      would submit a copy while Slurm restarts the original.
     - A result left by an earlier run of the same job id (a requeued job) is removed when the job starts.
     - A local job whose ensemble process is gone (even by SIGKILL) stops itself (:func:`_watch_parent`)."""
     from submitit.core import job_environment, submission
@@ -288,13 +290,25 @@ def job_main(folder: str) -> None:
     job_environment.JobEnvironment._handle_signals = handle
     if os.environ.get(PARENT_ENV):
         _watch_parent(os.environ[PARENT_ENV])
-    submission.process_job(folder)
+    try:
+        submission.process_job(folder)
+    except SystemExit:
+        if _TERMINATED.is_set() and os.environ.get("SLURM_JOB_ID"):
+            print(f"engine.jobs: step stopped; waiting for Slurm to end this job (at most {LINGER_S} s)",
+                  file=sys.stderr, flush=True)
+            time.sleep(LINGER_S)  # a user signal (a pre-emption's USR2) still checkpoints and requeues meanwhile
+        raise
+
+
+LINGER_S = 3600  # a Slurm job that got SIGTERM waits this long at most for Slurm's SIGKILL
+_TERMINATED = threading.Event()
 
 
 def _terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the step is being stopped
-    print("engine.jobs: SIGTERM: this job ends without a result (requeued, cancelled or out of time: Slurm's "
-          "state says which)", file=sys.stderr, flush=True)
+    _TERMINATED.set()
+    print("engine.jobs: SIGTERM: this job ends without a result (requeued, cancelled, pre-empted or out of time: "
+          "Slurm's state says which)", file=sys.stderr, flush=True)
     raise SystemExit(128 + signal.SIGTERM)
 
 

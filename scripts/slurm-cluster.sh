@@ -14,7 +14,7 @@
 # Clients find the cluster with SLURM_CONF=$SLURM_CLUSTER_DIR/slurm.conf (printed by start). Needs root and apt
 # (Debian 12: Slurm 22.05); there is no systemd: every daemon runs in the foreground in its own session, its pid
 # kept in $SLURM_CLUSTER_DIR/pids. The node is `localhost` (127.0.0.1), two partitions: `low` (default, pre-empted
-# by requeue, GraceTime 30 s) and `high` (pre-empts `low`). Accounting: slurmdbd on a private MariaDB reached
+# by requeue, GraceTime 10 s) and `high` (pre-empts `low`). Accounting: slurmdbd on a private MariaDB reached
 # through its socket only (--skip-networking). SLURM_ACCOUNTING=off start: a cluster without accounting.
 set -euo pipefail
 
@@ -135,7 +135,7 @@ SlurmdParameters=config_overrides
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
-KillWait=10
+KillWait=5
 SchedulerParameters=sched_interval=2,bf_interval=2
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
@@ -147,7 +147,7 @@ AccountingStoragePass=$DIR/munge/munge.socket
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
-PartitionName=low Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30 PreemptMode=REQUEUE
+PartitionName=low Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=10 PreemptMode=REQUEUE
 PartitionName=high Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
     mv -f "$CONF.new" "$CONF"
