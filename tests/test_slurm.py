@@ -207,9 +207,11 @@ def _plan(run: Path, **plans) -> None:
     (run / "plan.json").write_text(json.dumps({k.replace("_", "/"): v for k, v in plans.items()}))
 
 
-def _argv(data, run, folds="fold0,fold1", *extra, epochs=1):
+def _argv(data, run, folds="fold0,fold1", *extra, epochs=1, gpus="0"):
+    """ensemble.py's arguments; the GPUs per fold said (0: the cluster has none) unless ``gpus`` is None."""
+    gpus = ["--slurm-gpus-per-fold", gpus] if gpus is not None else []
     return ["--data-dir", str(data), "--run-dir", str(run), "--folds", folds, "--modes", "resize", "--resize-size",
-            "32", "--executor", "slurm", *extra, "--", *TINY_MODEL, "--max-epochs", str(epochs)]
+            "32", "--executor", "slurm", *gpus, *extra, "--", *TINY_MODEL, "--max-epochs", str(epochs)]
 
 
 def _state(job: str) -> str:
@@ -231,7 +233,7 @@ def test_two_folds_end_to_end_with_the_real_scripts(cluster, data, tmp_path):
     """The real train.py and swa.py in two sbatch jobs (one epoch), then the submission, checked by score.py. The
     run folder is relative: the jobs run in ensemble.py's directory (sbatch --chdir) with absolute job files; CPU
     folds ask for no GPU; the settings line says "1 CPU"."""
-    argv = _argv(data, "rel/run", "fold0,fold1", "--slurm-cpus-per-fold", "1", "--slurm-time", "30")
+    argv = _argv(data, "rel/run", "fold0,fold1", "--slurm-cpus-per-fold", "1", "--slurm-time", "30", gpus=None)
     ens = Ensemble(tmp_path / "rel" / "run", argv, real=True, cwd=tmp_path)
     assert ens.wait() == 0, ens.out[-3000:] + ens.err
     run = tmp_path / "rel" / "run"
@@ -349,7 +351,7 @@ def test_a_refused_step_is_not_retried_and_sigterm_cancels_every_job(cluster, da
 def test_sbatch_refusal_is_one_line_with_a_hint(cluster, data, tmp_path):
     """A GPU asked of a cluster without GPUs: sbatch's refusal once, with what to do."""
     run = tmp_path / "gpu"
-    ens = Ensemble(run, _argv(data, run, "fold0", "--slurm-gpus-per-fold", "1"))
+    ens = Ensemble(run, _argv(data, run, "fold0", gpus="1"))
     assert ens.wait() == 2
     assert ens.err.count("\n") == 1 and "resize/fold0: its job could not be submitted (" in ens.err
     assert "--slurm-gpus-per-fold 0 for folds on the CPU" in ens.err
