@@ -216,7 +216,7 @@ def check_executor(kind: str) -> None:
     if kind not in EXECUTORS:
         raise UserError(f"--executor {excerpt(kind)}: use {', '.join(EXECUTORS)}")
     if kind == "slurm":
-        lacking = [tool for tool in ("srun", "sbatch") if shutil.which(tool) is None]  # scontrol, scancel: same package
+        lacking = [tool for tool in ("srun", "sbatch") if shutil.which(tool) is None]  # scontrol: same package
         if lacking:
             raise UserError(f"--executor slurm: no {lacking[0]} on PATH; run ensemble.py on a machine of the Slurm "
                             "cluster (or use --executor local)")
@@ -439,8 +439,8 @@ def slurm_state(job_id: str) -> SlurmState | None:
     """What Slurm says of job ``job_id`` now; None when Slurm cannot be asked (keep waiting). No accounting needed:
     scontrol answers for a job until MinJobAge after its end, sacct (when there is accounting) after that."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], check=False, capture_output=True,
+                             text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode == 0 and "JobState=" in out.stdout:
@@ -454,8 +454,8 @@ def slurm_state(job_id: str) -> SlurmState | None:
 
 def _accounted_state(job_id: str) -> SlurmState | None:
     try:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,ExitCode", "-j", job_id], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,ExitCode", "-j", job_id], check=False,
+                             capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
@@ -587,7 +587,7 @@ def _one_owner(task: Task, monitor, wait_s: float = 120.0) -> None:
     live = [j for j in earlier if (s := slurm_state(j)) is not None and not s.ended]
     for job_id in live:
         monitor.say(f"[{task.label}] Slurm job {job_id} of an earlier run still holds this fold: cancelling it")
-        subprocess.run(["scancel", job_id], capture_output=True)
+        subprocess.run(["scancel", job_id], check=False, capture_output=True)
     deadline = time.monotonic() + wait_s
     while live and time.monotonic() < deadline:
         time.sleep(1.0)

@@ -37,7 +37,7 @@ def _cluster_problem() -> str | None:
     if not Path(CONF).is_file():
         return f"no Slurm cluster: {CONF} missing (scripts/slurm-cluster.sh start, as root)"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%t"], env={**os.environ, "SLURM_CONF": CONF},
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], check=False, env={**os.environ, "SLURM_CONF": CONF},
                              capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"no Slurm cluster: sinfo: {exc}"
@@ -46,8 +46,8 @@ def _cluster_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_cluster_problem() is not None,
-                                                    reason=str(_cluster_problem()))]
+PROBLEM = _cluster_problem()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))]
 
 
 # -- the stand-in of a fold's steps (runs in the job process) --------------------------------------------------------
@@ -138,11 +138,13 @@ def released(cluster):
 
     def release():
         while not done.wait(0.5):
-            out = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
+            out = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], check=False, capture_output=True,
+                                 text=True)
             for line in out.stdout.splitlines():
                 job, _, reason = line.partition(" ")
                 if reason == "BeginTime":
-                    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+                    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=False,
+                                   capture_output=True)
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
@@ -215,17 +217,37 @@ def _argv(data, run, folds="fold0,fold1", *extra, epochs=1, gpus="0"):
 
 
 def _state(job: str) -> str:
-    return jobs.slurm_state(job).state
+    """Slurm's state of a job (scontrol; sacct once scontrol has forgotten it)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], check=False, capture_output=True, text=True).stdout
+    if "JobState=" in out:
+        return out.split("JobState=")[1].split()[0]
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], check=False, capture_output=True,
+                         text=True)
+    return out.stdout.split()[0] if out.stdout.split() else "gone"
 
 
-def _one_copy(ens: Ensemble, label: str, starts: int = 2) -> None:
-    """The fold ran as one Slurm job, started ``starts`` times (the later ones resuming), its SWA model once."""
-    tag = label.replace("/", "-")
-    trains = ens.records(label, "train")
-    assert len(ens.jobs(tag)) == 1, (ens.jobs(tag), ens.out[-3000:])
-    assert len(trains) == starts and {r["job"] for r in trains} == set(ens.jobs(tag)), trains
-    assert [r["resume"] for r in trains] == [False] + [True] * (starts - 1)
-    assert len(ens.records(label, "swa")) == 1
+class Checks:
+    """Every check of a run is made and the failed ones are listed together (one run shows each defect)."""
+
+    def __init__(self, ens: Ensemble):
+        self.ens, self.failed = ens, []
+
+    def __call__(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failed.append(what)
+
+    def one_copy(self, label: str, starts: int = 2) -> None:
+        """The fold ran as one Slurm job, started ``starts`` times (the later ones resuming), its SWA model once."""
+        tag, trains = label.replace("/", "-"), self.ens.records(label, "train")
+        self(len(self.ens.jobs(tag)) == 1, f"{label}: one Slurm job, not {self.ens.jobs(tag)}")
+        self(len(trains) == starts and {r["job"] for r in trains} == set(self.ens.jobs(tag)),
+             f"{label}: {starts} starts of its job, not {[(r['job'], r['pid']) for r in trains]}")
+        self([r["resume"] for r in trains] == [False] + [True] * (len(trains) - 1), f"{label}: resumed")
+        self(len(self.ens.records(label, "swa")) == 1, f"{label}: SWA written {len(self.ens.records(label, 'swa'))}x")
+
+    def done(self) -> None:
+        assert not self.failed, "\n".join(self.failed) + "\n--- ensemble.py said:\n" + self.ens.out[-4000:] + \
+            self.ens.err
 
 
 # -- the tests -------------------------------------------------------------------------------------------------------
@@ -235,17 +257,20 @@ def test_two_folds_end_to_end_with_the_real_scripts(cluster, data, tmp_path):
     folds ask for no GPU; the settings line says "1 CPU"."""
     argv = _argv(data, "rel/run", "fold0,fold1", "--slurm-cpus-per-fold", "1", "--slurm-time", "30", gpus=None)
     ens = Ensemble(tmp_path / "rel" / "run", argv, real=True, cwd=tmp_path)
-    assert ens.wait() == 0, ens.out[-3000:] + ens.err
-    run = tmp_path / "rel" / "run"
-    sub = pd.read_csv(run / "ensemble-submission.csv")
-    assert len(sub) == 8 and list(sub.columns) == ["id", "rle_mask"]
-    assert "default partition, 0 GPUs per fold, 1 CPU, time 30 min" in ens.out
+    check, run = Checks(ens), tmp_path / "rel" / "run"
+    check(ens.wait() == 0, "ensemble.py exits 0")
+    sub = run / "ensemble-submission.csv"
+    check(sub.is_file() and len(pd.read_csv(sub)) == 8, "a submission of the 8 test images")
+    check("default partition, 0 GPUs per fold, 1 CPU, time 30 min" in ens.out, "CPU folds ask for 0 GPUs; 1 CPU")
     for fold in ("fold0", "fold1"):
-        assert (run / "resize" / f"{fold}_swa.pth").is_file()
-        script = next((run / "jobs" / f"resize-{fold}").glob("*_submission.sh")).read_text()
-        assert f"#SBATCH --chdir={tmp_path}" in script and f"#SBATCH --output={run}/jobs/" in script
-        assert "gpus" not in script
-    assert "sacct" not in ens.out + ens.err and ens.err == ""
+        check((run / "resize" / f"{fold}_swa.pth").is_file(), f"{fold}: its SWA model")
+        scripts = list((run / "jobs" / f"resize-{fold}").glob("*_submission.sh"))
+        script = scripts[0].read_text() if scripts else ""
+        check(f"#SBATCH --chdir={tmp_path}" in script, f"{fold}: the job runs in ensemble.py's directory")
+        check(f"#SBATCH --output={run}/jobs/" in script, f"{fold}: absolute job files")
+        check(bool(script) and "gpus" not in script, f"{fold}: no GPU asked")
+    check("sacct" not in ens.out + ens.err and ens.err == "", "no warnings")
+    check.done()
 
 
 def test_requeue_and_scancel_and_sigkill_in_one_run(cluster, data, tmp_path, released):
@@ -260,21 +285,24 @@ def test_requeue_and_scancel_and_sigkill_in_one_run(cluster, data, tmp_path, rel
     subprocess.run(["scontrol", "requeue", requeued], check=True)
     subprocess.run(["scancel", cancelled], check=True)
     os.kill(ens.started("resize-fold2")["pid"], signal.SIGKILL)
-    assert ens.wait() == 2
-    _one_copy(ens, "resize/fold0")
-    assert ens.err == ("error: cancelled in Slurm: resize/fold1; the other folds finished; run ensemble.py again to "
-                       "resume it from the last checkpoint\n")
-    said = next(line for line in ens.out.splitlines() if line.startswith("[resize/fold1] resize/fold1 was cancelled"))
-    assert f"was cancelled in Slurm (Slurm job {cancelled}: CANCELLED" in said
-    assert said.endswith(f"this fold stops, the others go on; its log: {run / 'logs' / 'resize-fold1.log'}")
-    assert len(ens.records("resize/fold1", "train")) == 1 and not ens.records("resize/fold1", "swa")
-    assert (f"[resize/fold2] the job of resize/fold2 ended without a result (Slurm job {killed}: FAILED (exit 137), "
-            "NonZeroExitCode)") in ens.out and "(attempt 2 of 2)" in ens.out
-    assert len(ens.jobs("resize-fold2")) == 2 and len(ens.records("resize/fold2", "swa")) == 1
+    check = Checks(ens)
+    check(ens.wait() == 2, "ensemble.py exits 2 (a fold was cancelled)")
+    check.one_copy("resize/fold0")
+    check(ens.err == ("error: cancelled in Slurm: resize/fold1; the other folds finished; run ensemble.py again to "
+                      "resume it from the last checkpoint\n"), "the run ends naming the cancelled fold")
+    said = [line for line in ens.out.splitlines() if line.startswith("[resize/fold1] resize/fold1 was cancelled")]
+    check(len(said) == 1 and f"was cancelled in Slurm (Slurm job {cancelled}: CANCELLED" in said[0]
+          and said[0].endswith(f"this fold stops, the others go on; its log: {run / 'logs' / 'resize-fold1.log'}"),
+          "a line says fold1 was cancelled")
+    check(len(ens.records("resize/fold1", "train")) == 1 and not ens.records("resize/fold1", "swa"),
+          "fold1 is not started again")
+    check(f"[resize/fold2] the job of resize/fold2 ended without a result (Slurm job {killed}: FAILED (exit 137), "
+          "NonZeroExitCode)" in ens.out and "(attempt 2 of 2)" in ens.out, "Slurm's state in fold2's line")
+    check(len(ens.jobs("resize-fold2")) == 2 and len(ens.records("resize/fold2", "swa")) == 1, "fold2 retried")
     again = [line for line in ens.out.splitlines() if "trying again" in line]
-    assert len(again) == 1 and again[0].startswith("[resize/fold2]")  # only fold2 was submitted again
-    assert all(_state(j) != "RUNNING" for tag in ("resize-fold0", "resize-fold1", "resize-fold2")
-               for j in ens.jobs(tag))
+    check(len(again) == 1 and again[0].startswith("[resize/fold2]"), "only fold2 was submitted again")
+    check(all(_state(j) != "RUNNING" for k in range(3) for j in ens.jobs(f"resize-fold{k}")), "no job left")
+    check.done()
 
 
 def test_without_accounting_a_killed_job_is_seen_and_preemption_requeues(cluster, data, tmp_path, released):
@@ -282,7 +310,7 @@ def test_without_accounting_a_killed_job_is_seen_and_preemption_requeues(cluster
     without a result is seen and retried (no hang, no sacct warnings); fold1, pre-empted by a high-priority job,
     is requeued by Slurm and resumes, one job, its SWA model written once."""
     _configure("accounting=off", "user-signal=off")
-    assert subprocess.run(["sacct", "-j", "1"], capture_output=True).returncode != 0
+    assert subprocess.run(["sacct", "-j", "1"], check=False, capture_output=True).returncode != 0
     run = tmp_path / "noacct"
     _plan(run, resize_fold0="wait", resize_fold1="wait")
     ens = Ensemble(run, _argv(data, run, "fold0,fold1", "--max-retries", "1"))
@@ -292,11 +320,14 @@ def test_without_accounting_a_killed_job_is_seen_and_preemption_requeues(cluster
     ens.started("resize-fold0", 2)
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--exclusive", "-o", "/dev/null", "--wrap",
                            "sleep 1"], check=True, capture_output=True, text=True).stdout.strip()
-    assert ens.wait() == 0, ens.out[-3000:] + ens.err
-    assert f"ended without a result (Slurm job {killed}: FAILED (exit 137), NonZeroExitCode)" in ens.out
-    assert "Bypassing" not in ens.out + ens.err and "sacct" not in ens.out + ens.err
-    _one_copy(ens, "resize/fold1")
-    assert _state(high) == "COMPLETED"
+    check = Checks(ens)
+    check(ens.wait() == 0, "ensemble.py exits 0")
+    check(f"ended without a result (Slurm job {killed}: FAILED (exit 137), NonZeroExitCode)" in ens.out,
+          "Slurm's state in fold0's line")
+    check("Bypassing" not in ens.out + ens.err and "sacct" not in ens.out + ens.err, "no sacct warnings")
+    check.one_copy("resize/fold1")
+    check(_state(high) == "COMPLETED", "the high-priority job ran")
+    check.done()
 
 
 def test_preemption_with_the_user_signal_checkpoints_and_requeues(cluster, data, tmp_path, released):
@@ -309,8 +340,10 @@ def test_preemption_with_the_user_signal_checkpoints_and_requeues(cluster, data,
     job = ens.started("resize-fold0")["job"]
     subprocess.run(["sbatch", "-p", "high", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"], check=True,
                    capture_output=True)
-    assert ens.wait() == 0, ens.out[-3000:] + ens.err
-    _one_copy(ens, "resize/fold0")
+    check = Checks(ens)
+    check(ens.wait() == 0, "ensemble.py exits 0")
+    check.one_copy("resize/fold0")
+    check.done()
     log = "".join(p.read_text() for p in (run / "jobs" / "resize-fold0").glob(f"{job}_0_log.*"))
     assert "Caught signal SIGUSR2" in log and f"Requeued job {job}" in log
 
@@ -335,7 +368,7 @@ def test_a_refused_step_is_not_retried_and_sigterm_cancels_every_job(cluster, da
     assert ens.wait() == 2
     assert ens.err.startswith("error: train.py failed for resize/fold0 (exit 2): refused by the stand-in")
     assert ens.err.count("\n") == 1 and len(ens.jobs("resize-fold0")) == 1
-    assert all(jobs.slurm_state(j).ended for j in ens.jobs("resize-fold1"))
+    assert all(_state(j) in ("CANCELLED", "COMPLETED") for j in ens.jobs("resize-fold1"))
 
     run = tmp_path / "term"
     _plan(run, resize_fold0="always", resize_fold1="always", resize_fold2="always")
