@@ -133,8 +133,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def released(cluster):
-    """Requeued jobs start at once instead of after Slurm's ~120 s hold (BeginTime)."""
-    done = threading.Event()
+    """Requeued jobs start as soon as their previous run has ended (no step left, held 3 s) instead of after
+    Slurm's ~120 s hold (BeginTime); one started while its last run still ends is killed (credential revoked)."""
+    done, held = threading.Event(), {}
 
     def release():
         while not done.wait(0.5):
@@ -142,9 +143,15 @@ def released(cluster):
                                  text=True)
             for line in out.stdout.splitlines():
                 job, _, reason = line.partition(" ")
-                if reason == "BeginTime":
+                if reason != "BeginTime":
+                    continue
+                since = held.setdefault(job, time.monotonic())
+                steps = subprocess.run(["squeue", "-h", "-s", "-j", job], check=False, capture_output=True,
+                                       text=True).stdout.strip()
+                if not steps and time.monotonic() - since >= 3:
                     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=False,
                                    capture_output=True)
+                    held.pop(job)
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
