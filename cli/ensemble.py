@@ -86,8 +86,8 @@ SBATCH_OWNED = {"partition": "--slurm-partition", "time": "--slurm-time", "t": "
                 "ntasks-per-node": "(one task per fold)", "job-name": "(tgs-MODE-FOLD)", "output": "(RUN/jobs)",
                 "error": "(RUN/jobs)", "signal": "(submitit's requeue)", "open-mode": "(submitit)",
                 "array": "(one job per fold)", "chdir": "(the jobs run in ensemble.py's working directory)",
-                "D": "(the jobs run in ensemble.py's working directory)", "requeue": "(requeued jobs resume)",
-                "no-requeue": "(requeued jobs resume)"}
+                "D": "(the jobs run in ensemble.py's working directory)",
+                "no-requeue": "(a pre-empted or requeued fold resumes)"}
 SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_fold", "slurm_cpus_per_fold", "slurm_time", "slurm_mem",
                "slurm_extra")
 _TIME = (re.compile(r"^()(\d+):(\d\d):(\d\d)$"), re.compile(r"^(\d+)-(\d+)(?::(\d\d)(?::(\d\d))?)?$"))
