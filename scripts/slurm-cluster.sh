@@ -77,14 +77,14 @@ alive() {
     [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
-# ours NAME: the pid in pids/NAME is still the program this script started there (not a reused pid)
+# ours NAME: the pid in pids/NAME is still the program this script started there (not a reused pid); its
+# command name, as started (Debian's slurmd is slurmd-wlm behind a link)
 ours() {
-    local pid exe
-    pid=$(cat "$PIDS/$1")
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    local comm
+    comm=$(cat "/proc/$(cat "$PIDS/$1")/comm" 2>/dev/null) || return 1
     case $1 in
-        mariadb) [[ $exe == *mariadbd || $exe == *mysqld ]] ;;
-        *) [[ $(basename "$exe") == "$1" ]] ;;
+        mariadb) [[ $comm == mariadbd || $comm == mysqld ]] ;;
+        *) [[ $comm == "$1" ]] ;;
     esac
 }
 
