@@ -160,6 +160,24 @@ def released(cluster):
     thread.join()
 
 
+STARTED: list = []  # the ensemble processes of the running test
+
+
+@pytest.fixture(autouse=True)
+def _no_ensemble_left():
+    """An ensemble.py a failed test left running is stopped (SIGTERM: its jobs are cancelled), then killed."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class Ensemble:
     """ensemble.py (stand-in steps unless ``real``) as a process, its output in files."""
 
@@ -172,6 +190,7 @@ class Ensemble:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen([*cmd, *argv], stdout=out, stderr=err, cwd=cwd or ROOT, env=env)
+        STARTED.append(self.proc)
 
     def wait(self, timeout: float = BOUND_S) -> int:
         try:
