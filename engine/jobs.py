@@ -293,7 +293,7 @@ def job_main(folder: str) -> None:
     try:
         submission.process_job(folder)
     except SystemExit:
-        if _TERMINATED.is_set() and os.environ.get("SLURM_JOB_ID"):
+        if _TERMINATED.is_set() and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # not a local job in an allocation
             print(f"engine.jobs: step stopped; waiting for Slurm to end this job (at most {LINGER_S} s)",
                   file=sys.stderr, flush=True)
             time.sleep(LINGER_S)  # a user signal (a pre-emption's USR2) still checkpoints and requeues meanwhile
