@@ -429,3 +429,32 @@ def test_sbatch_refusal_is_one_line_with_a_hint(cluster, data, tmp_path):
     assert ens.wait() == 2
     assert ens.err.count("\n") == 1 and "resize/fold0: its job could not be submitted (" in ens.err
     assert "--slurm-gpus-per-fold 0 for folds on the CPU" in ens.err
+
+
+def test_a_rerun_after_sigkill_cancels_the_earlier_job_first(cluster, data, tmp_path):
+    """ensemble.py killed with SIGKILL leaves its Slurm job running; the next run cancels it (and waits for it)
+    before it submits the fold again: one job at a time writes the fold, without relying on file locks."""
+    run = tmp_path / "again"
+    _plan(run, resize_fold0="always")
+    first = Ensemble(run, _argv(data, run, "fold0"))
+    earlier = first.started("resize-fold0")["job"]
+    first.proc.kill()
+    first.proc.wait()
+    assert _state(earlier) == "RUNNING"
+    _plan(run, resize_fold0="")
+    (run / "record.jsonl").unlink()
+    for path in (run / "resize" / "fold0" / "checkpoints").iterdir():  # the stand-in's is no torch file
+        path.unlink()
+    second = Ensemble(run, _argv(data, run, "fold0"))
+    check = Checks(second)
+    try:
+        check(second.wait() == 0, "the rerun exits 0")
+    finally:
+        subprocess.run(["scancel", earlier], check=False)
+    check(f"[resize/fold0] Slurm job {earlier} of an earlier run still holds this fold: cancelling it" in second.out,
+          "a line says the earlier job is cancelled")
+    check(_state(earlier) == "CANCELLED", "the earlier job was cancelled")
+    check(_gone(first.step_pid("resize-fold0")), "the earlier job's step has ended")
+    trains = second.records("resize/fold0", "train")
+    check(len(trains) == 1 and trains[0]["job"] != earlier, "one new job")
+    check.done()
