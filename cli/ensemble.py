@@ -85,7 +85,9 @@ SBATCH_OWNED = {"partition": "--slurm-partition", "time": "--slurm-time", "t": "
                 "cpus-per-task": "--slurm-cpus-per-fold", "mem": "--slurm-mem", "nodes": "(one node per fold)",
                 "ntasks-per-node": "(one task per fold)", "job-name": "(tgs-MODE-FOLD)", "output": "(RUN/jobs)",
                 "error": "(RUN/jobs)", "signal": "(submitit's requeue)", "open-mode": "(submitit)",
-                "array": "(one job per fold)"}
+                "array": "(one job per fold)", "chdir": "(the jobs run in ensemble.py's working directory)",
+                "D": "(the jobs run in ensemble.py's working directory)",
+                "no-requeue": "(a pre-empted or requeued fold resumes)"}
 SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_fold", "slurm_cpus_per_fold", "slurm_time", "slurm_mem",
                "slurm_extra")
 _TIME = (re.compile(r"^()(\d+):(\d\d):(\d\d)$"), re.compile(r"^(\d+)-(\d+)(?::(\d\d)(?::(\d\d))?)?$"))
@@ -165,8 +167,9 @@ def build_parser() -> ArgumentParser:
                         "(this process, one fold after another; each fold's output is shown when it ends) "
                         "(default: local)")
     p.add_argument("--max-retries", type=integer(0), default=2,
-                   help="times a failed (or, on Slurm, timed-out) fold's job is started again from its last "
-                        "checkpoint (default: 2)")
+                   help="times a fold's job is started again from its last checkpoint after a failure or (on "
+                        "Slurm) its time limit, both counted together (default: 2); a pre-emption or a requeue by "
+                        "Slurm does not count, a step that refused its input (exit 2) is not retried")
     p.add_argument("--gpus", type=gpu_list, default=None,
                    help="local GPUs for parallel folds: auto (the visible ones), none, or e.g. 0,1 (default: auto)")
     p.add_argument("--parallel", type=integer(0), default=0,
@@ -176,7 +179,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--slurm-partition", help="partition (default: the cluster's)")
     g.add_argument("--slurm-gpus-per-fold", type=gpu_count, default=None, metavar="[TYPE:]N",
                    help="GPUs of one node per fold, optionally of a type (e.g. a100:2); with 2+, train.py runs "
-                        "under torchrun (default: 1)")
+                        "under torchrun (default: 1; 0 when train.py's --device is cpu)")
     g.add_argument("--slurm-cpus-per-fold", type=integer(1), default=None,
                    help="CPUs per fold (default: the cluster's)")
     g.add_argument("--slurm-time", type=minutes, default=None,
@@ -310,7 +313,7 @@ def parse(argv=None):
     for key in SWA_OWNED:
         if key in swa_given:
             raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
-    slurm = slurm_settings(a)
+    slurm = slurm_settings(a, given.get("device"))
     from tgs.pseudo import Rule
 
     opts = EnsembleOptions(
@@ -346,9 +349,10 @@ def parse(argv=None):
     return opts
 
 
-def slurm_settings(a: argparse.Namespace):
+def slurm_settings(a: argparse.Namespace, device: str | None = None):
     """The Slurm options as SlurmSettings; refused with another executor (they would do nothing), as is --gpus on
-    Slurm (the cluster chooses the GPUs) and --parallel with the debug executor (one fold at a time)."""
+    Slurm (the cluster chooses the GPUs) and --parallel with the debug executor (one fold at a time). A fold asks
+    for no GPU when train.py's ``device`` is cpu, unless --slurm-gpus-per-fold says otherwise."""
     from engine.jobs import SlurmSettings
 
     given = [name for name in SLURM_FLAGS if getattr(a, name) is not None]
@@ -363,7 +367,7 @@ def slurm_settings(a: argparse.Namespace):
     keys = [k for k, _ in extra]
     if len(set(keys)) != len(keys):
         raise UserError(f"--slurm-extra: {few(sorted({k for k in keys if keys.count(k) > 1}))} given twice")
-    gpu_type, gpus = a.slurm_gpus_per_fold or (default.gpu_type, default.gpus_per_fold)
+    gpu_type, gpus = a.slurm_gpus_per_fold or (default.gpu_type, 0 if device == "cpu" else default.gpus_per_fold)
     return SlurmSettings(partition=a.slurm_partition, gpus_per_fold=gpus, gpu_type=gpu_type,
                          cpus_per_fold=a.slurm_cpus_per_fold, time_min=a.slurm_time or default.time_min,
                          mem=a.slurm_mem, extra=extra)

@@ -419,7 +419,8 @@ def test_slurm_jobs_ask_for_what_the_flags_say(tiny_data, tmp_path, monkeypatch,
                  "#SBATCH --signal=USR2@90", f"#SBATCH --output={folder}/%j_0_log.out"):
         assert line in lines, (line, script)
     assert f"export PYTHONPATH={ensemble.ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
-    assert any(line.startswith("srun ") and f"-m submitit.core._submit {folder}" in line for line in lines)
+    assert any(line.startswith("srun ") and f"from engine.jobs import job_main; job_main(sys.argv[1])' {folder}" in line
+               for line in lines)  # submitit's job runner, with engine.jobs.job_main's additions
     assert task.executor.max_num_timeout == 3  # timed-out jobs: requeued at most --max-retries times
     # what was pickled: only the fold's commands; train.py under torchrun on the job's 2 GPUs, no GPU override
     from submitit.core.utils import DelayedSubmission
