@@ -121,6 +121,14 @@ class TestSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def fingerprint(self) -> str:
+        """A digest of the ids and images, as :meth:`TrainSet.fingerprint`: new test images under the same ids
+        differ."""
+        h = hashlib.sha1()
+        h.update("\n".join(self.ids.tolist()).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        return h.hexdigest()[:16]
+
 
 # -- CSV files ------------------------------------------------------------------------------------------------------
 def read_csv(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:

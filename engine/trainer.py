@@ -178,6 +178,11 @@ def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str,
     if other:
         raise UserError(f"--resume {path}: {other}; resume with the same labels, or start afresh with --overwrite "
                         "or another --log-dir")
+    stored, now = raw["meta"].get("folds_digest"), folds.digest(cfg.data.folds_file)
+    if stored is not None and stored != now:
+        raise UserError(f"--resume {path} was trained on other folds than --folds-file {cfg.data.folds_file} holds "
+                        f"now (its folds digest {stored[:12]}... is not {str(now)[:12]}...); start afresh with "
+                        "--overwrite or use another --log-dir")
     before = TrainConfig.from_checkpoint(raw["meta"], path)
     diff = before.differences(cfg, ignore=RESUMABLE_CHANGES)
     if diff:
@@ -520,7 +525,8 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
     meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
-            "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint}
+            "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint,
+            "folds_digest": folds.digest(ctx.cfg.data.folds_file)}
     if ctx.pseudo is not None:
         meta["pseudo_labels"] = ctx.pseudo.meta()
     ctx.saver.save(ctx.core, ctx.spec, meta, resume_state(ctx), improved, _snapshot_epoch(ctx, epoch))

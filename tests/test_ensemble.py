@@ -51,16 +51,29 @@ def _one_thread():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Run the scripts in-process; record (script, argv, label, env)."""
+    """Run every step in this process; record (step name, its typed options, label, env): a fold's steps as the
+    TrainConfig / SwaOptions its job file gives, the ensemble's own steps as their typed options."""
+    from engine import fold_job
+    from engine.ensemble import steps, training
+
     record = []
 
     def inprocess(step, label, log, env=None, echo=True):
-        record.append((step.script, list(step.argv), label, env))
-        code = importlib.import_module(f"cli.{step.script}").main(list(step.argv))
+        spec = fold_job.FoldSpec.read(step.folder)
+        record.append((step.name, spec.train_config() if step.name == "train" else spec.swa_options(), label, env))
+        code = fold_job.main([step.folder, step.name])
         if code:
-            raise ensemble.StepFailed(f"{step.script}.py failed for {label} (exit {code})")
+            raise jobs.StepFailed(f"the {step.name} step failed for {label} (exit {code})")
 
-    monkeypatch.setattr(ensemble, "RUNNER", inprocess)
+    here = steps.run_here
+
+    def recorded(step, label, log, dry=False):
+        if not dry:
+            record.append((step.name, step.opts if isinstance(step, steps.Predict) else step, label, None))
+        here(step, label, log, dry)
+
+    monkeypatch.setattr(training, "RUNNER", inprocess)
+    monkeypatch.setattr(steps, "run_here", recorded)
     return record
 
 
@@ -78,12 +91,13 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     assert ensemble_cli.main(command(tiny_data, run)) == 0
     out = capsys.readouterr().out
     assert scripts(calls) == [("train", "resize/fold0"), ("swa", "resize/fold0"), ("train", "resize/fold1"),
-                              ("swa", "resize/fold1"), ("test", "oof/fold0"), ("test", "oof/fold1"), ("test", "oof"),
-                              ("score", "search"), ("test", "test"), ("score", "check")]
-    train_argv = calls[0][1]
-    assert train_argv[-9:] == ["--data-dir", str(tiny_data), "--data-fold", "fold0", "--log-dir",
-                               str(run / "resize" / "fold0"), "--input-size", "32", "--resize"][-9:]
-    assert "--resume" not in train_argv
+                              ("swa", "resize/fold1"), ("predict", "oof/fold0"), ("predict", "oof/fold1"),
+                              ("predict", "oof"), ("search", "search"), ("predict", "test"), ("check", "check")]
+    cfg = calls[0][1]
+    assert (cfg.data.data_dir, cfg.data.data_fold, cfg.run.log_dir, cfg.data.input_size, cfg.data.resize) == (
+        str(tiny_data), "fold0", str(run / "resize" / "fold0"), 32, True)
+    assert cfg.optim.max_epochs == 1 and cfg.model.basenet == "unet"  # the pass-through options
+    assert cfg.run.resume is None
     for fold in ("fold0", "fold1"):
         assert (run / "resize" / f"{fold}_swa.pth").is_file()
     # out-of-fold predictions of both folds, merged in train.csv order
@@ -97,14 +111,14 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     assert f"submission: {sub}" in out and "valid submission of 8 ids" in out
     assert P.load(run / "ensemble-probabilities.npz").models == [str(run / "resize" / f"{f}_swa.pth")
                                                                  for f in ("fold0", "fold1")]
-    test_argv = calls[-2][1]
-    assert "--tta" in test_argv and test_argv[:2] == [str(run / "resize" / "fold0_swa.pth"),
-                                                       str(run / "resize" / "fold1_swa.pth")]
+    test_opts = calls[-2][1]
+    assert test_opts.tta and test_opts.models == (str(run / "resize" / "fold0_swa.pth"),
+                                                  str(run / "resize" / "fold1_swa.pth"))
     # the submission uses the setting the out-of-fold search found and saved
     post = run / "postprocess.json"
     best, info = postprocess.load_setting(post)
     assert info["searched_on"] == str(run / "oof-probabilities.npz") and info["score"] >= info["default_score"]
-    assert test_argv[test_argv.index("--post-config") + 1] == str(post)
+    assert test_opts.post == best and test_opts.post_source.startswith(f"{post}, searched on")
     assert f"post-processing: {best.describe()} ({post}, searched on" in out
 
     # again: both folds are finished and skipped; the ensemble outputs are rebuilt (here with the defaults)
@@ -112,7 +126,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     calls.clear()
     assert ensemble_cli.main(command(tiny_data, run, "--default-post")) == 0
     out = capsys.readouterr().out
-    assert "--post-config" not in calls[-2][1] and "(defaults)" in out
+    assert calls[-2][1].post_source == "defaults" and "(defaults)" in out
     assert "train" not in [s for s, _ in scripts(calls)] and "swa" not in [s for s, _ in scripts(calls)]
     assert out.count("exists, skipped") == 2
 
@@ -121,9 +135,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     calls.clear()
     assert ensemble_cli.main(command(tiny_data, run)) == 0
     assert scripts(calls)[:2] == [("train", "resize/fold1"), ("swa", "resize/fold1")]
-    resume = calls[0][1]
-    assert resume[resume.index("--resume") + 1] == str(run / "resize" / "fold1" / "checkpoints" /
-                                                        "last-checkpoint-fold1.pth")
+    assert calls[0][1].run.resume == str(run / "resize" / "fold1" / "checkpoints" / "last-checkpoint-fold1.pth")
     assert pd.read_csv(run / "resize" / "fold1" / "metrics.csv")["epoch"].tolist() == [0]
     assert (run / "resize" / "fold0_swa.pth").stat().st_mtime_ns == swa_time["fold0"]
 
