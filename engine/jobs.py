@@ -1,7 +1,7 @@
 """Folds as jobs of an established job library (submitit): on this machine, on a Slurm cluster, or in this process.
 
-Each fold is one job. What submitit pickles is a :class:`FoldJob`: the fold's two steps (train, then swa, as
-steps (:class:`Step`) of the engine's job entry point :mod:`engine.fold_job`, whose typed options are the JSON file
+Each fold is one job. What submitit pickles is a :class:`FoldJob`: the fold's two :class:`Step` objects (train,
+then swa: runs of the engine's job entry point :mod:`engine.fold_job`, whose typed options are the JSON file
 written into the fold's job folder), its log file and its environment, and nothing else. Run, it skips a fold whose
 SWA model exists, and its train step resumes from the fold's last checkpoint when there is one, so a job started
 again (a retry, a requeue) goes on from where the fold stopped. The step's output is appended to the fold's log

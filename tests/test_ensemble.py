@@ -5,9 +5,10 @@ local executor's real processes (one per GPU, or sharing the cores; retried afte
 pre-emption; all stopped by a failure or a SIGTERM), Slurm's sbatch script (fake srun/sbatch, nothing submitted),
 and the progress shown while they run (hand-built metrics files).
 
-To keep the tests fast, the scripts often run in-process (ensemble.RUNNER replaced, --executor debug), or a
-recording stand-in of the steps is shipped by value to the job processes (cloudpickle); some tests run the real
-train.py and swa.py in real jobs.
+A fold's job is typed data (its training configuration and SWA options in its job folder) run by the engine's entry
+point; the tests check those typed options. To keep the tests fast, the steps often run in-process (the fold steps'
+runner replaced, --executor debug), or a recording stand-in of the steps is shipped by value to the job processes
+(cloudpickle); some tests run the real fold jobs.
 """
 import json
 import os
@@ -153,17 +154,17 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
 
 
 def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
-    """Real train.py in a real local job: it refuses its options (exit 2), which no retry could mend."""
+    """A real fold job in a real local job: training refuses its options (exit 2), which no retry could mend."""
     run = tmp_path / "bad"
     argv = command(tiny_data, run, executor="local")
-    argv[argv.index("unet")] = "resnet1888"  # train.py refuses it
+    argv[argv.index("unet")] = "resnet1888"  # the model builder refuses it
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err
-    assert err.count("\n") == 1 and "train.py failed for resize/fold0 (exit 2)" in err and "resnet1888" in err
+    assert err.count("\n") == 1 and "the train step failed for resize/fold0 (exit 2)" in err and "resnet1888" in err
     assert str(run / "logs" / "resize-fold0.log") in err
     log = (run / "logs" / "resize-fold0.log").read_text()
-    assert "resnet1888" in log and log.count("train.py") == 1  # not retried
+    assert "resnet1888" in log and log.count("-m engine.fold_job") == 1  # not retried
     assert len(list((run / "jobs" / "resize-fold0").glob("*_submitted.pkl"))) == 1
     assert "[resize/fold0]" in captured.out and "resize/fold1" not in captured.out  # nothing ran after it
     assert not list(run.rglob("*_swa.pth"))
@@ -218,29 +219,34 @@ def test_slurm_without_srun_is_refused_before_anything_runs(tiny_data, tmp_path,
 # -- the local executor's real processes, with a recording stand-in of the steps -----------------------------------
 def _stand_in(step, label, log, env=None, echo=True):
     """A step that only leaves traces, shipped by value to the job processes: a `$` line in the fold's log, a JSON
-    line in RUN/record.jsonl (its GPU, arguments, process), the SWA model. RUN/plan.json tells a fold's train step
-    to fail once, always, be pre-empted once (SIGUSR2, as submitit's cluster signal), hang, or wait for company."""
+    line in RUN/record.jsonl (its GPU, its typed options from the job file, process), the SWA model. RUN/plan.json
+    tells a fold's train step to fail once, always, be pre-empted once (SIGUSR2, as submitit's cluster signal), hang,
+    or wait for company."""
+    from engine import fold_job
+
+    spec = fold_job.FoldSpec.read(step.folder)
+    options = spec.train if step.name == "train" else spec.swa
     run = Path(log).parent.parent
     plans = json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else {}
-    plan = plans.get(label, "") if step.script == "train" else ""
+    plan = plans.get(label, "") if step.name == "train" else ""
     cuda = (env or {}).get("CUDA_VISIBLE_DEVICES")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
-        fh.write(f"$ python {step.script}.py for {label}\nrunning on GPU {cuda}\n")
+        fh.write(f"$ the {step.name} step of {label}\nrunning on GPU {cuda}\n")
     tag = label.replace("/", "-")
     running = run / "running"
     running.mkdir(exist_ok=True)
     (running / tag).touch()
     at_once = len(list(running.iterdir()))
     with open(run / "record.jsonl", "a") as fh:
-        fh.write(json.dumps({"label": label, "script": step.script, "cuda": cuda, "argv": list(step.argv),
+        fh.write(json.dumps({"label": label, "script": step.name, "cuda": cuda, "options": options,
                              "pid": os.getpid(), "at_once": at_once}) + "\n")
     attempts = sum(1 for line in (run / "record.jsonl").read_text().splitlines()
                    if json.loads(line)["label"] == label and json.loads(line)["script"] == "train")
     try:
         deadline = time.monotonic() + 60  # only a bound on a hung test
         if plan == "fail" or (plan == "fail-once" and attempts == 1):
-            raise jobs.StepFailed(f"train.py failed for {label} (exit 1): boom {attempts}; full output in {log}")
+            raise jobs.StepFailed(f"the train step failed for {label} (exit 1): boom {attempts}; full output in {log}")
         if plan == "preempt-once" and attempts == 1:
             os.kill(os.getpid(), signal.SIGUSR2)  # submitit checkpoints the job and requeues it
             time.sleep(60)
@@ -254,20 +260,25 @@ def _stand_in(step, label, log, env=None, echo=True):
                 time.sleep(0.05)
     finally:
         (running / tag).unlink()
-    if step.script == "swa":
-        out = Path(step.argv[list(step.argv).index("--output") + 1])
+    if step.name == "swa":
+        out = Path(spec.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.touch()
 
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """ensemble.RUNNER = _stand_in, pickled by value (the job processes cannot import this test module)."""
+    """The fold steps' runner = _stand_in, pickled by value (the job processes cannot import this test module); the
+    ensemble's own steps (predictions of the stand-in's empty models) are skipped."""
     import cloudpickle
+
+    from engine.ensemble import pipeline, training
 
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)
-    monkeypatch.setattr(ensemble, "RUNNER", _stand_in)
+    monkeypatch.setattr(training, "RUNNER", _stand_in)
+    monkeypatch.setattr(pipeline, "ensemble_outputs", lambda jobs, opts, data: {
+        "oof": "-", "submission": "-", "probabilities": "-"})
     yield
     cloudpickle.unregister_pickle_by_value(module)
 
@@ -297,11 +308,10 @@ def test_folds_run_in_parallel_one_local_job_per_gpu(tiny_data, tmp_path, stand_
         mine = [r for r in fold_steps if r["label"] == label]
         assert {r["cuda"] for r in mine} in ({"3"}, {"5"})  # train and swa of a fold on one GPU, its own
         assert len({r["pid"] for r in mine}) == 1 and mine[0]["pid"] != os.getpid()  # one job process per fold
-        assert all(r["argv"][r["argv"].index("--device") + 1] == "cuda" for r in mine)
+        assert all(r["options"]["device"] == "cuda" for r in mine)
         assert len(list((run / "jobs" / label.replace("/", "-")).glob("*_submitted.pkl"))) == 1
         assert f"[{label}] running on GPU" in out  # the job's output, echoed from its log with its prefix
     assert max(r["at_once"] for r in fold_steps) == 2
-    assert all(r["cuda"] is None and r["pid"] == os.getpid() for r in records if r["script"] in ("test", "score"))
     assert [line for line in out.splitlines() if line.startswith("folds done")] == [
         "folds done 1/4", "folds done 2/4", "folds done 3/4", "folds done 4/4"]  # no epochs: no ETA
 
@@ -315,7 +325,7 @@ def test_a_job_that_fails_once_is_retried_from_its_checkpoint(tiny_data, tmp_pat
     trains = [r for r in _records(run) if r["script"] == "train"]
     assert [r["label"] for r in trains] == ["resize/fold0", "resize/fold0", "resize/fold1"]
     assert trains[0]["pid"] != trains[1]["pid"] and all(r["cuda"] == "7" for r in trains)
-    assert ("[resize/fold0] train.py failed for resize/fold0 (exit 1): boom 1; full output in "
+    assert ("[resize/fold0] the train step failed for resize/fold0 (exit 1): boom 1; full output in "
             f"{run / 'logs' / 'resize-fold0.log'}; trying again from its last checkpoint (attempt 2 of 3)") in out
     assert len(list((run / "jobs" / "resize-fold0").glob("*_submitted.pkl"))) == 2  # a second job
     assert (run / "resize" / "fold0_swa.pth").is_file() and (run / "resize" / "fold1_swa.pth").is_file()
@@ -328,13 +338,13 @@ def test_a_fold_that_always_fails_stops_the_others_with_one_line(tiny_data, tmp_
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
     log = run / "logs" / "resize-fold0.log"
-    assert captured.err == (f"error: train.py failed for resize/fold0 (exit 1): boom 2; full output in {log} "
+    assert captured.err == (f"error: the train step failed for resize/fold0 (exit 1): boom 2; full output in {log} "
                             "(2 attempts)\n")
     assert "stopping resize/fold1 (it resumes from its last checkpoint next time)" in captured.out
     hung = next(r for r in _records(run) if r["label"] == "resize/fold1")
     assert not Path(f"/proc/{hung['pid']}").exists() or b"submitit" not in Path(
         f"/proc/{hung['pid']}/cmdline").read_bytes()  # its job process is gone
-    assert not list(run.rglob("*_swa.pth")) and not any(r["script"] == "test" for r in _records(run))
+    assert not list(run.rglob("*_swa.pth")) and not (run / "oof").exists()
 
 
 def test_a_preempted_job_is_requeued_by_submitit(tiny_data, tmp_path, stand_in, capsys):
@@ -354,16 +364,19 @@ def test_the_debug_executor_retries_in_process(tiny_data, tmp_path, monkeypatch,
     """The fast path: --executor debug runs each fold in this process, with the same retries."""
     seen = []
 
+    from engine import fold_job
+    from engine.ensemble import training
+
     def flaky(step, label, log, env=None, echo=True):
-        seen.append((step.script, label))
-        if step.script == "train" and label == "resize/fold1":
-            raise ensemble.StepFailed(f"train.py failed for {label} (exit 1): flaky; full output in {log}")
-        if step.script == "swa":
-            out = Path(step.argv[list(step.argv).index("--output") + 1])
+        seen.append((step.name, label))
+        if step.name == "train" and label == "resize/fold1":
+            raise jobs.StepFailed(f"the train step failed for {label} (exit 1): flaky; full output in {log}")
+        if step.name == "swa":
+            out = Path(fold_job.FoldSpec.read(step.folder).output)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.touch()
 
-    monkeypatch.setattr(ensemble, "RUNNER", flaky)
+    monkeypatch.setattr(training, "RUNNER", flaky)
     assert ensemble_cli.main(command(tiny_data, tmp_path / "d", "--max-retries", "1")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resize/fold1 (exit 1): flaky; full output in" in err
@@ -430,37 +443,48 @@ def test_slurm_jobs_ask_for_what_the_flags_say(tiny_data, tmp_path, monkeypatch,
                  "#SBATCH --job-name=tgs-resize-fold0", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --signal=USR2@90", f"#SBATCH --output={folder}/%j_0_log.out"):
         assert line in lines, (line, script)
-    assert f"export PYTHONPATH={ensemble.ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
+    assert f"export PYTHONPATH={jobs.ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
     assert any(line.startswith("srun ") and f"-m submitit.core._submit {folder}" in line for line in lines)
     assert task.executor.max_num_timeout == 3  # timed-out jobs: requeued at most --max-retries times
-    # what was pickled: only the fold's commands; train.py under torchrun on the job's 2 GPUs, no GPU override
+    # what was pickled: only the fold's steps of the engine's entry point, its typed job in the job folder; training
+    # under torchrun on the job's 2 GPUs, no GPU override
     from submitit.core.utils import DelayedSubmission
+
+    from engine import fold_job
 
     fold = DelayedSubmission.load(folder / "42_submitted.pkl").function
     assert isinstance(fold, jobs.FoldJob) and fold.env == {} and fold.runner is jobs.run_step
     assert fold.train.launcher == ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    assert fold.train.describe().startswith("torchrun --standalone --nproc_per_node=2 train.py ")
-    assert "--device" not in fold.train.argv and fold.swa.launcher == ()
-    assert fold.swa.argv[:4] == ("--input", str(run / "resize" / "fold0" / "models"), "--output",
-                                 str(run / "resize" / "fold0_swa.pth"))
-    assert fold.steps() == [fold.train, fold.swa]  # nothing to resume from yet
+    assert fold.train.command()[-4:] == ["-m", "engine.fold_job", str(folder), "train"]
+    assert fold.train.describe() == f"torchrun --standalone --nproc_per_node=2 -m engine.fold_job {folder} train"
+    assert fold.swa.launcher == () and fold.swa.command()[-2:] == [str(folder), "swa"]
+    spec = fold_job.FoldSpec.read(folder)
+    assert spec.train["device"] == "auto" and spec.train["data_fold"] == "fold0"
+    assert spec.swa["inputs"] == [str(run / "resize" / "fold0" / "models")]
+    assert spec.output == str(run / "resize" / "fold0_swa.pth")
+    assert spec.train_config().run.resume is None  # nothing to resume from yet
+    assert fold.steps() == [fold.train, fold.swa]
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tiny_data, tmp_path, calls, capsys):
     run = tmp_path / "dry"
     assert ensemble_cli.main(command(tiny_data, run, "--dry-run", executor="slurm")) == 0
     out = capsys.readouterr().out
-    assert "[resize/fold0] would run: train.py " in out and "[resize/fold1] would run: swa.py " in out
-    assert "[test] would run: test.py " in out and calls == [] and not run.exists()
+    assert "[resize/fold0] would run: train " in out and "[resize/fold1] would run: swa " in out
+    assert "data_fold=fold1" in out and "max_epochs=1" in out and f"output={run / 'resize' / 'fold1_swa.pth'}" in out
+    assert "[test] would run: predict " in out and "[check] would run: check " in out
+    assert calls == [] and not run.exists()
 
 
 def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsys):
-    """--parallel 2 on the CPU: two real train.py/swa.py processes at a time, each given cores/2 threads."""
+    """--parallel 2 on the CPU: two real fold jobs at a time, each given cores/2 threads."""
     run = tmp_path / "cpu2"
     cut = TINY.index("--threads")
     tiny = TINY[:cut] + TINY[cut + 2:]  # ensemble.py chooses the threads
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(run), "--folds", "fold0,fold1,fold2", "--modes", "resize",
             "--resize-size", "32", "--parallel", "2", "--", *tiny, "--max-epochs", "1"]
+    from engine import fold_job
+
     opts = ensemble_cli.parse(argv)
     ensemble.run_folds(ensemble.jobs_of(opts), opts)
     out = capsys.readouterr().out
@@ -471,11 +495,13 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
         assert loaded.meta["fold"] == fold and loaded.input_spec.mode == "resize"
         log = (run / "logs" / f"resize-{fold}.log").read_text()
         commands = [line for line in log.splitlines() if line.startswith("$ ")]
-        assert len(commands) == 2 and all(f"--threads {threads}" in c for c in commands)  # train.py, swa.py
+        assert len(commands) == 2 and all("-m engine.fold_job" in c for c in commands)  # train, swa
+        spec = fold_job.FoldSpec.read(run / "jobs" / f"resize-{fold}")
+        assert spec.train["threads"] == threads and spec.swa["threads"] == threads
     # every echoed line carries its fold's prefix (no lines torn between two processes)
     lines = [s for s in out.splitlines() if s.strip() and not s.startswith(("running ", "folds done"))]
     assert all(s.startswith("[resize/fold") for s in lines)
-    with pytest.raises(ensemble.UserError, match="--parallel: must be >= 0, got -1"):
+    with pytest.raises(jobs.UserError, match="--parallel: must be >= 0, got -1"):
         ensemble_cli.parse(["--data-dir", str(tiny_data), "--parallel", "-1"])
 
 
@@ -493,17 +519,17 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
-    """SIGTERM to ensemble.py while two folds train in parallel: both train.py processes are stopped (none keeps
+    """SIGTERM to ensemble.py while two folds train in parallel: both training processes are stopped (none keeps
     training unattended), ensemble.py exits 130, and each fold keeps its last checkpoint to resume from. It runs
     with SIGINT ignored, as in the background (``&``, nohup): submitit cancels a local job with SIGINT all the same."""
     import subprocess
 
     run = tmp_path / "term"
     cut = TINY.index("--threads")
-    argv = [sys.executable, str(ensemble.ROOT / "ensemble.py"), "--data-dir", str(tiny_data), "--run-dir", str(run),
+    argv = [sys.executable, str(jobs.ROOT / "ensemble.py"), "--data-dir", str(tiny_data), "--run-dir", str(run),
             "--folds", "fold0,fold1", "--modes", "resize", "--resize-size", "32", "--parallel", "2", "--",
             *TINY[:cut], *TINY[cut + 2:], "--max-epochs", "500"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ensemble.ROOT,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=jobs.ROOT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     checkpoints = [run / "resize" / f / "checkpoints" / f"last-checkpoint-{f}.pth" for f in ("fold0", "fold1")]
     try:
@@ -512,7 +538,7 @@ def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the folds never wrote a checkpoint"
             time.sleep(0.2)
-        assert len([c for c in _processes_mentioning(str(run)) if "train.py" in c]) == 2
+        assert len([c for c in _processes_mentioning(str(run)) if c.split()[-1:] == ["train"]]) == 2
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -612,12 +638,12 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
         labels = pseudo.load(run / "pseudo" / f"{fold}-labels.npz")
         assert labels.provenance["source"] == str(test_npz)
     # round 1 trains every fold again, each with its own labels, into RUN/round1
-    round1 = [(argv_, label) for s, argv_, label, _ in calls if s == "train"][2:]
+    round1 = [(cfg, label) for s, cfg, label, _ in calls if s == "train"][2:]
     assert [label for _, label in round1] == ["resize/fold0", "resize/fold1"]
-    for (targv, label), fold in zip(round1, ("fold0", "fold1")):
-        assert targv[targv.index("--pseudo-labels") + 1] == str(run / "pseudo" / f"{fold}-labels.npz")
-        assert targv[targv.index("--log-dir") + 1] == str(run / "round1" / "resize" / fold)
-        assert "--pseudo-fraction" in targv
+    for (cfg, label), fold in zip(round1, ("fold0", "fold1")):
+        assert cfg.pseudo.pseudo_labels == str(run / "pseudo" / f"{fold}-labels.npz")
+        assert cfg.run.log_dir == str(run / "round1" / "resize" / fold)
+        assert cfg.pseudo.pseudo_fraction == 0.5
         meta = models.read_checkpoint(run / "round1" / "resize" / f"{fold}_swa.pth")["meta"]
         assert meta["pseudo_labels"]["path"] == str(run / "pseudo" / f"{fold}-labels.npz")
     assert (run / "round1" / "ensemble-submission.csv").is_file() and (run / "ensemble-submission.csv").is_file()
@@ -653,8 +679,8 @@ def test_ensemble_labels_say_the_score_is_optimistic(tiny_data, tmp_path, calls,
                                      "--pseudo-confidence", "0")) == 0
     out = capsys.readouterr().out
     assert "OPTIMISTIC" in out and (run / "pseudo-labels.npz").is_file()
-    round1 = [a for s, a, _, _ in calls if s == "train"][2:]
-    assert all(a[a.index("--pseudo-labels") + 1] == str(run / "pseudo-labels.npz") for a in round1)
+    round1 = [cfg for s, cfg, _, _ in calls if s == "train"][2:]
+    assert all(cfg.pseudo.pseudo_labels == str(run / "pseudo-labels.npz") for cfg in round1)
 
 
 @pytest.mark.parametrize("extra,passthrough,fragment", [
@@ -699,22 +725,22 @@ def test_mosaics_built_once_mosaic_folds_and_rules_searched_and_submitted(tiny_d
     argv = command(tiny_data, run, "--mosaics", "--mosaic-folds")
     assert ensemble_cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert ("mosaic", "mosaics") in scripts(calls) and (run / "mosaics" / "mosaics.csv").is_file()
+    assert ("mosaics", "mosaics") in scripts(calls) and (run / "mosaics" / "mosaics.csv").is_file()
     assert f"[folds] wrote {run / 'folds.csv'}" in out
-    train_argv = next(a for s, a, _, _ in calls if s == "train")
-    assert train_argv[train_argv.index("--folds-file") + 1] == str(run / "folds.csv")
+    cfg = next(c for s, c, _, _ in calls if s == "train")
+    assert cfg.data.folds_file == str(run / "folds.csv")
     search = next(a for s, a, label, _ in calls if label == "search")
-    assert search[search.index("--mosaics") + 1] == str(run / "mosaics" / "mosaics.csv")
+    assert search.mosaics == str(run / "mosaics" / "mosaics.csv")
     # grouped by the mosaic folds the models were trained on: a fold's tiles and its mosaics' masks are unknown
-    assert search[search.index("--oof-folds") + 1] == "fold0,fold1"
-    assert search[search.index("--folds-file") + 1] == str(run / "folds.csv")
+    assert search.oof_folds == ("fold0", "fold1") and search.folds_file == str(run / "folds.csv")
     submit = next(a for s, a, label, _ in calls if label == "test")
-    assert "--mosaics" in submit and "--post-config" in submit
+    assert submit.mosaics == str(run / "mosaics" / "mosaics.csv")
+    assert submit.post_source.startswith(str(run / "postprocess.json"))
     # a rerun reuses the mosaics built for this data, and the folds
     calls.clear()
     assert ensemble_cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "mosaics.csv exists for this data, reused" in out and ("mosaic", "mosaics") not in scripts(calls)
+    assert "mosaics.csv exists for this data, reused" in out and ("mosaics", "mosaics") not in scripts(calls)
 
 
 @pytest.mark.parametrize("extra,fragment", [
