@@ -607,19 +607,21 @@ def test_the_monitor_follows_logs_and_says_each_finished_fold(tmp_path):
     monitor.start("resize/fold0")
     assert v.state == "queued" and said == []
     with open(v.log, "a") as fh:
-        fh.write("$ /venv/python /repo/train.py --max-epochs 3\nepoch   0 ...\nepoch   1 (half a li")
+        fh.write("$ /venv/python -m engine.fold_job /r/jobs/resize-fold0 train\nepoch   0 ...\nepoch   1 (half a li")
     with open(v.log, "ab") as fh:
         fh.write("\u00b5".encode()[:1])  # half of a two-byte character
     (v.metrics.parent / "metrics.csv").write_text("epoch,time_s\n0,30\n")
     monitor.update()
-    assert said == ["[resize/fold0] $ /venv/python /repo/train.py --max-epochs 3", "[resize/fold0] epoch   0 ..."]
+    assert said == ["[resize/fold0] $ /venv/python -m engine.fold_job /r/jobs/resize-fold0 train",
+                    "[resize/fold0] epoch   0 ..."]
     assert v.step() == "train epoch 2/3"
     assert watch.running_text(list(monitor.views.values()), 1) == "resize/fold0 train epoch 2/3; ETA 1 min"
     with open(v.log, "ab") as fh:
-        fh.write("\u00b5".encode()[1:] + b"ne)\n$ /venv/python /repo/swa.py --input x\nwrote x_swa.pth")
+        fh.write("\u00b5".encode()[1:] + b"ne)\n$ /venv/python -m engine.fold_job /r/jobs/resize-fold0 swa\n"
+                 b"wrote x_swa.pth")
     monitor.update()
     assert said[2:] == ["[resize/fold0] epoch   1 (half a li\u00b5ne)",
-                        "[resize/fold0] $ /venv/python /repo/swa.py --input x"]
+                        "[resize/fold0] $ /venv/python -m engine.fold_job /r/jobs/resize-fold0 swa"]
     assert v.step() == "swa"
     monitor.end("resize/fold0", ok=True)  # the unfinished last line is shown, then one status line
     assert said[4:] == ["[resize/fold0] wrote x_swa.pth", "folds done 2/2"]
