@@ -743,6 +743,14 @@ def test_mosaics_built_once_mosaic_folds_and_rules_searched_and_submitted(tiny_d
     assert ensemble_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "mosaics.csv exists for this data, reused" in out and ("mosaics", "mosaics") not in scripts(calls)
+    # a damaged record of what the mosaics were made from: they are made again, no traceback
+    for damage in (b"{not json", b"[1, 2]", b"\xff\xfe\x00", b'{"inputs": 3}'):
+        (run / "mosaics" / "source.json").write_bytes(damage)
+        calls.clear()
+        assert ensemble_cli.main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and ("mosaics", "mosaics") in scripts(calls)
+        assert "train" not in [s for s, _ in scripts(calls)]
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -755,3 +763,133 @@ def test_bad_mosaic_options_are_refused(tiny_data, tmp_path, calls, capsys, extr
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
     assert calls == []
+
+
+# -- reuse decided by what an output was made from, not by its path ---------------------------------------------------
+@pytest.fixture
+def own_data(tiny_data, tmp_path):
+    """A copy of the tiny data set that a test may rewrite."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns(".cache"))
+    return root
+
+
+def _write_folds(path: Path, ids, shift: int) -> None:
+    pd.DataFrame({"id": ids, "fold": (np.arange(len(ids)) + shift) % 2}).to_csv(path, index=False)
+
+
+def test_a_folds_file_rewritten_under_its_name_is_noticed(own_data, tmp_path, calls, capsys):
+    from cli import train as train_cli
+
+    run, folds_csv = tmp_path / "ff", tmp_path / "folds.csv"
+    ids = kaggle.load_train(own_data).ids
+    _write_folds(folds_csv, ids, 0)
+    argv = command(own_data, run, "--folds-file", str(folds_csv))
+    assert ensemble_cli.main(argv) == 0
+    capsys.readouterr()
+    _write_folds(folds_csv, ids, 1)  # fold0 now validates on the images its models trained on
+    calls.clear()
+    assert ensemble_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resize/fold0" in err and f"other folds than {folds_csv} now holds" in err, err
+    assert calls == []
+    # train.py --resume notices too: the checkpoint records the folds file's digest
+    last = run / "resize" / "fold0" / "checkpoints" / "last-checkpoint-fold0.pth"
+    fold0 = ["--data-dir", str(own_data), "--data-fold", "fold0", "--log-dir", str(run / "resize" / "fold0"),
+             "--folds-file", str(folds_csv), *TINY, "--max-epochs", "1", "--resume", str(last)]
+    assert train_cli.main(fold0) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained on other folds than --folds-file" in err, err
+    # --overwrite trains the folds afresh on the folds the file holds now
+    assert ensemble_cli.main([*argv[:argv.index("--")], "--overwrite", *argv[argv.index("--"):]]) == 0
+    assert [label for s, _, label, _ in calls if s == "train"] == ["resize/fold0", "resize/fold1"]
+
+
+def test_new_test_images_under_the_same_ids_remake_the_mosaics_and_the_submission(own_data, tmp_path, calls,
+                                                                                     capsys):
+    from datasets.synthetic import write_dataset
+
+    run = tmp_path / "tst"
+    argv = command(own_data, run, "--mosaics")
+    assert ensemble_cli.main(argv) == 0
+    before = P.load(run / "ensemble-probabilities.npz").probs
+    other = tmp_path / "other"
+    write_dataset(other, n_train=4, n_test=8, seed=9)
+    test_ids = kaggle.load_test(own_data).ids
+    for new, old in zip(sorted((other / "test" / "images").iterdir()), test_ids):
+        (own_data / "test" / "images" / f"{old}.png").write_bytes(new.read_bytes())
+    calls.clear()
+    capsys.readouterr()
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("mosaics", "mosaics") in scripts(calls) and ("predict", "test") in scripts(calls)
+    assert "train" not in [s for s, _ in scripts(calls)] and out.count("exists, skipped") == 2  # same train set
+    assert not np.array_equal(P.load(run / "ensemble-probabilities.npz").probs, before)
+
+
+def test_mosaic_folds_are_remade_for_other_data_and_overwrite_retrains(own_data, tmp_path, calls, capsys):
+    import shutil
+
+    from datasets.synthetic import write_dataset
+
+    run = tmp_path / "mf"
+    argv = command(own_data, run, "--mosaics", "--mosaic-folds")
+    assert ensemble_cli.main(argv) == 0
+    for part in ("train", "test"):
+        shutil.rmtree(own_data / part)
+    write_dataset(own_data, n_train=40, n_test=8, seed=6)  # other ids, other images
+    capsys.readouterr()
+    calls.clear()
+    assert ensemble_cli.main(argv) == 2  # the folds were trained on other data: refused, one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "made from other data" in err and "--overwrite" in err, err
+    assert calls[0][0] == "mosaics" and "train" not in [s for s, _ in scripts(calls)]
+    new_ids = kaggle.load_train(own_data).ids
+    assert sorted(pd.read_csv(run / "folds.csv", dtype=str)["id"]) == sorted(new_ids)  # made again
+    assert ensemble_cli.main([*argv[:argv.index("--")], "--overwrite", *argv[argv.index("--"):]]) == 0
+    assert [label for s, _, label, _ in calls if s == "train"] == ["resize/fold0", "resize/fold1"]
+
+
+def test_ensemble_labels_are_remade_after_no_tta_and_other_swa_options(tiny_data, tmp_path, calls, capsys):
+    run = tmp_path / "lab"
+    argv = command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-source", "ensemble", "--pseudo-confidence", "0")
+    cut = argv.index("--")
+    assert ensemble_cli.main(argv) == 0
+    labels = run / "pseudo-labels.npz"
+    first = labels.read_bytes()
+    capsys.readouterr()
+    assert ensemble_cli.main([*argv[:cut], "--no-tta", *argv[cut:]]) == 2  # round 1 trained on the old labels
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "round1/resize/fold0_swa.pth cannot be reused" in err and "pseudo-labels" in err
+    second = labels.read_bytes()
+    assert second != first  # made again from the predictions without TTA
+    calls.clear()
+    assert ensemble_cli.main([*argv[:cut], "--no-tta", "--swa-args", "--batch-size 3", "--overwrite",
+                              *argv[cut:]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("is made again from the fold's models: other SWA options") == 2  # round 0's, not retrained
+    swas = [opts for s, opts, label, _ in calls if s == "swa"]
+    assert [o.batch_size for o in swas] == [3, 3, 3, 3]
+    assert labels.read_bytes() not in (first, second)
+
+
+# -- refused before any work ----------------------------------------------------------------------------------------
+def test_overlapping_folds_are_refused_before_any_work(tiny_data, tmp_path, calls, capsys):
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--folds", "fold01,fold1", "--dry-run",
+            "--", *TINY, "--max-epochs", "1"]
+    assert ensemble_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --folds: fold01 and fold1 both validate on fold 1 (each image must be out of fold " \
+                           "once)\n"
+    assert captured.out == "" and calls == [] and not (tmp_path / "r").exists()
+
+
+def test_pseudo_rounds_are_bounded(tiny_data, tmp_path, capsys):
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--pseudo-rounds", "21", "--dry-run",
+            "--", *TINY]
+    assert ensemble_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "--pseudo-rounds: must be <= 20, got 21" in captured.err
+    assert captured.out == ""
