@@ -1,5 +1,6 @@
-"""ensemble.py's command line: its own options, the pass-through options of train.py, swa.py and test.py (checked
-with those scripts' own parsers before anything runs) -> engine.ensemble.EnsembleOptions -> engine.ensemble.run."""
+"""ensemble.py's command line: its own options, the pass-through options of train.py, swa.py and test.py (parsed
+and checked with those scripts' own parsers and the training configuration's declarations before anything runs,
+into typed values) -> engine.ensemble.EnsembleOptions -> engine.ensemble.run."""
 from __future__ import annotations
 
 import argparse
@@ -32,24 +33,27 @@ at a time: by default one per GPU when several are visible (each sees only its o
 CPU, --parallel N runs N folds at once with the cores shared between them. --executor slurm: one sbatch job per
 fold (--slurm-* options; torchrun inside when a fold has several GPUs), all queued at once unless --parallel N;
 ensemble.py waits for them (keep it running, e.g. in tmux or a small job of its own). --executor debug: every
-fold in this process (for debugging). Each fold's job:
+fold in this process (for debugging). Each fold's job (its options written as data into RUN/jobs/MODE-FOLD/fold.json
+and run by ``python -m engine.fold_job``):
 
-1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes
+1. training into RUN/MODE/FOLD, with train.py's options; a fold with a last checkpoint but no SWA model resumes
    from ``checkpoints/last-checkpoint-FOLD.pth``;
-2. ``swa.py --input RUN/MODE/FOLD/models --output RUN/MODE/FOLD_swa.pth``; a fold whose SWA model exists is
+2. SWA of RUN/MODE/FOLD/models into RUN/MODE/FOLD_swa.pth, with swa.py's options; a fold whose SWA model exists is
    finished and skipped on the next run;
 
-then, with all the SWA models:
+then, in this process, with all the SWA models:
 
-3. out-of-fold predictions of each fold (its models of every mode averaged, ``test.py --split valid``) in
+3. out-of-fold predictions of each fold (its models of every mode averaged, as ``test.py --split valid``) in
    RUN/oof/FOLD-probabilities.npz, merged into RUN/oof-probabilities.npz and scored;
-4. ``score.py --search`` on them: the best post-processing, saved in RUN/postprocess.json;
-5. ``test.py`` with flip TTA over every SWA model and that post-processing (``--default-post``: test.py's
-   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked with
-   ``score.py --check``.
+4. the post-processing search on them (as ``score.py --search``): the best setting, saved in RUN/postprocess.json;
+5. the test predictions with flip TTA over every SWA model and that post-processing (``--default-post``: the
+   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked as
+   ``score.py --check`` does.
 
-A fold is reused only when it was made from the same data and the same training options: otherwise one line says
-what differs (--overwrite trains such folds afresh); every fold is checked before any job is submitted. A job
+A fold is reused only when it was made from the same data, folds file (its contents), pseudo-labels and training
+options: otherwise one line says what differs (--overwrite trains such folds afresh); every fold is checked before
+any job is submitted. Every other output (mosaics, mosaic folds, SWA models, predictions, search, submission,
+pseudo-labels) records the digests of what made it and is made again when they differ (docs/promises-reuse.md). A job
 that fails is submitted again (resuming from the fold's last checkpoint) up to --max-retries times, unless a step
 refused its input (exit code 2); a job pre-empted or stopped at its time limit is requeued by submitit (at most
 --max-retries time limits). A fold that fails for good, Ctrl-C or a SIGTERM stops every running fold (each
@@ -64,9 +68,9 @@ out-of-fold score and submission; the summary prints the score per round. --pseu
 the out-of-fold score honest: fold k's labels come from fold k's own models, which never saw its validation images;
 --pseudo-source ensemble uses the whole ensemble (optimistic out-of-fold score, and the summary says so).
 
-Arguments after ``--`` (or in --train-args) go to every train.py; the data, fold, log dir, resume, input mode and
-size are set here. --device, --threads and --amp given there are used by swa.py and test.py too. Each step's output
-is shown prefixed with its fold and kept in RUN/logs/."""
+Arguments after ``--`` (or in --train-args) are train.py's options for every fold; the data, fold, log dir, resume,
+input mode and size are set here. --device, --threads and --amp given there are used by SWA and prediction too.
+Each step's output is shown prefixed with its fold and kept in RUN/logs/."""
 
 MAX_ROUNDS = 20  # self-training rounds: the 1st place used 2; more is a typing mistake, not a plan
 ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))

@@ -28,10 +28,12 @@ def swa_options(job: Job, opts: EnsembleOptions, place: Place) -> dict:
 
 
 def fold_spec(job: Job, opts: EnsembleOptions, place: Place) -> FoldSpec:
-    """What a fold's job does at ``place``, as plain data."""
+    """What a fold's job does at ``place``, as plain data (a dry run's, without the SWA model's record: the inputs
+    it would digest may not exist yet)."""
     train = fold_config(job, opts, **overrides(place)).to_dict(repeated_only=False)
     swa = swa_options(job, opts, place)
-    return FoldSpec(job.label, train, swa, str(job.run.checkpoint("last")), swa_record(job, opts, swa))
+    record = {} if opts.dry_run else swa_record(job, opts, swa)
+    return FoldSpec(job.label, train, swa, str(job.run.checkpoint("last")), record)
 
 
 def fold_job(job: Job, opts: EnsembleOptions, place: Place) -> FoldJob:
