@@ -24,6 +24,7 @@ from tgs.errors import UserError, cli
 
 SPEC = "fold.json"  # in the fold's job folder
 STEPS = ("train", "swa")
+FOLD_OPTIONS = ("data_dir", "data_fold", "log_dir", "resize", "input_size")  # always shown by describe()
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class FoldSpec:
         """One line of what ``step`` does: the options that are not the defaults."""
         if step == "train":
             defaults = TrainConfig().to_dict(repeated_only=False)
-            given = {k: v for k, v in self.train.items() if v != defaults.get(k)}
+            given = {k: v for k, v in self.train.items() if v != defaults.get(k) or k in FOLD_OPTIONS}
             resume = f" (resuming from {self.last} if it exists)"
         else:
             given, resume = {k: v for k, v in self.swa.items() if v not in (None, False, 0, "auto", "none")}, ""

@@ -854,7 +854,8 @@ def test_mosaic_folds_are_remade_for_other_data_and_overwrite_retrains(own_data,
 
 def test_ensemble_labels_are_remade_after_no_tta_and_other_swa_options(tiny_data, tmp_path, calls, capsys):
     run = tmp_path / "lab"
-    argv = command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-source", "ensemble", "--pseudo-confidence", "0")
+    argv = command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-source", "ensemble", "--pseudo-confidence", "0",
+                   "--default-post")  # the labels' post-processing stays the defaults: only the predictions change
     cut = argv.index("--")
     assert ensemble_cli.main(argv) == 0
     labels = run / "pseudo-labels.npz"
