@@ -9,7 +9,6 @@ import shlex
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from cli import swa as swa_cli
 from cli import test as test_cli

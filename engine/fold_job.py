@@ -11,14 +11,13 @@ with code 2 and one line (the job does not retry it).
 """
 from __future__ import annotations
 
-import tgs.compat  # noqa: F401,I001  (environment and torchvision shim, before anything imports timm)
-
 import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tgs.compat  # noqa: F401  (environment and torchvision shim, before anything imports timm)
 from engine.config import TrainConfig
 from tgs.errors import UserError, cli
 

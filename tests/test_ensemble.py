@@ -22,16 +22,13 @@ import pandas as pd
 import pytest
 import torch
 
-import importlib
-
 import models
 from cli import ensemble as ensemble_cli
-from engine import ensemble, jobs, watch
 from datasets import folds, kaggle
+from engine import ensemble, jobs, watch
+from tests.tiny import TINY_MODEL as TINY
 from tgs import postprocess, pseudo
 from tgs import probabilities as P
-from tests.tiny import TINY_MODEL as TINY
-
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,24 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
+def _script_run(node: ast.AST, docs: set[int], flags: set[str]) -> str | None:
+    """What ``node`` does to run a script, or None (see :func:`script_runs`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+        text = node.value.strip()
+        if SCRIPT_PATH.fullmatch(text) or CLI_MODULE.fullmatch(text) or text == ".py":
+            return f"names a script to run: {text!r}"
+    elif isinstance(node, ast.JoinedStr):
+        parts = node.values
+        if any(isinstance(a, ast.FormattedValue) and isinstance(b, ast.Constant) and str(b.value).startswith(".py")
+               for a, b in zip(parts, parts[1:])):
+            return "makes up a script's file name ({...}.py)"
+    elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        spelled = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in flags]
+        if spelled:
+            return f"builds a script's command line ({spelled[0]})"
+    return None
+
+
 def script_runs(root: Path, flags: set[str]) -> list[str]:
     """Every place in a module below the cli (floors 0-2) that names a top-floor script as something to run: a
     string that is a script's file (``train.py``, ``ROOT/swa.py``) or a cli module (``cli.test``, ``-m cli.x``); a
@@ -126,21 +144,11 @@ def script_runs(root: Path, flags: set[str]) -> list[str]:
             continue
         for path in sorted((root / package).rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
-            docs, rel = _docstrings(tree), path.relative_to(root)
+            docs = _docstrings(tree)
             for node in ast.walk(tree):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
-                    text = node.value.strip()
-                    if SCRIPT_PATH.fullmatch(text) or CLI_MODULE.fullmatch(text) or text == ".py":
-                        found.append(f"{rel}:{node.lineno} names a script to run: {text!r}")
-                elif isinstance(node, ast.JoinedStr):
-                    parts = node.values
-                    if any(isinstance(a, ast.FormattedValue) and isinstance(b, ast.Constant)
-                           and str(b.value).startswith(".py") for a, b in zip(parts, parts[1:])):
-                        found.append(f"{rel}:{node.lineno} makes up a script's file name ({{...}}.py)")
-                elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-                    spelled = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in flags]
-                    if spelled:
-                        found.append(f"{rel}:{node.lineno} builds a script's command line ({spelled[0]})")
+                what = _script_run(node, docs, flags)
+                if what:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {what}")
     return found
 
 
