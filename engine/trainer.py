@@ -103,6 +103,7 @@ class Context:
     n_real: int = 0
     pseudo: pseudo_labels.PseudoSet | None = None
     lock: FolderLock | None = None  # the log dir's, held by the main process while the run lasts
+    folds_digest: str | None = None  # the folds file's contents when the run started (None: the chunks)
 
     @property
     def fold(self) -> str:
@@ -302,7 +303,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
                   train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo,
-                  lock=lock)
+                  lock=lock, folds_digest=folds.digest(d.folds_file))
     if info.is_main:
         saver.prepare()
         if resume is not None:
@@ -526,7 +527,7 @@ def weights_finite(model: torch.nn.Module) -> bool:
 def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
     meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
             "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint,
-            "folds_digest": folds.digest(ctx.cfg.data.folds_file)}
+            "folds_digest": ctx.folds_digest}
     if ctx.pseudo is not None:
         meta["pseudo_labels"] = ctx.pseudo.meta()
     ctx.saver.save(ctx.core, ctx.spec, meta, resume_state(ctx), improved, _snapshot_epoch(ctx, epoch))
