@@ -440,7 +440,7 @@ def test_slurm_jobs_ask_for_what_the_flags_say(tiny_data, tmp_path, monkeypatch,
                  "#SBATCH --job-name=tgs-resize-fold0", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --signal=USR2@90", f"#SBATCH --output={folder}/%j_0_log.out"):
         assert line in lines, (line, script)
-    assert f"export PYTHONPATH={jobs.ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
+    assert f"export PYTHONPATH={ensemble.ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
     assert any(line.startswith("srun ") and f"-m submitit.core._submit {folder}" in line for line in lines)
     assert task.executor.max_num_timeout == 3  # timed-out jobs: requeued at most --max-retries times
     # what was pickled: only the fold's steps of the engine's entry point, its typed job in the job folder; training
@@ -523,10 +523,10 @@ def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
 
     run = tmp_path / "term"
     cut = TINY.index("--threads")
-    argv = [sys.executable, str(jobs.ROOT / "ensemble.py"), "--data-dir", str(tiny_data), "--run-dir", str(run),
+    argv = [sys.executable, str(ensemble.ROOT / "ensemble.py"), "--data-dir", str(tiny_data), "--run-dir", str(run),
             "--folds", "fold0,fold1", "--modes", "resize", "--resize-size", "32", "--parallel", "2", "--",
             *TINY[:cut], *TINY[cut + 2:], "--max-epochs", "500"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=jobs.ROOT,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ensemble.ROOT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     checkpoints = [run / "resize" / f / "checkpoints" / f"last-checkpoint-{f}.pth" for f in ("fold0", "fold1")]
     try:

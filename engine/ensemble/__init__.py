@@ -42,3 +42,4 @@ from engine.ensemble.options import MODES, EnsembleOptions  # noqa: F401
 from engine.ensemble.pipeline import run  # noqa: F401
 from engine.ensemble.places import places, visible_gpus  # noqa: F401
 from engine.ensemble.training import fold_job, fold_spec, run_folds, tasks_of  # noqa: F401
+from engine.jobs import ROOT  # noqa: F401  (the project's root, where ensemble.py is)
