@@ -6,24 +6,56 @@ from __future__ import annotations
 import argparse
 
 from tgs import TILE
+from tgs.errors import UserError
 from tgs.cliargs import ArgumentParser, integer, probability  # noqa: F401  (re-exported for the cli modules)
 
 
+def checked(name: str):
+    """An argparse type for the training option ``name``: the same :func:`engine.config.coerce` checks (kind,
+    choices, range, the option's own test) that train.py's flag and a config file's key pass."""
+    from engine import config as C
+
+    def parse(text: str):
+        try:
+            return C.coerce(name, text, C.flag(name), text=True)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def add_option(p, name: str, help: str | None = None, **kw) -> None:
+    """Add the training option ``name`` (declared once, in engine/config.py) to another script's parser: its flag,
+    default, help and checks are the declaration's; ``help`` or argparse keywords (``default``) may narrow them."""
+    from engine import config as C
+
+    title, f = C.options()[name]
+    o = f.metadata["option"]
+    if o.kind == "bool":
+        p.add_argument(C.flag(name), action="store_true", help=help or o.help, **kw)
+        return
+    kw.setdefault("default", f.default)
+    metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
+    p.add_argument(C.flag(name), type=checked(name), metavar=metavar,
+                   help=f"{help or o.help} (default: {kw['default']})", **kw)
+
+
 def add_device(p, default: str = "auto") -> None:
-    p.add_argument("--device", default=default, help="auto, cpu, cuda, cuda:N")
+    add_option(p, "device", default=default)
 
 
 def add_amp(p) -> None:
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision")
+    add_option(p, "amp")
 
 
 def add_threads(p) -> None:
-    p.add_argument("--threads", type=integer(0, 1024), default=0, help="torch CPU threads (0: torch's default)")
+    add_option(p, "threads")
 
 
 def add_decoding(p) -> None:
     p.add_argument("--decode-threads", type=integer(0, 1024), default=0, help="PNG decoding threads (0: automatic)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the decoded-PNG cache")
+    add_option(p, "no_cache")
 
 
 def doc_parts(doc: str) -> tuple[str, str]:

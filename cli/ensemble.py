@@ -352,6 +352,9 @@ def parse(argv=None):
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
     a = build_parser().parse_args(argv)
+    from tgs.io import check_output
+
+    check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file}, [a.data_dir])
     folds = split_fields(a.folds, "--folds")
     modes = split_fields(a.modes, "--modes", MODES)
     check_folds(folds)

@@ -77,6 +77,11 @@ def main(argv=None) -> int:
     from engine import report
 
     args = build_parser().parse_args(argv)
+    from tgs.io import check_output
+
+    check_output(args.out, "--out", {"--probabilities": args.probabilities, "--truth": args.truth,
+                                     "--checkpoint": args.checkpoint, "--folds-file": args.folds_file,
+                                     "--mosaics": args.mosaics}, [args.data_dir])
     common = dict(out_dir=args.out, threshold=args.threshold, samples=args.samples, seed=args.seed,
                   mosaics=args.mosaics, mosaic_count=args.mosaic_count, mosaic_rules=args.mosaic_rules)
     if args.probabilities is not None:

@@ -24,8 +24,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from tgs import TILE
 from tgs.errors import DataError, UserError
-from tgs.io import atomic_path, read_csv_strings
+from tgs.io import atomic_path, read_csv_strings, read_npz
 from tgs.png import read_pngs, stems
 from tgs.progress import bar
 
@@ -188,15 +189,19 @@ def _fingerprint(ids: Sequence[str], folders: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached(layout: Layout, name: str, ids: Sequence[str], folders: Sequence[Path], load, use_cache: bool):
+def _cached(layout: Layout, name: str, ids: Sequence[str], folders: Sequence[Path], load, use_cache: bool,
+            names: Sequence[str] = ("images",)):
     if not use_cache:
         return load()
     cache = layout.root / CACHE_DIR / f"{name}-{_fingerprint(ids, folders)}.npz"
     if cache.is_file():
+        def tiles(declared: dict) -> None:  # one 101x101 byte (uint8 image, bool mask) tile per id, or rebuild
+            if any(d.shape != (len(ids), TILE, TILE) or d.dtype.itemsize != 1 for d in declared.values()):
+                raise DataError(f"{cache}: not a cache of these {len(ids)} tiles")
+
         try:
-            with np.load(cache, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError):
+            return read_npz(cache, names, "cache", tiles)
+        except (OSError, DataError):
             pass  # unreadable cache: rebuild it
     arrays = load()
     try:
@@ -205,8 +210,8 @@ def _cached(layout: Layout, name: str, ids: Sequence[str], folders: Sequence[Pat
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-    except OSError:
-        pass  # a read-only data folder simply has no cache
+    except (OSError, UserError):
+        pass  # a read-only or full data folder simply has no cache
     return arrays
 
 
@@ -234,7 +239,7 @@ def load_train(root: str | os.PathLike, cache: bool = True, workers: int | None 
             return {"images": read_pngs(layout.train_images, ids, "image", workers, b.update),
                     "masks": read_pngs(layout.train_masks, ids, "mask", workers, b.update)}
 
-    arrays = _cached(layout, "train", ids, (layout.train_images, layout.train_masks), load, cache)
+    arrays = _cached(layout, "train", ids, (layout.train_images, layout.train_masks), load, cache, ("images", "masks"))
     return TrainSet(ids, arrays["images"], arrays["masks"], depths_for(layout, ids))
 
 

@@ -357,10 +357,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not Path(args.source).exists():
         raise UserError(f"{args.source} does not exist")
-    src, out = Path(args.source).resolve(), Path(args.out).resolve()
-    if src == out or out in src.parents:
-        raise UserError(f"--out {args.out} holds the source {args.source}; unpacking there would replace it: choose "
-                        "another folder")
+    from tgs.io import check_output
+
+    check_output(args.out, "--out", {"SOURCE": args.source}, contains_inputs=True)
     counts = prepare(args.source, args.out, force=args.force)
     for k in sorted(counts):
         print(f"{k:14s} {counts[k]} files")

@@ -640,6 +640,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    from tgs.io import check_output
+
+    check_output(out, "--out")  # a new dataset, never inside another one's train/ or test/
     if args.train < 0 or args.test < 0:
         raise UserError("--train and --test must be >= 0")
     if out.exists() and not out.is_dir():

@@ -66,7 +66,11 @@ class MixedBatchSampler(Sampler):
     - A mixed epoch is one pass over the real images: they are shuffled and sharded exactly as
       ``DistributedSampler(shuffle=True, seed=seed, drop_last=False)`` does (it is used for them), and each batch
       holds ``batch_size - pseudo_per_batch`` of them and ``pseudo_per_batch`` pseudo images; the number of batches
-      is therefore set by the real images (:func:`batch_shape`), the same on every rank.
+      is therefore set by the real images (:func:`batch_shape`), the same on every rank. A rank holding fewer real
+      images than a batch's real part (a ``--batch-size`` larger than the fold) makes one batch of all of them
+      with pseudo images in the same share (``real x pseudo_per_batch / (batch_size - pseudo_per_batch)``,
+      rounded half up, at least one): the batch is what the fold can fill, never thousands of repeats of the
+      pseudo set.
     - The first ``pseudo_only_epochs`` epochs (the pretrain schedule, with ``pseudo_per_batch`` 0) are passes over
       the pseudo images alone, in batches of ``batch_size``; the later epochs are then the real images alone,
       exactly the batches train.py makes without pseudo-labels.
@@ -108,7 +112,10 @@ class MixedBatchSampler(Sampler):
         if k == 0:  # real images alone: train.py's DataLoader (drop_last when a rank holds more than a batch)
             drop = self.n_real // self.num_replicas > self.batch_size
             return (count // self.batch_size if drop else math.ceil(count / self.batch_size)), self.batch_size, 0
-        n, size = batch_shape(count, self.batch_size - k)
+        real = self.batch_size - k
+        n, size = batch_shape(count, real)
+        if size < real:  # a fold smaller than a batch: one batch of it, with pseudo images in the same share
+            k = min(k, max(1, (2 * size * k + real) // (2 * real)))  # size * k / real, rounded half up
         return n, size, k
 
     def _drawn(self, epoch: int) -> int:

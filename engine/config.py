@@ -17,14 +17,19 @@ import dataclasses
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from engine import optimizers, schedulers
+from losses import LOSSES
 from tgs.errors import UserError, excerpt
-from tgs.io import atomic_open, require_file
+from tgs.inputs import INPUT_MODES
+from tgs.io import atomic_open, read_config_text, require_file
+from tgs.options import Declared, Option, opt
+from tgs.registry import Registry
 
 RECIPE = """the 9th-place recipe (2 GPUs):
   torchrun --nproc_per_node=2 train.py --vtf --pretrained imagenet --loss-on-center --batch-size 32 \\
@@ -32,36 +37,11 @@ RECIPE = """the 9th-place recipe (2 GPUs):
       --data-fold fold0 --log-dir runs/fold0 --resume runs/fold0/checkpoints/last-checkpoint-fold0.pth
 (offline, --pretrained takes a local weights file, e.g. senet154-c7b49a05.pth, or none)"""
 
-SCHEDULERS = ("noam", "cos", "clr", "step", "plateau")
 AMP = ("none", "bf16", "fp16")
 OC = ("both", "center", "decoder", "none")
 SKIP = ("concat", "add", "max", "none")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 PSEUDO_SCHEDULES = ("mix", "pretrain")
 
-# options that are about this invocation, not the training: not written to config.yaml, not re-applied from it
-NOT_REPEATED = ("resume", "overwrite")
-
-
-@dataclass(frozen=True)
-class Option:
-    """How one field is given and checked. ``kind``: int, float, str, path, bool or choice; ``low``/``high``:
-    inclusive bounds unless ``open_low``/``open_high``; ``optional``: None (YAML ``null``) is allowed;
-    ``check(value)``: a further test returning the problem as text, or None."""
-
-    kind: str
-    help: str
-    choices: tuple = ()
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    optional: bool = False
-    check: Callable[[Any], str | None] | None = None
-
-
-def opt(default, kind: str, help: str, **kw):
-    return field(default=default, metadata={"option": Option(kind, help, **kw)})
 
 
 def _fold_name(value: str) -> str | None:
@@ -102,18 +82,25 @@ def _weights(value: str) -> str | None:
 # -- the sections -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataOptions:
-    data_dir: str = opt("data", "path", "dataset in Kaggle's layout")
+    data_dir: str = opt("data", "path", "dataset in Kaggle's layout", run_only=True)
     data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name)
     folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
                                                "chunks", optional=True)
-    resize: bool = opt(False, "bool", "resize 101 -> input size instead of reflect-padding")
+    input_mode: str = opt("pad", "choice", "how a 101x101 tile enters the model: "
+                          + "; ".join(INPUT_MODES.describe()), choices=INPUT_MODES.names())
+    resize: bool = opt(False, "bool", "shorthand for --input-mode resize")
     input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1, high=1024)
     disable_cutout: bool = opt(False, "bool", "no cutout augmentation")
     no_augment: bool = opt(False, "bool", "no augmentation at all")
     drop_mask_threshold: int = opt(0, "int", "drop training images whose mask has 1..N-1 salt pixels (tiny, "
                                              "doubtful labels)", low=0, high=101 * 101)
-    dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0)
-    no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache")
+    dataload_workers_nums: int = opt(2, "int", "DataLoader worker processes", low=0, run_only=True)
+    no_cache: bool = opt(False, "bool", "do not read or write the decoded-PNG cache", run_only=True)
+
+    @property
+    def mode(self) -> str:
+        """The input mode in effect (``--resize`` is ``--input-mode resize``)."""
+        return "resize" if self.resize else self.input_mode
 
 
 @dataclass(frozen=True)
@@ -144,60 +131,91 @@ class ModelOptions:
             scse=self.scse, skip=self.skip, dropout=self.dropout, encoder_width=self.encoder_width)
 
 
-@dataclass(frozen=True)
-class LossOptions:
-    loss: str = opt("deep", "str", "deep (the recipe), lovasz, symmetric_lovasz, bce, dice, bce+dice, or weighted: "
-                                   "lovasz:0.7,bce:0.15,dice:0.15", check=_loss_spec)
-    image_loss_weight: float = opt(0.05, "float", "deep: weight of the image-level BCE", low=0.0)
-    aux_loss_weight: float = opt(0.1, "float", "deep: weight of each deep-supervision Lovasz", low=0.0)
-    final_loss_weight: float = opt(1.0, "float", "deep: weight of the final Lovasz", low=0.0)
-    loss_on_center: bool = opt(False, "bool", "loss on the central 101x101 only (pad mode)")
-
-    def criterion(self):
-        from losses import build_loss
-
-        kwargs = {}
-        if "deep" in self.loss:
-            kwargs = dict(image_weight=self.image_loss_weight, aux_weight=self.aux_loss_weight,
-                          final_weight=self.final_loss_weight)
-        return build_loss(self.loss, **kwargs)
+def _gathered(registry: Registry) -> list[Declared]:
+    """The options declared by a registry's entries, each once (an option may serve several entries)."""
+    out: dict[str, Declared] = {}
+    for entry in registry.entries():
+        for d in entry.options:
+            if d.name in out and out[d.name] is not d:
+                raise ValueError(f"option {d.name!r} is declared twice in the {registry.kind} registry")
+            out[d.name] = d
+    return list(out.values())
 
 
-@dataclass(frozen=True)
-class OptimOptions:
-    batch_size: int = opt(32, "int", "per process", low=1)
-    val_batch_size: int = opt(0, "int", "0: same as --batch-size", low=0)
-    optim: str = opt("adamw", "choice", "optimiser", choices=OPTIMIZERS)
-    learning_rate: float = opt(5e-4, "float", "base learning rate", low=0.0, open_low=True, high=10.0)
-    weight_decay: float = opt(1e-4, "float", "weight decay", low=0.0)
-    momentum: float = opt(0.9, "float", "sgd", low=0.0, high=1.0, open_high=True)
-    gradient_accumulation: int = opt(1, "int", "batches per optimizer step", low=1)
-    lr_scheduler: str = opt("noam", "choice", "learning-rate schedule", choices=SCHEDULERS)
-    warmup_epochs: int = opt(10, "int", "noam warm-up w", low=1)
-    cycle_epochs: int = opt(50, "int", "cos: epochs per restart cycle (a snapshot each)", low=1)
-    min_lr: float = opt(1e-6, "float", "cos/clr floor, plateau minimum", low=0.0)
-    step_epochs: int = opt(30, "int", "step: epochs between decays; clr: half cycle", low=1)
-    gamma: float = opt(0.1, "float", "step: decay factor", low=0.0, open_low=True, high=1.0)
-    plateau_patience: int = opt(10, "int", "plateau: epochs without a better metric before a decay", low=0)
-    plateau_factor: float = opt(0.5, "float", "plateau: decay factor", low=0.0, high=1.0, open_low=True,
-                                open_high=True)
-    max_epochs: int = opt(250, "int", "epochs to train", low=1)
-    early_stopping: int = opt(0, "int", "stop after N epochs without a better metric (0: off)", low=0)
+def _section(name: str, before: list, registries: tuple[Registry, ...], after: list, doc: str, methods: dict):
+    """A frozen section dataclass: its own fields, then the options its registries' entries declare."""
+    declared = [d.dataclass_field() for r in registries for d in _gathered(r)]
+    cls = make_dataclass(name, [*before, *declared, *after], frozen=True, namespace=methods)
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
+
+
+def _criterion(self):
+    """The loss (``losses.build_loss``) with the options of the losses in its spec."""
+    from losses import build_loss, parse_spec
+
+    kwargs = {d.kwarg: getattr(self, d.name) for n, _ in parse_spec(self.loss) for d in LOSSES.get(n).options}
+    return build_loss(self.loss, **kwargs)
+
+
+LossOptions = _section(
+    "LossOptions",
+    [("loss", str, opt("deep", "str", "a loss or a weighted sum, e.g. lovasz:0.7,bce:0.15,dice:0.15; losses: "
+                       + "; ".join(LOSSES.describe()), check=_loss_spec))],
+    (LOSSES,),
+    [("loss_on_center", bool, opt(False, "bool", "loss on the central 101x101 only (an input mode that keeps "
+                                                 "the tile's pixels, i.e. pad)"))],
+    "The loss: its spec, and the options its registered losses declare (losses.base.register_loss).",
+    {"criterion": _criterion})
+
+
+def _optimizer(self, params):
+    """The optimiser over ``params`` (``engine.optimizers``), with its declared options."""
+    entry = optimizers.OPTIMIZERS.get(self.optim)
+    return optimizers.build(self.optim, params, lr=self.learning_rate, weight_decay=self.weight_decay,
+                            **{d.kwarg: getattr(self, d.name) for d in entry.options})
+
+
+def _scheduler(self, optimizer):
+    """The learning-rate schedule (``engine.schedulers``), with its declared options."""
+    entry = schedulers.SCHEDULES.get(self.lr_scheduler)
+    return schedulers.build(self.lr_scheduler, optimizer, base_lr=self.learning_rate,
+                            **{d.kwarg: getattr(self, d.name) for d in entry.options})
+
+
+OptimOptions = _section(
+    "OptimOptions",
+    [("batch_size", int, opt(32, "int", "per process", low=1)),
+     ("val_batch_size", int, opt(0, "int", "0: same as --batch-size", low=0, resumable=True)),
+     ("optim", str, opt("adamw", "choice", "optimiser: " + "; ".join(optimizers.OPTIMIZERS.describe()),
+                        choices=optimizers.OPTIMIZERS.names())),
+     ("learning_rate", float, opt(5e-4, "float", "base learning rate", low=0.0, open_low=True, high=10.0)),
+     ("weight_decay", float, opt(1e-4, "float", "weight decay", low=0.0)),
+     ("gradient_accumulation", int, opt(1, "int", "batches per optimizer step", low=1)),
+     ("lr_scheduler", str, opt("noam", "choice", "learning-rate schedule: "
+                               + "; ".join(schedulers.SCHEDULES.describe()), choices=schedulers.SCHEDULES.names()))],
+    (optimizers.OPTIMIZERS, schedulers.SCHEDULES),
+    [("max_epochs", int, opt(250, "int", "epochs to train", low=1, resumable=True)),
+     ("early_stopping", int, opt(0, "int", "stop after N epochs without a better metric (0: off)", low=0,
+                                 resumable=True))],
+    "Optimisation: batch, optimiser, schedule, and the options the registered optimisers and schedules declare.",
+    {"optimizer": _optimizer, "scheduler": _scheduler})
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/")
-    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True)
-    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)")
+    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/", run_only=True)
+    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True, repeated=False)
+    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)", repeated=False)
     vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
-    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device)
-    amp: str = opt("none", "choice", "mixed precision", choices=AMP)
-    channels_last: bool = opt(False, "bool", "channels-last memory format")
-    compile: bool = opt(False, "bool", "torch.compile the model")
+    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True)
+    amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True)
+    channels_last: bool = opt(False, "bool", "channels-last memory format", resumable=True)
+    compile: bool = opt(False, "bool", "torch.compile the model", run_only=True)
     seed: int = opt(0, "int", "random seed", low=0, high=2**32 - 1)
-    comment: str = opt("", "str", "free text kept in config.yaml and checkpoints")
-    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024)
+    comment: str = opt("", "str", "free text kept in config.yaml and checkpoints", run_only=True)
+    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024, run_only=True)
 
 
 @dataclass(frozen=True)
@@ -208,7 +226,7 @@ class PseudoOptions:
     for a pseudo one; pretrain: the first N epochs on the pseudo-labels alone, then the real images alone."""
 
     pseudo_labels: str | None = opt(None, "path", "a pseudo-labels.npz (pseudo.py) of this data set's test images "
-                                                  "to train on as well", optional=True)
+                                                  "to train on as well", optional=True, resumable=True)
     pseudo_fraction: float = opt(0.25, "float", "mix: the share F of each batch drawn from the pseudo-labels "
                                                 "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True)
     pseudo_weight: float = opt(1.0, "float", "mix: weight W of a pseudo-labelled image in the batch's loss (a real "
@@ -237,6 +255,16 @@ def options() -> dict[str, tuple[str, dataclasses.Field]]:
         for f in dataclasses.fields(cls):
             out[f.name] = (title, f)
     return out
+
+
+def _where(test) -> tuple[str, ...]:
+    return tuple(name for name, (_, f) in options().items() if test(f.metadata["option"]))
+
+
+# the sets every reader derives from the options' declarations (tgs.options.Option)
+NOT_REPEATED = _where(lambda o: not o.repeated)  # about this invocation: not in config.yaml, not re-applied
+RUN_ONLY = _where(lambda o: o.run_only)  # where and how a run runs: a finished model made otherwise is reused
+RESUMABLE_CHANGES = _where(lambda o: o.run_only or o.resumable)  # may change when a run is resumed
 
 
 def flag(name: str) -> str:
@@ -303,20 +331,29 @@ def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
     return value
 
 
-# -- options that only one mode uses: (the option, the options that decide, what they must be)
-USED_ONLY_WITH = {
-    "momentum": ("optim", ("sgd",)),
-    "warmup_epochs": ("lr_scheduler", ("noam",)),
-    "cycle_epochs": ("lr_scheduler", ("cos",)),
-    "min_lr": ("lr_scheduler", ("cos", "clr", "plateau")),
-    "step_epochs": ("lr_scheduler", ("step", "clr")),
-    "gamma": ("lr_scheduler", ("step",)),
-    "plateau_patience": ("lr_scheduler", ("plateau",)),
-    "plateau_factor": ("lr_scheduler", ("plateau",)),
-    "pseudo_fraction": ("pseudo_schedule", ("mix",)),
-    "pseudo_weight": ("pseudo_schedule", ("mix",)),
-    "pseudo_epochs": ("pseudo_schedule", ("pretrain",)),
-}
+# -- options that only some choices use: (the option) -> (the option that decides, the choices that use it) -----
+def _used_only_with() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Derived from the registries (an entry's declared options) and the pseudo-label schedules."""
+    out = {}
+    for key, registry in (("loss", LOSSES), ("optim", optimizers.OPTIMIZERS),
+                          ("lr_scheduler", schedulers.SCHEDULES)):
+        for d in _gathered(registry):
+            out[d.name] = (key, tuple(e.name for e in registry.entries() if d in e.options))
+    out.update({"pseudo_fraction": ("pseudo_schedule", ("mix",)), "pseudo_weight": ("pseudo_schedule", ("mix",)),
+                "pseudo_epochs": ("pseudo_schedule", ("pretrain",))})
+    return out
+
+
+USED_ONLY_WITH = _used_only_with()
+
+
+def _chosen(key: str, value: str) -> set[str]:
+    """The registered names a value of a deciding option chooses (a loss spec names several)."""
+    if key == "loss":
+        from losses import parse_spec
+
+        return {n for n, _ in parse_spec(value)}
+    return {value}
 
 
 # -- the whole configuration ------------------------------------------------------------------------------------
@@ -338,11 +375,11 @@ class TrainConfig:
         for name in [n for n in values if n in given and values[n] != defaults[n]]:  # a default changes nothing
             if name in USED_ONLY_WITH:
                 key, wanted = USED_ONLY_WITH[name]
-                if values[key] not in wanted:
-                    out.append(f"{flag(name)} is not used with {flag(key)} {values[key]} (only with "
-                               f"{' / '.join(wanted)})")
-            if name in ("image_loss_weight", "aux_loss_weight", "final_loss_weight") and "deep" not in values["loss"]:
-                out.append(f"{flag(name)} is not used with --loss {values['loss']} (only with the deep loss)")
+                if not _chosen(key, values[key]) & set(wanted):
+                    which = " / ".join(wanted) + (" loss" if key == "loss" else "")
+                    out.append(f"{flag(name)} is not used with {flag(key)} {values[key]} (only with the {which})"
+                               if key == "loss" else
+                               f"{flag(name)} is not used with {flag(key)} {values[key]} (only with {which})")
         return out
 
     def to_dict(self, repeated_only: bool = True) -> dict:
@@ -376,15 +413,18 @@ class TrainConfig:
 
     def check(self, where: Callable[[str], str] = flag) -> None:
         """The checks that involve several options."""
-        if self.loss.loss_on_center and self.data.resize:
-            raise UserError(f"{where('loss_on_center')} needs reflect padding: it cannot be used with "
-                            f"{where('resize')}")
+        if self.data.resize and self.data.input_mode not in ("pad", "resize"):
+            raise UserError(f"{where('resize')} is --input-mode resize: it cannot be used with "
+                            f"{where('input_mode')} {self.data.input_mode}")
+        if self.loss.loss_on_center and not INPUT_MODES.get(self.data.mode).keeps_pixels:
+            given = where("resize") if self.data.resize else f"{where('input_mode')} {self.data.mode}"
+            raise UserError(f"{where('loss_on_center')} needs reflect padding: it cannot be used with {given}")
         if self.run.resume and self.run.overwrite:
             raise UserError(f"{where('overwrite')} starts afresh: it cannot be used with {where('resume')}")
-        weights = ("image_loss_weight", "aux_loss_weight", "final_loss_weight")
-        if "deep" in self.loss.loss and all(getattr(self.loss, w) == 0 for w in weights):
-            raise UserError(f"{where('final_loss_weight')}: the deep loss's three weights are all 0 (nothing would be "
-                            "learned)")
+        try:
+            self.loss.criterion()
+        except UserError as exc:
+            raise UserError(f"{where('loss')}: {exc}") from None
         self._check_pseudo(where)
 
     def _check_pseudo(self, where: Callable[[str], str]) -> None:
@@ -424,10 +464,9 @@ class TrainConfig:
 
     @classmethod
     def from_checkpoint(cls, meta: Mapping, path: str | Path = "checkpoint") -> "TrainConfig":
-        """The options of the run a checkpoint's ``meta`` came from (older files: ``meta["options"]``); options it
-        does not record take their defaults, and keys this code does not know are ignored."""
-        legacy = {k: meta[k] for k in ("data_dir", "folds_file", "drop_mask_threshold", "comment") if k in meta}
-        stored = {**legacy, **(meta.get("config") or meta.get("options") or {})}  # older files: top-level keys
+        """The options of the run a checkpoint's ``meta["config"]`` came from; options it does not record take their
+        defaults, and keys this code does not know are ignored."""
+        stored = dict(meta.get("config") or {})
         known = options()
         values = {k: v for k, v in stored.items() if k in known and k not in NOT_REPEATED}
         where = {k: f"{path}: stored option {k}" for k in values}
@@ -450,9 +489,11 @@ def read_yaml(path: str | Path) -> dict[str, tuple[Any, str]]:
     a file that is not a mapping or not YAML is a one-line UserError naming the file."""
     path = require_file(path, "--config ", "YAML file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        data = yaml.load(read_config_text(path, "--config "), Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
         raise UserError(f"--config {path}: key {excerpt(str(exc))} is given twice") from None
+    except _Alias as exc:
+        raise UserError(f"--config {path}: {exc}: aliases (*name) are refused, give each value itself") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -479,8 +520,20 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _Alias(Exception):
+    pass
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing a mapping that repeats a key (yaml itself keeps the last one silently)."""
+    """yaml's safe loader, refusing a mapping that repeats a key (yaml itself keeps the last one silently) and any
+    alias (``*name``): a few hundred bytes of nested aliases expand to gigabytes once anything walks the values
+    (the "billion laughs"), and a flat option file never needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Alias(f"line {event.start_mark.line + 1}: alias *{str(event.anchor)[:40]}")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -70,9 +70,6 @@ class RunLayout:
     def snapshot(self, epoch: int) -> Path:
         return self.models / f"snapshot-e{epoch:03d}-{self.fold}.pth"
 
-    def snapshots(self) -> list[Path]:
-        return sorted(self.models.glob(f"snapshot-e*-{self.fold}.pth"))
-
     def event_files(self) -> list[Path]:
         return sorted(self.root.glob("events.out.tfevents.*"))
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedules, all stepped once per epoch.
+"""Learning-rate schedules, all stepped once per epoch; each registered once in :data:`SCHEDULES` with the options
+it reads (``--lr-scheduler`` choices, its options' flags and the "not used with" notes all come from there).
 
 - ``noam`` (the recipe): lr = base * sqrt(w) * min(e^-0.5, e * w^-1.5), e = epoch + 1, w = warm-up epochs: a linear
   warm-up to ``base`` at epoch w, then decay as 1/sqrt(e).
@@ -14,9 +15,10 @@ import math
 
 import torch
 
-from tgs.errors import UserError
+from tgs.options import Declared, Option
+from tgs.registry import Registry
 
-NAMES = ("noam", "cos", "clr", "step", "plateau")
+SCHEDULES = Registry("learning-rate schedule")
 
 
 class Noam:
@@ -52,23 +54,60 @@ class Triangular:
         return self.min_factor + (1 - self.min_factor) * up
 
 
-def build(name: str, optimizer: torch.optim.Optimizer, *, base_lr: float, warmup: int = 10, cycle: int = 50,
-          min_lr: float = 1e-6, step_epochs: int = 30, gamma: float = 0.1, patience: int = 10,
-          factor: float = 0.5):
-    """The scheduler object; ``plateau`` steps with the metric, the others with no argument."""
-    min_factor = min_lr / base_lr if base_lr > 0 else 0.0
-    if name == "noam":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, Noam(warmup))
-    if name == "cos":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineRestarts(cycle, min_factor))
-    if name == "clr":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, Triangular(step_epochs, min_factor))
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
-    if name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience,
-                                                          min_lr=min_lr)
-    raise UserError(f"--lr-scheduler {name!r} is not one of {', '.join(NAMES)}")
+MIN_LR = Declared("min_lr", 1e-6, Option("float", "cos/clr floor, plateau minimum", low=0.0), "min_lr")
+STEP_EPOCHS = Declared("step_epochs", 30, Option("int", "step: epochs between decays; clr: half cycle", low=1),
+                       "step_epochs")
+
+
+def _min_factor(base_lr: float, min_lr: float) -> float:
+    return min_lr / base_lr if base_lr > 0 else 0.0
+
+
+@SCHEDULES.register("noam", help="the recipe's warm-up then 1/sqrt(epoch) decay", options=(
+    Declared("warmup_epochs", 10, Option("int", "noam warm-up w", low=1), "warmup"),))
+def _noam(optimizer, base_lr: float, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Noam(warmup))
+
+
+@SCHEDULES.register("cos", help="cosine annealing with warm restarts (a snapshot model per cycle)", options=(
+    Declared("cycle_epochs", 50, Option("int", "cos: epochs per restart cycle (a snapshot each)", low=1), "cycle"),
+    MIN_LR))
+def _cos(optimizer, base_lr: float, cycle: int, min_lr: float):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineRestarts(cycle, _min_factor(base_lr, min_lr)))
+
+
+@SCHEDULES.register("clr", help="triangular cyclical rate between min_lr and the base rate",
+                    options=(STEP_EPOCHS, MIN_LR))
+def _clr(optimizer, base_lr: float, step_epochs: int, min_lr: float):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Triangular(step_epochs, _min_factor(base_lr, min_lr)))
+
+
+@SCHEDULES.register("step", help="multiply by gamma every step_epochs", options=(
+    STEP_EPOCHS, Declared("gamma", 0.1, Option("float", "step: decay factor", low=0.0, open_low=True, high=1.0),
+                          "gamma")))
+def _step(optimizer, base_lr: float, step_epochs: int, gamma: float):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
+
+
+@SCHEDULES.register("plateau", help="multiply by a factor when the validation metric stalls", options=(
+    Declared("plateau_patience", 10, Option("int", "plateau: epochs without a better metric before a decay", low=0),
+             "patience"),
+    Declared("plateau_factor", 0.5, Option("float", "plateau: decay factor", low=0.0, high=1.0, open_low=True,
+                                           open_high=True), "factor"),
+    MIN_LR))
+def _plateau(optimizer, base_lr: float, patience: int, factor: float, min_lr: float):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience,
+                                                      min_lr=min_lr)
+
+
+def build(name: str, optimizer: torch.optim.Optimizer, *, base_lr: float, **kwargs):
+    """The scheduler object for ``name`` (keyword arguments: the entry's options' ``kwarg`` names; missing ones take
+    their declared defaults); ``plateau`` steps with the metric, the others with no argument."""
+    entry = SCHEDULES.get(name)
+    args = {d.kwarg: kwargs.pop(d.kwarg, d.default) for d in entry.options}
+    if kwargs:
+        raise TypeError(f"schedule {name!r} takes no {', '.join(sorted(kwargs))}")
+    return entry.obj(optimizer, base_lr, **args)
 
 
 def step(scheduler, metric: float) -> None:
@@ -77,8 +116,3 @@ def step(scheduler, metric: float) -> None:
     else:
         scheduler.step()
 
-
-def snapshot_due(scheduler, epoch: int) -> bool:
-    """True at the last epoch of a cosine cycle (a snapshot model is saved then)."""
-    lam = getattr(scheduler, "lr_lambdas", [None])[0]
-    return isinstance(lam, CosineRestarts) and lam.cycle_ends(epoch)

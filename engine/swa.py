@@ -16,7 +16,9 @@
    time, so the statistics are those of the activations the model sees when it predicts); each batch updates
    the running statistics with momentum ``b / (seen + b)``, so the result is the average over *images* of the
    batch statistics (equal to torch's ``momentum=None`` cumulative average when all batches have the same
-   size, and exact, without the last small batch weighing as much as a full one, when they do not).
+   size, and exact, without the last small batch weighing as much as a full one, when they do not). A last
+   batch of a single image joins the batch before it (BatchNorm cannot train on one value per channel, which is
+   what a 1x1 bottleneck gives for one image).
 """
 from __future__ import annotations
 
@@ -164,11 +166,26 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def bn_batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``(first, end)`` of the batches of a BatchNorm pass over ``n`` images: consecutive batches of ``size``, a
+    last batch of one image merged into the one before (BatchNorm in training mode needs more than one value per
+    channel, and a model whose bottleneck is 1x1 gets just one from a single image)."""
+    edges = list(range(0, n, size)) + [n]
+    if len(edges) > 2 and edges[-1] - edges[-2] == 1:
+        del edges[-2]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 @torch.no_grad()
 def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, batch_size: int = 32,
               amp: str = "none") -> int:
     """Recompute every BatchNorm layer's running statistics over ``images`` (N, 101, 101) uint8, in order,
-    with the BN layers alone in training mode; returns the number of batches. The model ends in eval mode."""
+    with the BN layers alone in training mode; returns the number of batches. The model ends in eval mode.
+
+    Not ``torch.optim.swa_utils.update_bn``, which does the same reset and pass but puts the whole model in
+    training mode (dropout on: statistics of activations the model never sees when it predicts) and weighs every
+    batch equally (``momentum=None``: a short last batch counts as much as a full one); here only the BN layers
+    train and the momentum ``b / (seen + b)`` weighs each image once."""
     layers = batchnorm_layers(model)
     if not layers:
         return 0
@@ -182,13 +199,18 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
     seen = batches = 0
     progress = bar(desc="BatchNorm", total=len(images), unit="img")
     try:
-        for _, (batch,) in predict.batches([images], batch_size, device):
+        for first, end in bn_batches(len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[first:end]))[:, None].to(device)
             b = len(batch)
             for m in layers:
                 m.momentum = b / (seen + b)
             x = spec.encode_images(batch)
             with predict.autocast(device, amp):
-                model(x)
+                try:
+                    model(x)
+                except ValueError as exc:  # a single image in all, through a 1x1 bottleneck
+                    raise UserError(f"cannot recompute BatchNorm over {len(images)} image(s): "
+                                    f"{str(exc).splitlines()[0]}") from None
             seen += b
             batches += 1
             progress.update(b)

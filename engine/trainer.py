@@ -38,20 +38,16 @@ from datasets import augment, folds, kaggle
 from datasets.torchdata import MixedBatchSampler, SaltDataset
 from engine import distributed, logs, predict, schedulers
 from engine import pseudo as pseudo_labels
-from engine.config import TrainConfig, save_yaml
+from engine.config import RESUMABLE_CHANGES, TrainConfig, save_yaml
 from engine.distributed import DistInfo
 from engine.layout import RunLayout
 from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import FolderLock, atomic_open, require_file
+from tgs.io import FolderLock, atomic_open, check_output, input_hit, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
-# options that may change when a run is resumed: where and how fast it runs, and how long it trains
-RESUMABLE_CHANGES = ("max_epochs", "early_stopping", "device", "threads", "dataload_workers_nums", "no_cache",
-                     "compile", "comment", "log_dir", "data_dir", "val_batch_size", "amp", "channels_last",
-                     "pseudo_labels")  # the labels' file may move: their digest is checked instead
 
 
 class TrainingError(UserError):
@@ -118,27 +114,11 @@ def seed_everything(seed: int) -> None:
 
 
 def input_spec(cfg: TrainConfig) -> InputSpec:
-    return InputSpec(mode="resize" if cfg.data.resize else "pad", size=cfg.data.input_size)
+    return InputSpec(mode=cfg.data.mode, size=cfg.data.input_size)
 
 
 def build_criterion(cfg: TrainConfig):
     return cfg.loss.criterion()
-
-
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.optim == "sgd":
-        return torch.optim.SGD(params, lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.optim == "adam":
-        return torch.optim.Adam(params, lr=o.learning_rate, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
-
-
-def build_scheduler(cfg: TrainConfig, optimizer):
-    o = cfg.optim
-    return schedulers.build(o.lr_scheduler, optimizer, base_lr=o.learning_rate, warmup=o.warmup_epochs,
-                            cycle=o.cycle_epochs, min_lr=o.min_lr, step_epochs=o.step_epochs, gamma=o.gamma,
-                            patience=o.plateau_patience, factor=o.plateau_factor)
 
 
 def load_split(cfg: TrainConfig):
@@ -205,6 +185,11 @@ def claim_log_dir(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> Folder
     return lock
 
 
+def run_inputs(cfg: TrainConfig) -> dict:
+    """The files a run reads that may lie in its --log-dir (``{flag: path}``): never written over, never removed."""
+    return {"--folds-file": cfg.data.folds_file, "--pseudo-labels": cfg.pseudo.pseudo_labels}
+
+
 def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
     if cfg.run.resume and layout.holds_run():  # continuing a run here is fine, writing another one over it is not
         if layout.checkpoints.resolve() not in Path(cfg.run.resume).resolve().parents:
@@ -218,6 +203,10 @@ def _claim(cfg: TrainConfig, layout: RunLayout, info: DistInfo) -> None:
         resume = f"--resume {last[0]}" if last else "--resume CHECKPOINT"
         raise UserError(f"--log-dir {layout.root} already holds a run ({len(layout.run_files())} files); continue "
                         f"it with {resume}, start afresh with --overwrite (removes them), or choose a new --log-dir")
+    kept = next(filter(None, (input_hit(p, run_inputs(cfg)) for p in layout.run_files())), None)
+    if kept is not None:
+        raise UserError(f"--overwrite would remove the input {kept[0]} {kept[1]}, which lies in --log-dir "
+                        f"{layout.root}: move it out first, or choose another --log-dir")
     if info.is_main:
         for p in layout.run_files():
             p.unlink()
@@ -232,6 +221,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
         torch.backends.cudnn.benchmark = True
     if cfg.model.sync_bn and info.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    check_output(cfg.run.log_dir, "--log-dir", run_inputs(cfg), [cfg.data.data_dir])
     layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
     spec = input_spec(cfg)
     criterion = build_criterion(cfg)
@@ -264,8 +254,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     if cfg.run.compile:
         model = torch.compile(model)
 
-    optimizer = build_optimizer(cfg, core.parameters())
-    scheduler = build_scheduler(cfg, optimizer)
+    optimizer = cfg.optim.optimizer(core.parameters())
+    scheduler = cfg.optim.scheduler(optimizer)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.run.amp == "fp16")
 
     d = cfg.data
@@ -321,7 +311,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
               f"{f'; resuming after epoch {state.epoch}' if resume is not None else ''}")
     if pseudo is not None:
         epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
-        how = (f"{p.per_batch(bs)} of every batch of {bs}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
+        _, real, k = sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
+        how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
                else f"alone for {epochs}, then the real images alone")
         logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
     return ctx

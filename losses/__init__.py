@@ -12,10 +12,11 @@ Usage::
 Every loss is computed in float32 (float64 inputs stay float64) with autocast disabled, and assumes nothing
 about the map size.
 """
-from losses.base import Criterion
+from losses.base import LOSSES, Criterion, register_loss
 from losses.basic import BCE, SoftDice, bce_loss, soft_dice_loss
 from losses.deep import DeepSupervisionLoss
-from losses.factory import LOSSES, WeightedSum, build_loss, parse_spec
+from losses.factory import WeightedSum, build_loss, parse_spec
+from losses.focal import FocalLoss, focal_loss
 from losses.lovasz import (
     LovaszHinge,
     argsort_descending,
@@ -31,6 +32,7 @@ __all__ = [
     "BCE",
     "Criterion",
     "DeepSupervisionLoss",
+    "FocalLoss",
     "LOSSES",
     "LovaszHinge",
     "SoftDice",
@@ -38,12 +40,14 @@ __all__ = [
     "argsort_descending",
     "bce_loss",
     "build_loss",
+    "focal_loss",
     "has_salt",
     "lovasz_grad",
     "lovasz_hinge",
     "lovasz_hinge_per_image",
     "masked_mean",
     "parse_spec",
+    "register_loss",
     "soft_dice_loss",
     "symmetric_lovasz",
 ]

@@ -17,10 +17,25 @@ A single loss has only ``{"loss": value}``; combinations and the deep-supervisio
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+from tgs.options import Declared
+from tgs.registry import Registry
+
+LOSSES = Registry("loss", "losses", normalise=lambda s: s.lower().replace("-", "_"))
+
+
+def register_loss(name: str, *, help: str, takes: Iterable[str] = (), options: Iterable[Declared] = ()):
+    """Register a criterion class or factory under ``name`` (see :mod:`losses.factory` for the spec grammar).
+
+    ``takes``: keyword arguments ``build_loss`` may pass to it; ``options``: training options it reads (each a
+    :class:`tgs.options.Declared` whose ``kwarg`` is the builder's keyword), gathered by ``engine.config`` into
+    flags and config keys (``--focal-gamma``), noted as unused when the loss is not in ``--loss``."""
+    options = tuple(options)
+    return LOSSES.register(name, help=help, takes=tuple(takes) + tuple(o.kwarg for o in options), options=options)
 
 
 class Criterion(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from losses._common import as_float, check_pair, final_logits, flatten_pair, float32_region
-from losses.base import Criterion
+from losses.base import Criterion, register_loss
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
         return (1.0 - dice).mean()
 
 
+@register_loss("bce", help="pixel binary cross-entropy with logits")
 class BCE(Criterion):
     """Pixel BCE with logits on the final logits (``out`` or ``out["logits"]``)."""
 
@@ -50,6 +51,7 @@ class BCE(Criterion):
         return {"loss": bce_loss(logits, target)}
 
 
+@register_loss("dice", help="per-image soft Dice", takes=("smooth",))
 class SoftDice(Criterion):
     """Per-image soft Dice loss on the final logits, mean over images; ``smooth`` > 0."""
 

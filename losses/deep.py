@@ -27,11 +27,20 @@ from typing import Any, Mapping
 import torch
 
 from losses._common import as_float, check_pair, float32_region
-from losses.base import Criterion
+from losses.base import Criterion, register_loss
 from losses.basic import bce_loss
+from tgs.options import Declared, Option
 from losses.lovasz import has_salt, lovasz_hinge_per_image, masked_mean
 
 
+@register_loss(
+    "deep", help="0.05*BCE(image) + 0.1*sum SymLovasz_nonempty(aux) + 1*SymLovasz(final)", options=(
+        Declared("image_loss_weight", 0.05, Option("float", "deep: weight of the image-level BCE", low=0.0),
+                 "image_weight"),
+        Declared("aux_loss_weight", 0.1, Option("float", "deep: weight of each deep-supervision Lovasz", low=0.0),
+                 "aux_weight"),
+        Declared("final_loss_weight", 1.0, Option("float", "deep: weight of the final Lovasz", low=0.0),
+                 "final_weight")))
 class DeepSupervisionLoss(Criterion):
     """``image_weight * BCE(image) + aux_weight * sum(SymLovasz_nonempty(aux)) + final_weight * SymLovasz(final)``.
 
@@ -44,6 +53,8 @@ class DeepSupervisionLoss(Criterion):
         for name, w in (("image_weight", image_weight), ("aux_weight", aux_weight), ("final_weight", final_weight)):
             if not (isinstance(w, (int, float)) and 0.0 <= float(w) < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if image_weight == aux_weight == final_weight == 0:
+            raise ValueError("the deep loss's three weights are all 0 (nothing would be learned)")
         self.image_weight = float(image_weight)
         self.aux_weight = float(aux_weight)
         self.final_weight = float(final_weight)

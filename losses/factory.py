@@ -4,56 +4,26 @@ Spec grammar: terms separated by ``+`` or ``,``; each term is ``name`` (weight 1
 Examples: ``"deep"``, ``"lovasz"``, ``"bce+dice"`` (= 1 * BCE + 1 * Dice),
 ``"lovasz:0.7,bce:0.15,dice:0.15"`` (seed 003's mix). Names are case-insensitive; ``-`` reads as ``_``.
 
-Keyword arguments go to every term whose constructor takes them (``activation`` for the Lovasz losses,
-``smooth`` for Dice, ``image_weight``/``aux_weight``/``final_weight`` for ``deep``); one that no term takes is
-an error, so a typo never passes silently. Mistakes in the spec or the arguments raise
+The names are :data:`losses.base.LOSSES`'s (each loss module registers its own with ``@register_loss``).
+Keyword arguments go to every term whose registry entry takes them (``activation`` for the Lovasz losses,
+``smooth`` for Dice, ``image_weight``/``aux_weight``/``final_weight`` for ``deep``, ``gamma`` for ``focal``); one
+that no term takes is an error, so a typo never passes silently. Mistakes in the spec or the arguments raise
 :class:`tgs.errors.UserError` naming the valid choices.
 """
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from losses.base import Criterion
-from losses.basic import BCE, SoftDice
-from losses.deep import DeepSupervisionLoss
-from losses.lovasz import LovaszHinge
+import losses.basic  # noqa: F401  (each module registers its losses)
+import losses.deep  # noqa: F401
+import losses.focal  # noqa: F401
+import losses.lovasz  # noqa: F401
+from losses.base import LOSSES, Criterion
 from tgs.errors import UserError
-
-_LOVASZ_KW = ("activation",)
-
-# name -> (constructor, keyword arguments it accepts from build_loss, one-line description)
-LOSSES: dict[str, tuple[Callable[..., Criterion], tuple[str, ...], str]] = {
-    "lovasz": (LovaszHinge, _LOVASZ_KW, "per-image Lovasz hinge, elu+1"),
-    "symmetric_lovasz": (
-        functools.partial(LovaszHinge, symmetric=True),
-        _LOVASZ_KW,
-        "(L(x, y) + L(-x, 1-y)) / 2",
-    ),
-    "lovasz_ignore_empty": (
-        functools.partial(LovaszHinge, ignore_empty=True),
-        _LOVASZ_KW,
-        "Lovasz hinge, mean over non-empty images only",
-    ),
-    "symmetric_lovasz_ignore_empty": (
-        functools.partial(LovaszHinge, symmetric=True, ignore_empty=True),
-        _LOVASZ_KW,
-        "symmetric Lovasz, mean over non-empty images only",
-    ),
-    "bce": (BCE, (), "pixel binary cross-entropy with logits"),
-    "dice": (SoftDice, ("smooth",), "per-image soft Dice"),
-    "deep": (
-        DeepSupervisionLoss,
-        ("image_weight", "aux_weight", "final_weight"),
-        "0.05*BCE(image) + 0.1*sum SymLovasz_nonempty(aux) + 1*SymLovasz(final)",
-    ),
-}
-
 
 class WeightedSum(Criterion):
     """``sum_i weight_i * term_i(out, target)``.
@@ -86,16 +56,11 @@ class WeightedSum(Criterion):
 
 
 def _valid() -> str:
-    return ", ".join(LOSSES)
+    return LOSSES.valid()
 
 
 def _lookup(raw: str) -> str:
-    name = raw.strip().lower().replace("-", "_")
-    if name in LOSSES:
-        return name
-    close = difflib.get_close_matches(name, list(LOSSES), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"unknown loss {raw.strip()!r}{hint}; valid losses: {_valid()}")
+    return LOSSES.lookup(raw)
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
@@ -127,14 +92,15 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
 def build_loss(spec: str, **kwargs: Any) -> Criterion:
     """A criterion for ``spec`` (see the module docstring); a single unweighted name gives the bare criterion."""
     terms = parse_spec(spec)
-    accepted = {k for name, _ in terms for k in LOSSES[name][1]}
+    accepted = {k for name, _ in terms for k in LOSSES.get(name).takes}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         took = ", ".join(sorted(accepted)) or "none"
         raise UserError(f"loss {spec!r} takes no argument {', '.join(unknown)} (it takes: {took})")
     built = []
     for name, weight in terms:
-        make, keys, _ = LOSSES[name]
+        entry = LOSSES.get(name)
+        make, keys = entry.obj, entry.takes
         try:
             module = make(**{k: v for k, v in kwargs.items() if k in keys})
         except (ValueError, TypeError) as exc:

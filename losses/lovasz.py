@@ -39,6 +39,7 @@ Everything runs in float32 (float64 inputs stay float64), with autocast disabled
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from losses._common import final_logits, flatten_pair, float32_region
-from losses.base import Criterion
+from losses.base import LOSSES, Criterion
 
 ACTIVATIONS = ("elu", "relu")
 
@@ -217,3 +218,17 @@ class LovaszHinge(Criterion):
 
     def extra_repr(self) -> str:
         return f"symmetric={self.symmetric}, ignore_empty={self.ignore_empty}, activation={self.activation!r}"
+
+
+def _register_variants() -> None:
+    takes = ("activation",)
+    LOSSES.add("lovasz", LovaszHinge, help="per-image Lovasz hinge, elu+1", takes=takes, options=())
+    LOSSES.add("symmetric_lovasz", functools.partial(LovaszHinge, symmetric=True), takes=takes, options=(),
+               help="(L(x, y) + L(-x, 1-y)) / 2")
+    LOSSES.add("lovasz_ignore_empty", functools.partial(LovaszHinge, ignore_empty=True), takes=takes, options=(),
+               help="Lovasz hinge, mean over non-empty images only")
+    LOSSES.add("symmetric_lovasz_ignore_empty", functools.partial(LovaszHinge, symmetric=True, ignore_empty=True),
+               takes=takes, options=(), help="symmetric Lovasz, mean over non-empty images only")
+
+
+_register_variants()

@@ -3,7 +3,7 @@
 Public API::
 
     build_model(config=None, **overrides) -> SaltUNet      # ModelConfig, dict or keyword arguments
-    ModelConfig(...) / ModelConfig.recipe(**overrides)      # to_dict() / from_dict(); defaults = 9th-place recipe
+    ModelConfig(...)      # to_dict() / from_dict(); defaults = 9th-place recipe
     list_encoders(pattern="*") -> list[str]                 # unet, unet_nopool, recipe aliases, timm models
     save_checkpoint(path, model, input_spec, meta=None, extra=None) -> Path   # atomic
     read_checkpoint(path) -> dict                           # validated raw dict (resume state under "extra")
@@ -17,13 +17,13 @@ import tgs.compat  # noqa: F401  (must run before the first timm / torchvision i
 from .blocks import SKIP_MODES, OCBlock, SCSE, DecoderBlock, SelfAttention2d
 from .checkpoint import (FORMAT, FORMAT_VERSION, Loaded, load, model_from_checkpoint, read_checkpoint,
                          save_checkpoint, unwrap_model)
-from .config import ALIASES, SCRATCH_ENCODERS, ModelConfig
-from .encoders import TimmEncoder, UNetEncoder, list_encoders, resolve_encoder
+from .config import ModelConfig
+from .encoders import ALIASES, ENCODERS, SCRATCH_ENCODERS, TimmEncoder, UNetEncoder, list_encoders, resolve_encoder
 from .pretrained import LoadReport, load_encoder_weights
 from .unet import SaltUNet, build_model
 
 __all__ = [
-    "ALIASES", "FORMAT", "FORMAT_VERSION", "SCRATCH_ENCODERS", "SKIP_MODES",
+    "ALIASES", "ENCODERS", "FORMAT", "FORMAT_VERSION", "SCRATCH_ENCODERS", "SKIP_MODES",
     "DecoderBlock", "Loaded", "LoadReport", "ModelConfig", "OCBlock", "SCSE", "SaltUNet", "SelfAttention2d",
     "TimmEncoder", "UNetEncoder",
     "build_model", "list_encoders", "load", "load_encoder_weights", "model_from_checkpoint",

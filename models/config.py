@@ -10,33 +10,12 @@ from tgs.errors import UserError
 
 from .blocks import SKIP_MODES
 
-# Recipe / Cadene ``pretrainedmodels`` names -> timm names. The SE family maps to timm's ``legacy_*`` models,
-# whose state-dict keys are exactly Cadene's, so Cadene weight files load as they are.
-# timm has models of its own called senet154 (and seresnext*) with other keys: the alias wins here.
-ALIASES: dict[str, str] = {
-    "senet154": "legacy_senet154",
-    "se_resnet18": "legacy_seresnet18",
-    "se_resnet34": "legacy_seresnet34",
-    "se_resnet50": "legacy_seresnet50",
-    "se_resnet101": "legacy_seresnet101",
-    "se_resnet152": "legacy_seresnet152",
-    "se_resnext26_32x4d": "legacy_seresnext26_32x4d",
-    "se_resnext50_32x4d": "legacy_seresnext50_32x4d",
-    "se_resnext101_32x4d": "legacy_seresnext101_32x4d",
-    "xception": "legacy_xception",
-}
-
-# From-scratch encoders (no pretrained weights): the classic UNet (double conv + max-pool) and the "no-pool"
-# UNet whose down-sampling is a stride-2 convolution.
-SCRATCH_ENCODERS: tuple[str, ...] = ("unet", "unet_nopool")
-
-
 @dataclass
 class ModelConfig:
     """Everything needed to build (and rebuild) a model. Defaults are the 9th-place recipe.
 
     encoder: a timm model name supporting ``features_only`` (``resnet34``, ``seresnext50_32x4d``, ``vgg16_bn``,
-        ``efficientnet_b0`` ...), a recipe alias (``senet154`` -> timm ``legacy_senet154``, see ``ALIASES``) or a
+        ``efficientnet_b0`` ...), a recipe alias (``senet154`` -> timm ``legacy_senet154``, see ``models.encoders.ENCODERS``) or a
         from-scratch encoder (``unet``, ``unet_nopool``).
     pretrained: ``None`` (random init), ``"imagenet"`` (timm's weights, needs its hub or cache) or the path of a
         local state dict (timm or Cadene ``pretrainedmodels`` keys). Never stored in checkpoints (weights are).
@@ -88,11 +67,6 @@ class ModelConfig:
                 raise UserError(f"{name} must be a positive int, got {value!r}")
         if self.pretrained is not None and not isinstance(self.pretrained, str):
             self.pretrained = str(self.pretrained)  # a pathlib.Path
-
-    @classmethod
-    def recipe(cls, **overrides: Any) -> "ModelConfig":
-        """The 9th-place recipe: SENet154 encoder, OC blocks, x2 input up-sampling (same as the defaults)."""
-        return cls(**overrides)
 
     def to_dict(self) -> dict:
         """A dict of builtins (lists, not tuples)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 
 import tgs.compat  # noqa: F401  (before timm/torchvision; timm itself is imported when a timm encoder is asked for)
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 from tgs.errors import UserError
 
 from .blocks import ConvBNReLU
-from .config import ALIASES, SCRATCH_ENCODERS
+from tgs.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,6 +123,26 @@ class UNetEncoder(nn.Module):
         return features
 
 
+# -- the named encoders: from-scratch ones and recipe aliases (every other timm model is taken by its timm name) --
+ENCODERS = Registry("encoder")
+ENCODERS.add("unet", functools.partial(UNetEncoder, pool=True), scratch=True,
+             help="from scratch: the classic UNet encoder (double conv + max-pool)")
+ENCODERS.add("unet_nopool", functools.partial(UNetEncoder, pool=False), scratch=True,
+             help="from scratch: the UNet encoder down-sampling by a stride-2 convolution")
+# Recipe / Cadene ``pretrainedmodels`` names -> timm names. The SE family maps to timm's ``legacy_*`` models,
+# whose state-dict keys are exactly Cadene's, so Cadene weight files load as they are.
+# timm has models of its own called senet154 (and seresnext*) with other keys: the alias wins here.
+for _alias, _timm in (("senet154", "legacy_senet154"), ("se_resnet18", "legacy_seresnet18"),
+                      ("se_resnet34", "legacy_seresnet34"), ("se_resnet50", "legacy_seresnet50"),
+                      ("se_resnet101", "legacy_seresnet101"), ("se_resnet152", "legacy_seresnet152"),
+                      ("se_resnext26_32x4d", "legacy_seresnext26_32x4d"),
+                      ("se_resnext50_32x4d", "legacy_seresnext50_32x4d"),
+                      ("se_resnext101_32x4d", "legacy_seresnext101_32x4d"), ("xception", "legacy_xception")):
+    ENCODERS.add(_alias, _timm, scratch=False, help=f"recipe alias of timm's {_timm} (Cadene's state-dict keys)")
+SCRATCH_ENCODERS: tuple[str, ...] = tuple(e.name for e in ENCODERS.entries() if e.scratch)
+ALIASES: dict[str, str] = {e.name: e.obj for e in ENCODERS.entries() if not e.scratch}
+
+
 def build_encoder(name: str, pretrained: str | None = None, width: int = 64) -> nn.Module:
     """Build the encoder ``name``; ``pretrained="imagenet"`` asks timm for its weights (local files are loaded by
     the caller, see :func:`models.pretrained.load_encoder_weights`)."""
@@ -130,5 +151,5 @@ def build_encoder(name: str, pretrained: str | None = None, width: int = 64) -> 
         if pretrained == "imagenet":
             raise UserError(f"encoder {name!r} is trained from scratch: it has no ImageNet weights "
                             f"(use pretrained=None or a local file)")
-        return UNetEncoder(width=width, pool=(name == "unet"))
+        return ENCODERS.get(name).obj(width=width)
     return TimmEncoder(timm_name, pretrained=(pretrained == "imagenet"))

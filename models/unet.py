@@ -151,7 +151,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def build_model(config: ModelConfig | dict | None = None, **overrides: Any) -> SaltUNet:
     """Build a :class:`SaltUNet` from a :class:`ModelConfig`, a dict of its fields, or keyword arguments.
 
-    ``build_model(encoder="resnet34", input_upsample=1)``; ``build_model(ModelConfig.recipe(pretrained=PATH))``.
+    ``build_model(encoder="resnet34", input_upsample=1)``; ``build_model(ModelConfig(pretrained=PATH))``.
     Unknown options and encoder names are UserErrors naming the close matches.
     """
     if config is None:

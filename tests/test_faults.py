@@ -281,7 +281,8 @@ def test_outputs_that_would_replace_an_input_or_the_dataset_are_refused(data, tm
     src = tmp_path / "download"
     src.mkdir()
     (src / "train.zip").write_bytes(b"x")
-    refused(capsys, "datasets.prepare", [src, "--out", src, "--force"], f"--out {src} holds the source")
+    refused(capsys, "datasets.prepare", [src, "--out", src, "--force"],
+            f"--out {src} would overwrite the input SOURCE {src}")
     assert (src / "train.zip").read_bytes() == b"x"
     assert before == {p: p.read_bytes() for p in before}
 

@@ -552,7 +552,7 @@ def test_unknown_loss_name_is_a_user_error_listing_valid_names():
     for name in ("deep", "lovasz", "symmetric_lovasz", "bce", "dice"):
         assert name in msg
     with pytest.raises(UserError, match="valid losses"):
-        build_loss("focal")
+        build_loss("tversky")
     with pytest.raises(UserError, match="unknown loss 'foo'"):
         build_loss("bce+foo")
 
@@ -592,3 +592,18 @@ def test_cuda_matches_cpu():
             got = crit(cuda_out, y.cuda())
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.cpu(), crit(out, y), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# focal (the loss registered with an option of its own)
+# ---------------------------------------------------------------------------------------------------------------
+def test_focal_by_hand_and_gamma_zero_is_bce():
+    x = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]]])
+    y = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    # by hand: p_t = sigmoid(x) for y=1, 1-sigmoid(x) for y=0; FL = mean((1-p_t)^2 * -log p_t)
+    p_t = [0.5, 1 - 1 / (1 + math.exp(-2.0)), 1 - 1 / (1 + math.exp(1.0)), 1 / (1 + math.exp(-3.0))]
+    want = sum((1 - p) ** 2 * -math.log(p) for p in p_t) / 4
+    assert build_loss("focal")(x, y).item() == pytest.approx(want, rel=1e-5)
+    assert build_loss("focal", gamma=0.0)(x, y).item() == pytest.approx(build_loss("bce")(x, y).item(), rel=1e-6)
+    with pytest.raises(UserError, match="gamma"):
+        build_loss("focal", gamma=-1.0)

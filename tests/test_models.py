@@ -218,7 +218,7 @@ def test_config_round_trip_and_errors():
     d = cfg.to_dict()
     assert d["decoder_channels"] == [32, 32, 16, 16, 8]
     assert models.ModelConfig.from_dict(d) == cfg
-    recipe = models.ModelConfig.recipe()
+    recipe = models.ModelConfig()
     assert (recipe.encoder, recipe.input_upsample, recipe.oc_center, recipe.oc_decoder) == ("senet154", 2, True, True)
     with pytest.raises(UserError, match="unknown model option 'decoder_chanels'.*decoder_channels"):
         models.ModelConfig.from_dict({"decoder_chanels": 3})
@@ -405,7 +405,7 @@ def test_pretrained_imagenet_offline_explains_local_file(monkeypatch):
 def test_recipe_senet154_forward_and_cadene_keys():
     with torch.device("meta"):
         full = set(timm.create_model("legacy_senet154").state_dict())
-    model = models.build_model(models.ModelConfig.recipe()).eval()
+    model = models.build_model(models.ModelConfig()).eval()
     enc = set(model.encoder.model.state_dict())
     assert enc == full - {"last_linear.weight", "last_linear.bias"}
     assert model.encoder.out_channels == [128, 256, 512, 1024, 2048]

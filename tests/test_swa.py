@@ -26,8 +26,8 @@ def tiny(seed: int, **kw) -> models.SaltUNet:
 
 
 def save(path, model, fold="fold0", data=None, spec=SPEC, epoch=0, kind="last"):
-    meta = {"fold": fold, "epoch": epoch, "kind": kind, "data_dir": str(data), "folds_file": None,
-            "drop_mask_threshold": 0, "options": {"batch_size": 16}}
+    meta = {"fold": fold, "epoch": epoch, "kind": kind,
+            "config": {"data_dir": str(data), "folds_file": None, "drop_mask_threshold": 0, "batch_size": 16}}
     return models.save_checkpoint(path, model, spec, meta)
 
 

@@ -339,7 +339,7 @@ def test_config_round_trips_through_dict_and_checkpoint_meta():
     c = train_cli.parse(["--basenet", "unet", "--batch-size", "7", "--oc", "center", "--comment", "x"])
     assert TrainConfig.from_dict(c.to_dict()) == c
     assert TrainConfig.from_checkpoint({"config": c.to_dict()}) == c
-    assert TrainConfig.from_checkpoint({"options": {"batch_size": 7, "unknown_old_key": 1}}).optim.batch_size == 7
+    assert TrainConfig.from_checkpoint({"config": {"batch_size": 7, "unknown_old_key": 1}}).optim.batch_size == 7
     assert c.model.model_config().oc_center and not c.model.model_config().oc_decoder
     assert c.differences(c.replace(batch_size=8)) == ["batch_size 7 -> 8"]
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 
 def _umask() -> int:
@@ -80,34 +82,113 @@ def require_file(path, where: str, kind: str = "file", missing: str = "does not 
     return path
 
 
-DATASET_ENTRIES = ("train.csv", "depths.csv", "sample_submission.csv", "train", "test")  # Kaggle's layout
+CONFIG_BYTES = 1 << 20  # a configuration file (YAML, JSON) holds a few dozen keys: 1 MiB is far more than enough
 
 
-def check_output(path, flag: str, inputs: dict | None = None, data_dirs: Sequence = ()) -> None:
-    """Refuse, with one line, an output ``path`` (given as ``flag``) that would replace one of the step's
-    ``inputs`` (``{flag: path}``; a folder input protects everything under it) or a file of a dataset in Kaggle's
-    layout (``data_dirs``), before any work."""
+def read_config_text(path: Path, where: str, most: int = CONFIG_BYTES) -> str:
+    """The text of a small configuration file, refused with one line (``WHERE PATH is N bytes ...``) before it is
+    read when it is larger than ``most`` bytes: a config is read whole and parsed, so its size bounds the work."""
+    from tgs.errors import UserError
+
+    size = path.stat().st_size
+    if size > most:
+        raise UserError(f"{where}{path} is {size} bytes, more than a configuration file can need ({most}); refused")
+    return path.read_text()
+
+
+DATASET_FILES = ("train.csv", "depths.csv", "sample_submission.csv")  # Kaggle's layout: its files ...
+DATASET_FOLDERS = ("train", "test")  # ... and its folders, with everything inside them
+DATASET_ENTRIES = DATASET_FILES + DATASET_FOLDERS
+_DATASET_MARKS = ("train/images", "train/masks", "test/images")  # folders that make a folder a dataset
+
+
+def _spellings(path) -> list[Path]:
+    """``path`` as written (absolute, ``..`` folded) and with every symlink resolved: the two ways to reach it."""
+    lexical = Path(os.path.abspath(os.path.expanduser(path)))
+    real = Path(os.path.realpath(lexical))
+    return [lexical] if real == lexical else [lexical, real]
+
+
+def _same_or_inside(out: Path, src: Path) -> bool:
+    """Whether ``out`` is ``src`` or lies inside the folder ``src`` (both resolved), or is the same file (a hard
+    link)."""
+    if out == src or src in out.parents:
+        return True
+    try:
+        return out.exists() and src.exists() and os.path.samefile(out, src)
+    except OSError:
+        return False
+
+
+def is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset in Kaggle's layout: it holds one of its CSV files, or train/images,
+    train/masks or test/images."""
+    return (any((folder / f).is_file() for f in DATASET_FILES)
+            or any((folder / d).is_dir() for d in _DATASET_MARKS))
+
+
+def dataset_entry(path, data_dirs: Sequence = ()) -> tuple[Path, str] | None:
+    """``(dataset folder, entry)`` when ``path`` is one of a dataset's entries (train.csv, depths.csv,
+    sample_submission.csv) or lies inside its train/ or test/ folder, however it is reached: through a symlink to
+    the dataset, to one of its folders or to the file itself, or by ``..``. The datasets are ``data_dirs`` and any
+    folder above ``path`` (either spelling) that :func:`is_dataset`; None otherwise."""
+    outs = _spellings(path)
+    roots = {Path(os.path.realpath(d)) for d in data_dirs if d is not None}
+    for out in outs:
+        for folder in out.parents:
+            if folder in roots or is_dataset(folder):
+                entry = out.relative_to(folder).parts[0]
+                if entry in DATASET_ENTRIES:
+                    return folder, entry
+    for root in roots:  # an entry that is itself a symlink (DATA/train -> /disk/train): compare its target
+        for entry in DATASET_ENTRIES:
+            target = Path(os.path.realpath(root / entry))
+            if any(_same_or_inside(out, target) for out in outs):
+                return root, entry
+    return None
+
+
+def _each(inputs: dict | None) -> Iterator[tuple[str, str | os.PathLike]]:
+    """``(flag, path)`` for every path of ``{flag: path, paths or None}``."""
+    for where, given in (inputs or {}).items():
+        for one in ([given] if isinstance(given, (str, os.PathLike)) else list(given or [])):
+            if one is not None:
+                yield where, one
+
+
+def input_hit(path, inputs: dict | None) -> tuple[str, str] | None:
+    """``(flag, given path)`` of the first of ``inputs`` (``{flag: path or paths}``) that ``path`` is, or lies
+    inside (an input folder), compared with symlinks resolved; None when none."""
+    outs = _spellings(path)
+    for where, one in _each(inputs):
+        if any(_same_or_inside(out, src) for out in outs for src in _spellings(one)):
+            return where, str(one)
+    return None
+
+
+def check_output(path, flag: str, inputs: dict | None = None, data_dirs: Sequence = (),
+                 contains_inputs: bool = False) -> None:
+    """The one check that an output never replaces an input: refuse, with one line and before any work, an
+    output ``path`` (given as ``flag``) that is one of the step's ``inputs`` (``{flag: path or paths}``) or lies
+    in an input folder, or that is an entry of a dataset in Kaggle's layout (:func:`dataset_entry`: ``data_dirs``,
+    and any dataset folder above the path). Paths are compared with symlinks resolved, and as written.
+    ``contains_inputs``: the output is a folder that is replaced whole, so an input inside it is refused too."""
     from tgs.errors import UserError
 
     if path is None:
         return
-    out = Path(os.path.abspath(path))
-    for where, given in (inputs or {}).items():
-        for one in ([given] if isinstance(given, (str, os.PathLike)) else list(given or [])):
-            if one is None:
-                continue
-            src = Path(os.path.abspath(one))
-            if out == src or (src.is_dir() and src in out.parents) or (out.exists() and src.exists()
-                                                                       and os.path.samefile(out, src)):
-                raise UserError(f"{flag} {path} would overwrite the input {where} {one}: write it elsewhere")
-    for data in data_dirs:
-        if data is None:
-            continue
-        root = Path(os.path.abspath(data))
-        for entry in DATASET_ENTRIES:
-            target = root / entry
-            if out == target or target in out.parents:
-                raise UserError(f"{flag} {path} would overwrite the dataset's {entry} in {data}: write it elsewhere")
+    hit = input_hit(path, inputs)
+    if hit is not None:
+        raise UserError(f"{flag} {path} would overwrite the input {hit[0]} {hit[1]}: write it elsewhere")
+    if contains_inputs:
+        for where, one in _each(inputs):
+            if input_hit(one, {flag: path}) is not None:
+                raise UserError(f"{flag} {path} would remove the input {where} {one}, which lies inside it: move "
+                                "it out first, or write elsewhere")
+    found = dataset_entry(path, data_dirs)
+    if found is not None:
+        root, entry = found
+        raise UserError(f"{flag} {path} would overwrite the dataset's {entry} in {root}: write it elsewhere")
 
 
 class FolderLock:
@@ -257,11 +338,78 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def read_npz(path: str | os.PathLike, names: Sequence[str], what: str) -> dict:
-    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``), all of
-    them decompressed here. A file that is not a readable ``.npz`` holding them all (a single ``.npy``, not a zip,
-    truncated or corrupt, an object array, a missing array) is a DataError naming the file as a ``what`` (e.g.
-    "probabilities file")."""
+@dataclass(frozen=True)
+class Declared:
+    """What a ``.npy`` member of an archive says it holds (read from its header, nothing decompressed)."""
+
+    shape: tuple
+    dtype: "np.dtype"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+MAX_TILES = 2_000_000  # tiles of one data set at most: datasets.synthetic makes up to 1,000,000 train and test each
+MAX_CHARS = 4096  # characters of one string of a saved file (an id, a model's path, a provenance record)
+
+
+def check_strings(path, name: str, declared: "Declared", ndim: int, most: int = MAX_TILES) -> int:
+    """A declared string array (``ndim`` 1) or string (0): the right kind, at most ``most`` strings of at most
+    :data:`MAX_CHARS` characters; returns how many. A DataError naming the file and the array otherwise."""
+    from tgs.errors import DataError
+
+    if len(declared.shape) != ndim or declared.dtype.kind != "U":
+        kind = "a 1-D array of strings" if ndim else "a string"
+        raise DataError(f"{path}: {name!r} must be {kind}, got {declared.dtype} {declared.shape}")
+    count, chars = math.prod(declared.shape), declared.dtype.itemsize // 4
+    if count > most or chars > MAX_CHARS:
+        raise DataError(f"{path}: {name!r} declares {count} strings of {chars} characters, more than the data can "
+                        f"need (at most {most} of {MAX_CHARS}); refused before reading it")
+    return count
+
+
+def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, Declared]:
+    """The declared shape and dtype of the arrays ``names`` of the ``.npz`` ``path``, from each member's ``.npy``
+    header alone; a member whose size in the archive's directory disagrees with its header (a lie that would make
+    numpy allocate the header's size first), an object array (a pickle), a missing array or a damaged header is
+    a DataError naming the file."""
+    import numpy as np
+
+    from tgs.errors import DataError
+
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for name in names:
+            try:
+                info = z.getinfo(f"{name}.npy")
+            except KeyError:
+                raise DataError(f"{path} is not a {what} (no {name!r} array)") from None
+            with z.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                header = fh.tell()
+            if dtype.hasobject:
+                raise DataError(f"{path} holds an object array (pickled data), refused: {what}s hold plain arrays "
+                                "only")
+            out[name] = Declared(tuple(shape), dtype)
+            if info.file_size != header + out[name].nbytes:
+                raise DataError(f"{path} is not a readable .npz {what}: corrupt ({name!r} declares {dtype} "
+                                f"{tuple(shape)} but its member holds {info.file_size} bytes)")
+    return out
+
+
+def read_npz(path: str | os.PathLike, names: Sequence[str], what: str,
+             check: Callable[[dict[str, Declared]], None] | None = None) -> dict:
+    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``).
+
+    Nothing is decompressed before every member's declared shape and dtype (:func:`npz_declared`) passed
+    ``check``, which raises a DataError for shapes the caller's data cannot need (an archive of a few MB may
+    declare gigabytes): memory is bounded by what ``check`` accepts. A file that is not a readable ``.npz``
+    holding them all (a single ``.npy``, not a zip, truncated or corrupt, an object array, a missing array) is a
+    DataError naming the file as a ``what`` (e.g. "probabilities file")."""
     import numpy as np
 
     from tgs.errors import DataError
@@ -274,10 +422,10 @@ def read_npz(path: str | os.PathLike, names: Sequence[str], what: str) -> dict:
     if not head.startswith(_ZIP_MAGIC):
         raise DataError(f"{path} is not a readable .npz {what} (not a zip archive)")
     try:
+        declared = npz_declared(path, names, what)
+        if check is not None:
+            check(declared)
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in names if k not in z.files]
-            if missing:
-                raise DataError(f"{path} is not a {what} (no {missing[0]!r} array)")
             return {k: z[k] for k in names}
     except ValueError as exc:
         if "allow_pickle" in str(exc):

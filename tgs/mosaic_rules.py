@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from tgs.errors import UserError, excerpt
+from tgs.registry import Registry
 
 if TYPE_CHECKING:  # pandas and the mosaic reader load only where rules run, not for a script's --help
     from tgs.mosaic import Mosaics
 
-RULES = ("vertical", "empty-below", "boundary", "fill-holes")
+MOSAIC_RULES = Registry("mosaic rule")  # filled below, in the order the rules run; RULES: their names
 VERTICAL_ROWS = 15  # a known mask whose last 15 rows are equal (and partly salt) is softly vertical
 FAR = 50  # signed distance (pixels) given to an edge line without a salt boundary (about half a tile)
 _BLOCK = 1024  # tiles per hole-filling call (bounds scipy's temporaries)
@@ -201,7 +202,7 @@ class Context:
         taken = fixed.copy()  # tiles set by an earlier rule (or known): later rules leave them alone
         changed, touched = {}, {}
         for rule in rules:
-            rows = getattr(self, "_" + rule.replace("-", "_"))(out, pred, taken)
+            rows = MOSAIC_RULES.get(rule).obj(self, out, pred, taken)
             # a touched tile was not set before (taken tiles are skipped): compare with the input mask
             changed[rule], touched[rule] = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
             changed[rule][rows] = (out[rows] != masks[rows]).any(axis=(1, 2))
@@ -209,7 +210,7 @@ class Context:
             taken[rows] = True
         return Outcome(out, changed, touched)
 
-    def _targets(self, board: np.ndarray, pred: np.ndarray, taken: np.ndarray, *extra) -> np.ndarray:
+    def targets(self, board: np.ndarray, pred: np.ndarray, taken: np.ndarray, *extra) -> np.ndarray:
         """The rows in the masks of the board tiles ``board`` (-1: no tile) that are predicted and not taken, and
         the same entries of each ``extra`` array."""
         rows = np.where(board >= 0, pred[np.maximum(board, 0)], -1) if len(pred) else np.full(len(board), -1)
@@ -217,63 +218,75 @@ class Context:
         ok[ok] = ~taken[rows[ok]]
         return (rows[ok], *(e[ok] for e in extra))
 
-    def _vertical(self, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
-        e, k = self.edges, self.edge_of
-        below, src = self.walk_down(self.known_tiles[e.soft])
-        rows, src = self._targets(below, pred, taken, src)
-        out[rows] = e.bottom[k[src]][:, None, :]
-        full = self.known_tiles[e.vertical]
-        mark = taken.copy()
-        mark[rows] = True  # a walk from above wins over the extension up
-        up_rows, up_src = self._targets(self.up[full], pred, mark, full)
-        out[up_rows] = e.top[k[up_src]][:, None, :]
-        return np.concatenate([rows, up_rows])
 
-    def _empty_below(self, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
-        below, _ = self.walk_down(self.known_tiles[self.edges.bottom_full])
-        (rows,) = self._targets(below, pred, taken)
-        out[rows] = False
-        return rows
+# -- the rules, in the order they run; each registered once with its help and its colour in the pictures ----
+@MOSAIC_RULES.register("vertical", colour=(0, 220, 255),
+                       help="a salt wall continues down: a vertical known mask's last row repeats below it")
+def vertical(ctx: Context, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    e, k = ctx.edges, ctx.edge_of
+    below, src = ctx.walk_down(ctx.known_tiles[e.soft])
+    rows, src = ctx.targets(below, pred, taken, src)
+    out[rows] = e.bottom[k[src]][:, None, :]
+    full = ctx.known_tiles[e.vertical]
+    mark = taken.copy()
+    mark[rows] = True  # a walk from above wins over the extension up
+    up_rows, up_src = ctx.targets(ctx.up[full], pred, mark, full)
+    out[up_rows] = e.top[k[up_src]][:, None, :]
+    return np.concatenate([rows, up_rows])
 
-    def _boundary(self, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
-        board = np.flatnonzero(pred >= 0)
-        (rows, board) = self._targets(board, pred, taken, board)
-        empty = ~out[rows].any(axis=(1, 2))
-        rows, board = rows[empty], board[empty]
-        done = np.zeros(len(rows), bool)
-        h, w = out.shape[1:]
-        e, k = self.edges, self.edge_of
-        # (neighbour before, its line facing us, neighbour after, its line, lines along which axis)
-        for before, first, after, second, axis in ((self.up, e.bottom, self.down, e.top, "rows"),
-                                                   (self.left, e.right, self.right, e.left, "cols")):
-            nb_a, nb_b = before[board], after[board]
-            has_a = (nb_a >= 0) & self.known[np.maximum(nb_a, 0)] & ~done
-            has_b = (nb_b >= 0) & self.known[np.maximum(nb_b, 0)] & ~done
-            size = w if axis == "rows" else h
-            line_a = np.zeros((len(rows), size), bool)
-            line_b = np.zeros((len(rows), size), bool)
-            line_a[has_a] = first[k[nb_a[has_a]]]
-            line_b[has_b] = second[k[nb_b[has_b]]]
-            fire = (has_a & partly_salt(line_a)) | (has_b & partly_salt(line_b))
-            if not fire.any():
-                continue
-            # a side without a known neighbour: the other side's line is extruded (both ends the same line)
-            a = np.where((has_a & fire)[:, None], line_a, line_b)
-            b = np.where((has_b & fire)[:, None], line_b, line_a)
-            steps = h if axis == "rows" else w
-            filled = interpolate(a[fire], b[fire], steps)  # (F, steps, size): along rows, or along columns
-            out[rows[fire]] = filled if axis == "rows" else filled.transpose(0, 2, 1)
-            done |= fire
-        return rows[done]
+@MOSAIC_RULES.register("empty-below", colour=(255, 0, 255),
+                       help="below a known tile whose bottom row is all salt, the tiles become empty")
+def empty_below(ctx: Context, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    below, _ = ctx.walk_down(ctx.known_tiles[ctx.edges.bottom_full])
+    (rows,) = ctx.targets(below, pred, taken)
+    out[rows] = False
+    return rows
 
-    def _fill_holes(self, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
-        from scipy import ndimage
+@MOSAIC_RULES.register("boundary", colour=(255, 150, 0),
+                       help="an empty-predicted tile next to a known partly-salt edge continues that boundary")
+def boundary(ctx: Context, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    board = np.flatnonzero(pred >= 0)
+    (rows, board) = ctx.targets(board, pred, taken, board)
+    empty = ~out[rows].any(axis=(1, 2))
+    rows, board = rows[empty], board[empty]
+    done = np.zeros(len(rows), bool)
+    h, w = out.shape[1:]
+    e, k = ctx.edges, ctx.edge_of
+    # (neighbour before, its line facing us, neighbour after, its line, lines along which axis)
+    for before, first, after, second, axis in ((ctx.up, e.bottom, ctx.down, e.top, "rows"),
+                                               (ctx.left, e.right, ctx.right, e.left, "cols")):
+        nb_a, nb_b = before[board], after[board]
+        has_a = (nb_a >= 0) & ctx.known[np.maximum(nb_a, 0)] & ~done
+        has_b = (nb_b >= 0) & ctx.known[np.maximum(nb_b, 0)] & ~done
+        size = w if axis == "rows" else h
+        line_a = np.zeros((len(rows), size), bool)
+        line_b = np.zeros((len(rows), size), bool)
+        line_a[has_a] = first[k[nb_a[has_a]]]
+        line_b[has_b] = second[k[nb_b[has_b]]]
+        fire = (has_a & partly_salt(line_a)) | (has_b & partly_salt(line_b))
+        if not fire.any():
+            continue
+        # a side without a known neighbour: the other side's line is extruded (both ends the same line)
+        a = np.where((has_a & fire)[:, None], line_a, line_b)
+        b = np.where((has_b & fire)[:, None], line_b, line_a)
+        steps = h if axis == "rows" else w
+        filled = interpolate(a[fire], b[fire], steps)  # (F, steps, size): along rows, or along columns
+        out[rows[fire]] = filled if axis == "rows" else filled.transpose(0, 2, 1)
+        done |= fire
+    return rows[done]
 
-        rows = np.flatnonzero(~taken)
-        for first in range(0, len(rows), _BLOCK):  # blocks of tiles: each tile's holes on its own (no link across)
-            block = rows[first:first + _BLOCK]
-            out[block] = ndimage.binary_fill_holes(out[block], structure=_CROSS)
-        return rows
+@MOSAIC_RULES.register("fill-holes", colour=(120, 120, 255), help="holes of each predicted mask are filled")
+def fill_holes(ctx: Context, out: np.ndarray, pred: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    rows = np.flatnonzero(~taken)
+    for first in range(0, len(rows), _BLOCK):  # blocks of tiles: each tile's holes on its own (no link across)
+        block = rows[first:first + _BLOCK]
+        out[block] = ndimage.binary_fill_holes(out[block], structure=_CROSS)
+    return rows
+
+
+RULES = MOSAIC_RULES.names()
 
 
 def apply_rules(masks: np.ndarray, ids, mosaics: Mosaics, known_ids, known_masks: np.ndarray,

@@ -6,11 +6,12 @@ images or bool masks) with a thread pool (OpenCV releases the GIL while decoding
 
 A file that is missing, not a PNG, truncated (no PNG end marker: libpng would otherwise print its own
 ``Read Error`` line before ours) or of the wrong size is a :class:`~tgs.errors.DataError` naming the id and the
-file.
-"""
+file. The size is read from the PNG header before anything is decoded (a 1 MB file may declare 30000x30000
+pixels), and a file larger than any tile can need is refused before it is read."""
 from __future__ import annotations
 
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,8 @@ from tgs.errors import DataError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+HEADER = 33  # signature (8) + the IHDR chunk (length 4, type 4, data 13, CRC 4): width and height at 16..24
+MAX_BYTES = 16 << 20  # a 101x101 tile is at most ~82 KB of pixels (RGBA, 16 bit); the rest would be extra chunks
 
 try:  # OpenCV's own warnings about broken files would precede our one line
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -35,9 +38,23 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def check_header(head: bytes, path: Path, ident: str, kind: str) -> None:
+    """The size a PNG declares in its IHDR chunk (bytes 16-24: width, height), checked before anything is
+    decoded: a small file may declare a huge image (zlib packs zeros tightly), which the decoder would allocate."""
+    if len(head) < HEADER or head[12:16] != b"IHDR":
+        raise DataError(f"id {ident}: {kind} file {path} is not a readable PNG (no IHDR header)")
+    width, height = struct.unpack(">II", head[16:24])
+    if (width, height) != (TILE, TILE):
+        raise DataError(f"id {ident}: {kind} file {path} is {width}x{height}, expected {TILE}x{TILE}")
+
+
 def decode(path: Path, ident: str, kind: str = "image") -> np.ndarray:
     """One tile: (101, 101) uint8 for ``kind='image'``, bool for ``kind='mask'``."""
     try:
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            raise DataError(f"id {ident}: {kind} file {path} is {size} bytes, more than a {TILE}x{TILE} tile can "
+                            f"need ({MAX_BYTES}); refused before reading it")
         data = np.fromfile(path, np.uint8)
     except FileNotFoundError:
         raise DataError(f"id {ident}: {kind} file {path} is missing") from None
@@ -48,6 +65,7 @@ def decode(path: Path, ident: str, kind: str = "image") -> np.ndarray:
         raise DataError(f"id {ident}: {kind} file {path} is not a PNG file")
     if tail != END:
         raise DataError(f"id {ident}: {kind} file {path} is truncated (no PNG end marker)")
+    check_header(data[:HEADER].tobytes(), path, ident, kind)
     raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise DataError(f"id {ident}: {kind} file {path} is not a readable PNG (corrupt data)")

@@ -39,7 +39,7 @@ import numpy as np
 
 from tgs import TILE, metric
 from tgs.errors import UserError, excerpt
-from tgs.io import require_file
+from tgs.io import read_config_text, require_file
 from tgs.mosaic_rules import parse_rules
 from tgs.probabilities import at_least, level_histograms, level_of, quantize
 
@@ -123,7 +123,7 @@ def load_setting(path) -> tuple[PostProcess, dict]:
         return dict(pairs)
 
     try:
-        data = json.loads(path.read_text(), object_pairs_hook=unique)
+        data = json.loads(read_config_text(path, "--post-config "), object_pairs_hook=unique)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"--post-config {path}: not a JSON file ({exc})") from None
     if not isinstance(data, dict):

@@ -1,6 +1,7 @@
 """Saved predictions: per-id 101x101 salt probabilities in a compact ``.npz`` (never a pickle).
 
-Arrays in the file (read with ``np.load(..., allow_pickle=False)``):
+Arrays in the file (read with :func:`tgs.io.read_npz`: no pickle, and every declared shape checked before anything
+is decompressed):
 
 - ``ids``: (N,) unicode strings;
 - ``probs``: (N, 101, 101) uint8, the probability times 255, rounded (error at most 0.002);
@@ -22,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from tgs.errors import DataError, UserError, excerpt
-from tgs.io import atomic_path, read_npz
+from tgs.io import atomic_path, check_strings, read_npz
 from tgs import TILE
 
 IMAGE_SHAPE = (TILE, TILE)
@@ -124,29 +125,54 @@ def load(path: str | os.PathLike) -> Probabilities:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"probabilities file {path} does not exist")
-    arrays = read_npz(path, ARRAYS, "probabilities file")
+    arrays = read_npz(path, ARRAYS, "probabilities file", lambda declared: _check_declared(path, declared))
     ids = _checked_ids(path, arrays["ids"])
     q = arrays["probs"]
-    if q.dtype != np.uint8 or q.shape != (len(ids), *IMAGE_SHAPE):
-        raise DataError(f"{path}: 'probs' must be uint8 of shape ({len(ids)}, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
-                        f"(one {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} tile per id), got {q.dtype} {q.shape}")
     img = _checked_image_probs(path, arrays["image_probs"], ids)
     models = arrays["models"]
-    if models.ndim != 1 or models.dtype.kind != "U":
-        raise DataError(f"{path}: 'models' must be a 1-D array of strings, got {models.dtype} {models.shape}")
     split = arrays["split"]
-    if split.ndim != 0 or split.dtype.kind != "U" or str(split) not in SPLITS:
-        shown = str(split) if split.ndim == 0 and split.dtype.kind == "U" else split
-        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(shown)}")
+    if str(split) not in SPLITS:
+        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {excerpt(str(split))}")
     return Probabilities(ids, q.astype(np.float32) / SCALE, img, models.tolist(), str(split))
 
 
-def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:
-    """``ids``: a non-empty 1-D array of distinct, non-empty strings."""
-    if ids.ndim != 1 or ids.dtype.kind != "U":
-        raise DataError(f"{path}: 'ids' must be a 1-D array of strings, got {ids.dtype} {ids.shape}")
-    if len(ids) == 0:
+def split_of(path: str | os.PathLike) -> str | None:
+    """The ``split`` of a predictions file, reading that array alone (bounded before it is read); None when the
+    file is not a readable predictions file."""
+    def small(declared: dict) -> None:
+        _check_split(path, declared["split"])
+
+    try:
+        return str(read_npz(path, ("split",), "probabilities file", small)["split"])
+    except (DataError, OSError):
+        return None
+
+
+def _check_split(path, split) -> None:
+    if split.shape != () or split.dtype.kind != "U" or split.dtype.itemsize > 4 * max(map(len, SPLITS)):
+        raise DataError(f"{path}: 'split' must be one of {', '.join(SPLITS)}, got {split.dtype} {split.shape}")
+
+
+def _check_declared(path: Path, declared: dict) -> None:
+    """The arrays' declared shapes and dtypes (read before anything is decompressed): one uint8 tile and one float
+    per id, at most :data:`tgs.io.MAX_TILES` ids, strings of bounded length."""
+    n = check_strings(path, "ids", declared["ids"], 1)
+    if n == 0:
         raise DataError(f"{path} holds no predictions (no ids)")
+    q = declared["probs"]
+    if q.dtype != np.uint8 or q.shape != (n, *IMAGE_SHAPE):
+        raise DataError(f"{path}: 'probs' must be uint8 of shape ({n}, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
+                        f"(one {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} tile per id), got {q.dtype} {q.shape}")
+    img = declared["image_probs"]
+    if img.dtype.kind != "f" or img.shape != (n,):
+        raise DataError(f"{path}: 'image_probs' must be float of shape ({n},) (one per id), got {img.dtype} "
+                        f"{img.shape}")
+    check_strings(path, "models", declared["models"], 1)
+    _check_split(path, declared["split"])
+
+
+def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:
+    """``ids`` (a non-empty 1-D array of strings: :func:`_check_declared`): distinct and non-empty."""
     empty = np.flatnonzero(np.char.str_len(ids) == 0)
     if empty.size:
         raise DataError(f"{path}: id number {empty[0]} is empty ({empty.size} empty ids)")
@@ -159,10 +185,7 @@ def _checked_ids(path: Path, ids: np.ndarray) -> np.ndarray:
 
 
 def _checked_image_probs(path: Path, img: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``image_probs``: float (N,), each value in [0, 1] or NaN (unknown); as float32."""
-    if img.dtype.kind != "f" or img.shape != (len(ids),):
-        raise DataError(f"{path}: 'image_probs' must be float of shape ({len(ids)},) (one per id), "
-                        f"got {img.dtype} {img.shape}")
+    """``image_probs`` (float (N,): :func:`_check_declared`): each value in [0, 1] or NaN (unknown); as float32."""
     bad = np.flatnonzero(~(np.isnan(img) | ((img >= 0) & (img <= 1))))
     if bad.size:
         raise DataError(f"{path}: image probability of id {excerpt(ids[bad[0]])} is {img[bad[0]]}, not in [0, 1] "

@@ -36,7 +36,7 @@ import numpy as np
 from tgs import TILE
 from tgs.coverage import BIN_NAMES, coverage_bin
 from tgs.errors import DataError, UserError, excerpt, few
-from tgs.io import atomic_path, read_npz
+from tgs.io import MAX_TILES, atomic_path, check_strings, read_npz
 
 ARRAYS = ("ids", "masks", "confidence")
 PROVENANCE = ("source", "rule", "postprocess")
@@ -180,12 +180,9 @@ def load(path: str | os.PathLike, test_ids: Sequence[str] | None = None) -> Pseu
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{WHAT} {path} does not exist")
-    arrays = read_npz(path, ARRAYS + PROVENANCE, WHAT)
+    most = MAX_TILES if test_ids is None else len(test_ids)
+    arrays = read_npz(path, ARRAYS + PROVENANCE, WHAT, lambda declared: _check_declared(path, declared, most))
     ids = arrays["ids"]
-    if ids.ndim != 1 or ids.dtype.kind != "U":
-        raise DataError(f"{path}: 'ids' must be a 1-D array of strings, got {ids.dtype} {ids.shape}")
-    if len(ids) == 0:
-        raise DataError(f"{path} holds no pseudo-labels (no ids)")
     if (np.char.str_len(ids) == 0).any():
         raise DataError(f"{path}: id number {int(np.argmax(np.char.str_len(ids) == 0))} is empty")
     unique, counts = np.unique(ids, return_counts=True)
@@ -193,29 +190,35 @@ def load(path: str | os.PathLike, test_ids: Sequence[str] | None = None) -> Pseu
         raise DataError(f"{path}: id {excerpt(unique[counts > 1][0])} appears {counts[counts > 1][0]} times "
                         f"({int((counts > 1).sum())} duplicated ids); each image has one label")
     masks = arrays["masks"]
-    if masks.dtype != bool or masks.shape != (len(ids), TILE, TILE):
-        raise DataError(f"{path}: 'masks' must be bool of shape ({len(ids)}, {TILE}, {TILE}) (one mask per id), "
-                        f"got {masks.dtype} {masks.shape}")
     conf = arrays["confidence"]
-    if conf.dtype.kind != "f" or conf.shape != (len(ids),):
-        raise DataError(f"{path}: 'confidence' must be float of shape ({len(ids)},) (one per id), got "
-                        f"{conf.dtype} {conf.shape}")
     bad = np.flatnonzero(~((conf >= 0) & (conf <= 1)))
     if bad.size:
         raise DataError(f"{path}: confidence of id {excerpt(ids[bad[0]])} is {conf[bad[0]]}, not in [0, 1] "
                         f"({bad.size} such values)")
-    provenance = {}
-    for key in PROVENANCE:
-        value = arrays[key]
-        if value.ndim != 0 or value.dtype.kind != "U":
-            raise DataError(f"{path}: {key!r} must be a string, got {value.dtype} {value.shape}")
-        provenance[key] = str(value)
+    provenance = {key: str(arrays[key]) for key in PROVENANCE}
     if test_ids is not None:
         unknown = ids[~np.isin(ids, np.asarray(test_ids, dtype=str))]
         if unknown.size:
             raise DataError(f"{path}: {unknown.size} ids are not in the test set: {few(unknown, 3)} (pseudo-labels "
                             "are made of this data set's test images)")
     return PseudoLabels(ids, masks, conf.astype(np.float32), provenance)
+
+
+def _check_declared(path: Path, declared: dict, most: int) -> None:
+    """The arrays' declared shapes and dtypes (read before anything is decompressed): at least one and at most
+    ``most`` ids (the test set's size, when known), one bool mask and one float per id, bounded strings."""
+    n = check_strings(path, "ids", declared["ids"], 1, most)
+    if n == 0:
+        raise DataError(f"{path} holds no pseudo-labels (no ids)")
+    masks, conf = declared["masks"], declared["confidence"]
+    if masks.dtype != bool or masks.shape != (n, TILE, TILE):
+        raise DataError(f"{path}: 'masks' must be bool of shape ({n}, {TILE}, {TILE}) (one mask per id), "
+                        f"got {masks.dtype} {masks.shape}")
+    if conf.dtype.kind != "f" or conf.shape != (n,):
+        raise DataError(f"{path}: 'confidence' must be float of shape ({n},) (one per id), got "
+                        f"{conf.dtype} {conf.shape}")
+    for key in PROVENANCE:
+        check_strings(path, key, declared[key], 0)
 
 
 def digest(path: str | os.PathLike) -> str:

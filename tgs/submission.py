@@ -168,6 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--ids", help="with --empty: a CSV whose 'id' column lists the ids (train.csv, sample_submission)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    from tgs.io import check_output
+
+    check_output(args.out, "--out", {"--ids": args.ids, "--masks": args.masks})
     if args.empty:
         if not args.ids:
             raise UserError("--empty needs --ids CSV (a train.csv or sample_submission.csv)")

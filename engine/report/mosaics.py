@@ -1,9 +1,8 @@
 """Pictures of the mosaics: the largest sections assembled from their tiles (``report.py --mosaics``).
 
 Each picture is a raster at one pixel per tile pixel, so it shows the seams as they are: the tile at (row, col)
-of a mosaic's bounding box fills ``[HEADER + row * 101, HEADER + (row + 1) * 101) x [col * 101, (col + 1) * 101)``
-(:func:`tile_origin`); cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are
-outlined in :data:`TRUTH`, the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines
+of a mosaic's bounding box fills ``[HEADER + row * 101, HEADER + (row + 1) * 101) x [col * 101, (col + 1) * 101)``;
+cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are outlined in :data:`TRUTH`, the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines
 coincide, :data:`BOTH`), and a tile that a rule changed gets a frame in the rule's colour (:data:`RULE_COLOURS`).
 A header band names the mosaic and the colours. The PNG is written atomically.
 """
@@ -19,7 +18,7 @@ import numpy as np
 from tgs import TILE
 from tgs.io import atomic_path
 from tgs.mosaic import Mosaics
-from tgs.mosaic_rules import RULES
+from tgs.mosaic_rules import MOSAIC_RULES
 
 HEADER = 60  # pixels of the text band above the grid
 MIN_WIDTH = 720  # narrow mosaics are padded on the right so that the header's text fits
@@ -28,14 +27,7 @@ EMPTY_CELL = (24, 24, 40)  # RGB
 TRUTH = (0, 230, 0)
 PREDICTED = (255, 40, 40)
 BOTH = (255, 255, 0)
-RULE_COLOURS = {"vertical": (0, 220, 255), "empty-below": (255, 0, 255), "boundary": (255, 150, 0),
-                "fill-holes": (120, 120, 255)}
-assert set(RULE_COLOURS) == set(RULES)
-
-
-def tile_origin(row: int, col: int) -> tuple[int, int]:
-    """(y, x) of the top-left pixel of grid cell (row, col) in a picture."""
-    return HEADER + row * TILE, col * TILE
+RULE_COLOURS = {e.name: e.colour for e in MOSAIC_RULES.entries()}  # each rule's colour, from its registration
 
 
 def outlines(masks: np.ndarray) -> np.ndarray:
@@ -81,7 +73,7 @@ def draw(grid: np.ndarray, tiles: Tiles, title: str) -> np.ndarray:
     cells[truth_line & pred_line] = BOTH
     border = np.zeros((TILE, TILE), bool)
     border[:FRAME], border[-FRAME:], border[:, :FRAME], border[:, -FRAME:] = True, True, True, True
-    for rule, colour in RULE_COLOURS.items():  # a loop over the four rules
+    for rule, colour in RULE_COLOURS.items():  # a loop over the rules
         hit = tiles.changed.get(rule, np.zeros(len(tiles.ids), bool))[k]
         cells[hit[:, None, None] & border[None]] = colour
     canvas = np.empty((rows, TILE, cols, TILE, 3), np.uint8)

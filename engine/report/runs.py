@@ -288,12 +288,8 @@ def find_valid_probabilities(run: Path) -> list[Path]:
     """``*-probabilities.npz`` files in the run folder whose split is ``valid``, newest first."""
     found = []
     for path in run.glob("*-probabilities.npz"):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "split" in z.files and str(z["split"]) == "valid":
-                    found.append(path)
-        except (OSError, ValueError, EOFError):
-            continue
+        if probabilities.split_of(path) == "valid":
+            found.append(path)
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
