@@ -639,7 +639,7 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
     # round 1 trains every fold again, each with its own labels, into RUN/round1
     round1 = [(cfg, label) for s, cfg, label, _ in calls if s == "train"][2:]
     assert [label for _, label in round1] == ["resize/fold0", "resize/fold1"]
-    for (cfg, label), fold in zip(round1, ("fold0", "fold1")):
+    for (cfg, _), fold in zip(round1, ("fold0", "fold1")):
         assert cfg.pseudo.pseudo_labels == str(run / "pseudo" / f"{fold}-labels.npz")
         assert cfg.run.log_dir == str(run / "round1" / "resize" / fold)
         assert cfg.pseudo.pseudo_fraction == 0.5

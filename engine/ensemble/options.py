@@ -6,14 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import TrainConfig
+from engine.config import RUN_ONLY, TrainConfig  # noqa: F401  (RUN_ONLY: options that never change a fold's result)
 from engine.jobs import SlurmSettings
 from engine.layout import EnsembleLayout
 from tgs.pseudo import Rule
 
 MODES = ("pad", "resize")
-# training options that never change a fold's result: a finished fold made with other values is still the same fold
-RUN_ONLY = ("device", "threads", "dataload_workers_nums", "no_cache", "compile", "comment", "log_dir", "data_dir")
 # SWA options that never change the averaged model's result
 SWA_RUN_ONLY = ("inputs", "output", "device", "threads", "decode_threads", "no_cache", "data_dir", "folds_file")
 POLL_S = {"local": 0.5, "slurm": 10.0, "debug": 0.0}  # how often running jobs and their files are looked at

@@ -16,12 +16,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.config import RESUMABLE_CHANGES, RUN_ONLY
 from engine.ensemble.naming import Job, fold_config, labels_of
-from engine.ensemble.options import RUN_ONLY, SWA_RUN_ONLY, EnsembleOptions
+from engine.ensemble.options import SWA_RUN_ONLY, EnsembleOptions
 from engine.layout import EnsembleLayout
 from engine.pseudo import file_meta as pseudo_file_meta
 from engine.pseudo import mismatch as pseudo_mismatch
-from engine.trainer import RESUMABLE_CHANGES
 from tgs.errors import UserError, few
 from tgs.io import atomic_open
 from tgs.pseudo import digest as file_digest  # sha256 of a file's bytes
