@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import RESUMABLE_CHANGES, RUN_ONLY
+from engine.config import RESUMABLE_CHANGES, RUN_ONLY, TrainConfig
 from engine.ensemble.naming import Job, fold_config, labels_of
 from engine.ensemble.options import SWA_RUN_ONLY, EnsembleOptions
 from engine.layout import EnsembleLayout
@@ -119,26 +119,25 @@ class FoldReuse:
     opts: EnsembleOptions
     data: DataDigests
 
-    def problem(self, job: Job, path: Path, ignore: tuple, folds: str | None) -> str | None:
-        """Why ``path`` (a fold's SWA model or last checkpoint; ``folds``: the folds file digest it records) cannot
-        be reused, or None."""
+    def problem(self, job: Job, path: Path, ignore: tuple, record: dict | None = None) -> str | None:
+        """Why ``path`` (a fold's SWA model or last checkpoint, its meta completed by the ``record`` beside it)
+        cannot be reused, or None."""
         import models
 
-        meta = models.read_checkpoint(path)["meta"]
+        meta = {**models.read_checkpoint(path)["meta"], **(record or {})}
         stored = meta.get("data_fingerprint")
         if stored is not None and stored != self.data.train:
             return (f"it was made from other data than {self.opts.data_dir} (data fingerprint {stored}, now "
                     f"{self.data.train})")
         now = folds_digest(self.opts.folds_file)
+        folds = meta.get("folds_digest", now)  # a file of a run that recorded none is taken as it is
         if folds != now:
-            where = self.opts.folds_file or "the consecutive chunks"
-            return f"it was made with other folds than {where} now holds (folds digest {folds}, now {now})"
+            return (f"it was made with other folds than {self.opts.folds_file or 'the consecutive chunks'} now holds "
+                    f"(folds digest {str(folds)[:12]}, now {str(now)[:12]})")
         labels = labels_of(job.fold, self.opts)
         why = pseudo_mismatch(meta, None if labels is None else pseudo_file_meta(labels))
         if why is not None:
             return why
-        from engine.config import TrainConfig
-
         before = TrainConfig.from_checkpoint(meta, path)
         diff = before.differences(fold_config(job, self.opts), ignore=(*ignore, "pseudo_labels"))
         return f"it was made with other options ({few(diff, 3)})" if diff else None
@@ -148,7 +147,7 @@ class FoldReuse:
         made with other SWA options (``swa``) is made again from the fold's models."""
         if job.swa.is_file():
             record = read_record(EnsembleLayout.stamp_of(job.swa)) or {}
-            why = self.problem(job, job.swa, RUN_ONLY, record.get("folds_digest", folds_digest(self.opts.folds_file)))
+            why = self.problem(job, job.swa, RUN_ONLY, {k: v for k, v in record.items() if k == "folds_digest"})
             if why is not None:
                 return self.refuse(job, job.swa, why)
             if record == swa_record(job, self.opts, swa):
@@ -158,13 +157,9 @@ class FoldReuse:
             job.swa.unlink()
             EnsembleLayout.stamp_of(job.swa).unlink(missing_ok=True)
         last = job.run.checkpoint("last")
-        if last.is_file():
-            import models
-
-            folds = models.read_checkpoint(last)["meta"].get("folds_digest", folds_digest(self.opts.folds_file))
-            why = self.problem(job, last, RESUMABLE_CHANGES, folds)
-            if why is not None:
-                self.refuse(job, last, why)
+        why = self.problem(job, last, RESUMABLE_CHANGES) if last.is_file() else None
+        if why is not None:
+            self.refuse(job, last, why)
 
     def refuse(self, job: Job, path: Path, why: str) -> None:
         if not self.opts.overwrite:
