@@ -1,5 +1,6 @@
-"""ensemble.py's command line: its own options, the pass-through options of train.py, swa.py and test.py (checked
-with those scripts' own parsers before anything runs) -> engine.ensemble.EnsembleOptions -> engine.ensemble.run."""
+"""ensemble.py's command line: its own options, the pass-through options of train.py, swa.py and test.py (parsed
+and checked with those scripts' own parsers and the training configuration's declarations before anything runs,
+into typed values) -> engine.ensemble.EnsembleOptions -> engine.ensemble.run."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,6 @@ import shlex
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from cli import swa as swa_cli
 from cli import test as test_cli
@@ -32,24 +32,27 @@ at a time: by default one per GPU when several are visible (each sees only its o
 CPU, --parallel N runs N folds at once with the cores shared between them. --executor slurm: one sbatch job per
 fold (--slurm-* options; torchrun inside when a fold has several GPUs), all queued at once unless --parallel N;
 ensemble.py waits for them (keep it running, e.g. in tmux or a small job of its own). --executor debug: every
-fold in this process (for debugging). Each fold's job:
+fold in this process (for debugging). Each fold's job (its options written as data into RUN/jobs/MODE-FOLD/fold.json
+and run by ``python -m engine.fold_job``):
 
-1. ``train.py`` into RUN/MODE/FOLD (a subprocess per fold); a fold with a last checkpoint but no SWA model resumes
+1. training into RUN/MODE/FOLD, with train.py's options; a fold with a last checkpoint but no SWA model resumes
    from ``checkpoints/last-checkpoint-FOLD.pth``;
-2. ``swa.py --input RUN/MODE/FOLD/models --output RUN/MODE/FOLD_swa.pth``; a fold whose SWA model exists is
+2. SWA of RUN/MODE/FOLD/models into RUN/MODE/FOLD_swa.pth, with swa.py's options; a fold whose SWA model exists is
    finished and skipped on the next run;
 
-then, with all the SWA models:
+then, in this process, with all the SWA models:
 
-3. out-of-fold predictions of each fold (its models of every mode averaged, ``test.py --split valid``) in
+3. out-of-fold predictions of each fold (its models of every mode averaged, as ``test.py --split valid``) in
    RUN/oof/FOLD-probabilities.npz, merged into RUN/oof-probabilities.npz and scored;
-4. ``score.py --search`` on them: the best post-processing, saved in RUN/postprocess.json;
-5. ``test.py`` with flip TTA over every SWA model and that post-processing (``--default-post``: test.py's
-   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked with
-   ``score.py --check``.
+4. the post-processing search on them (as ``score.py --search``): the best setting, saved in RUN/postprocess.json;
+5. the test predictions with flip TTA over every SWA model and that post-processing (``--default-post``: the
+   defaults; flags in --test-args override either): RUN/ensemble-submission.csv (+ probabilities), checked as
+   ``score.py --check`` does.
 
-A fold is reused only when it was made from the same data and the same training options: otherwise one line says
-what differs (--overwrite trains such folds afresh); every fold is checked before any job is submitted. A job
+A fold is reused only when it was made from the same data, folds file (its contents), pseudo-labels and training
+options: otherwise one line says what differs (--overwrite trains such folds afresh); every fold is checked before
+any job is submitted. Every other output (mosaics, mosaic folds, SWA models, predictions, search, submission,
+pseudo-labels) records the digests of what made it and is made again when they differ (docs/promises-reuse.md). A job
 that fails is submitted again (resuming from the fold's last checkpoint) up to --max-retries times, unless a step
 refused its input (exit code 2); a job pre-empted or stopped at its time limit is requeued by submitit (at most
 --max-retries time limits). A fold that fails for good, Ctrl-C or a SIGTERM stops every running fold (each
@@ -64,10 +67,11 @@ out-of-fold score and submission; the summary prints the score per round. --pseu
 the out-of-fold score honest: fold k's labels come from fold k's own models, which never saw its validation images;
 --pseudo-source ensemble uses the whole ensemble (optimistic out-of-fold score, and the summary says so).
 
-Arguments after ``--`` (or in --train-args) go to every train.py; the data, fold, log dir, resume, input mode and
-size are set here. --device, --threads and --amp given there are used by swa.py and test.py too. Each step's output
-is shown prefixed with its fold and kept in RUN/logs/."""
+Arguments after ``--`` (or in --train-args) are train.py's options for every fold; the data, fold, log dir, resume,
+input mode and size are set here. --device, --threads and --amp given there are used by SWA and prediction too.
+Each step's output is shown prefixed with its fold and kept in RUN/logs/."""
 
+MAX_ROUNDS = 20  # self-training rounds: the 1st place used 2; more is a typing mistake, not a plan
 ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))
 # train.py options that ensemble.py sets itself, and what to use instead
 TRAIN_OWNED = {"data_dir": "--data-dir", "data_fold": "--folds", "log_dir": "--run-dir", "resume": "(automatic)",
@@ -205,9 +209,10 @@ def build_parser() -> ArgumentParser:
 
     d = Rule()
     s = p.add_argument_group("self-training (pseudo-labels from the test predictions, the 1st place's rounds)")
-    s.add_argument("--pseudo-rounds", type=integer(0), default=0,
-                   help="rounds after the first: each trains every fold again with pseudo-labels chosen from the "
-                        "previous round's test predictions, into RUN/roundR (default 0: none)")
+    s.add_argument("--pseudo-rounds", type=integer(0, MAX_ROUNDS), default=0,
+                   help=f"rounds after the first (at most {MAX_ROUNDS}): each trains every fold again with "
+                        "pseudo-labels chosen from the previous round's test predictions, into RUN/roundR (default 0: "
+                        "none)")
     s.add_argument("--pseudo-source", choices=("fold", "ensemble"), default="fold",
                    help="fold (default): fold k's next labels come from fold k's own models only, so its "
                         "out-of-fold score stays honest; ensemble: from the whole ensemble (the 1st place's way; "
@@ -266,9 +271,82 @@ def gpu_list(text: str) -> str:
     return ",".join(ids)
 
 
-def parse(argv=None):
+PREDICT_FIELDS = ("device", "batch_size", "amp", "channels_last", "threads", "decode_threads", "no_cache", "message")
+POST_FIELDS = ("threshold", "min_area", "gate", "flat")  # post-processing values --test-args may set
+
+
+def check_folds(folds: tuple) -> None:
+    """Every fold name valid, and no two validating on the same chunk (fold01 and fold1 overlap)."""
     from datasets.folds import parse_fold
+
+    seen: dict[int, str] = {}
+    for fold in folds:
+        for chunk in parse_fold(fold):
+            if chunk in seen:
+                raise UserError(f"--folds: {seen[chunk]} and {fold} both validate on fold {chunk} (each image must be "
+                                "out of fold once)")
+            seen[chunk] = fold
+
+
+def train_options(train_args: list[str]):
+    """Every fold's training configuration from the pass-through options (the ones ensemble.py sets refused), and
+    the options swa and prediction share with it (those named)."""
     from engine import config
+
+    given = given_options(train_cli.build_parser(), train_args, "train options")
+    for key, instead in TRAIN_OWNED.items():
+        if key in given:
+            if key == "resume":
+                raise UserError("train options: --resume is automatic (a fold with a last checkpoint resumes)")
+            raise UserError(f"train options: {config.flag(key)} is set by ensemble.py for every fold; use "
+                            f"ensemble.py {instead}")
+    flags, config_file = train_cli.given(train_args)
+    from_file = config.read_yaml(config_file) if config_file else {}
+    for key in TRAIN_OWNED:
+        if key in from_file:
+            raise UserError(f"{from_file[key][1]}: set by ensemble.py ({TRAIN_OWNED[key]}); remove it from the file")
+    base = config.combine(flags, from_file)
+    values = base.to_dict(repeated_only=False)
+    return base, {k: values[k] for k in SHARED if k in flags or k in from_file}
+
+
+def test_options(test_args: list[str]) -> tuple[dict, str | None, dict]:
+    """--test-args as (PredictOptions fields, a post-processing setting file, PostProcess fields)."""
+    test_given = given_options(test_cli.build_parser(), test_args, "--test-args")
+    for key in TEST_OWNED:
+        if key in test_given and test_given[key] not in ([], None):
+            raise UserError(f"--test-args: --{key.replace('_', '-')} is set by ensemble.py")
+    post_config = test_given.get("post_config")
+    if post_config:  # read now, not after every fold has trained
+        from tgs import postprocess
+
+        try:
+            postprocess.load_setting(post_config)
+        except UserError as exc:
+            raise UserError(f"--test-args: {exc}") from None
+    return ({k: test_given[k] for k in PREDICT_FIELDS if k in test_given}, post_config,
+            {k: test_given[k] for k in POST_FIELDS if k in test_given})
+
+
+def swa_options(swa_args: list[str]) -> dict:
+    """--swa-args as SwaOptions fields."""
+    swa_given = given_options(swa_cli.build_parser(), swa_args, "--swa-args")
+    for key in SWA_OWNED:
+        if key in swa_given:
+            raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
+    return swa_given
+
+
+def pseudo_train(a: argparse.Namespace) -> dict:
+    """The training options of the pseudo-label rounds (--pseudo-fraction ...), checked as train.py's."""
+    from engine import config
+
+    return {f"pseudo_{name}": config.coerce(f"pseudo_{name}", getattr(a, f"pseudo_{name}"), f"--pseudo-{name}",
+                                            text=True)
+            for name in ("fraction", "weight", "schedule", "epochs") if getattr(a, f"pseudo_{name}") is not None}
+
+
+def parse(argv=None):
     from engine.ensemble import MODES, EnsembleOptions
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -282,51 +360,21 @@ def parse(argv=None):
     check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file}, [a.data_dir])
     folds = split_fields(a.folds, "--folds")
     modes = split_fields(a.modes, "--modes", MODES)
-    for fold in folds:
-        parse_fold(fold)
-    train_args = shlex.split(a.train_args) + passthrough
-    given = given_options(train_cli.build_parser(), train_args, "train options")
-    for key, instead in TRAIN_OWNED.items():
-        if key in given:
-            if key == "resume":
-                raise UserError("train options: --resume is automatic (a fold with a last checkpoint resumes)")
-            raise UserError(f"train options: {config.flag(key)} is set by ensemble.py for every fold; use "
-                            f"ensemble.py {instead}")
-    if "config" in given:
-        cfg = config.read_yaml(given["config"])
-        for key in TRAIN_OWNED:
-            if key in cfg:
-                raise UserError(f"{cfg[key][1]}: set by ensemble.py ({TRAIN_OWNED[key]}); remove it from the file")
-    swa_args, test_args = shlex.split(a.swa_args), shlex.split(a.test_args)
-    test_given = given_options(test_cli.build_parser(), test_args, "--test-args")
-    for key in TEST_OWNED:
-        if key in test_given and test_given[key] not in ([], None):
-            raise UserError(f"--test-args: --{key.replace('_', '-')} is set by ensemble.py")
-    if test_given.get("post_config"):  # read now, not after every fold has trained
-        from tgs import postprocess
-
-        try:
-            postprocess.load_setting(test_given["post_config"])
-        except UserError as exc:
-            raise UserError(f"--test-args: {exc}") from None
-    swa_given = given_options(swa_cli.build_parser(), swa_args, "--swa-args")
-    for key in SWA_OWNED:
-        if key in swa_given:
-            raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
-    slurm = slurm_settings(a, given.get("device"))
+    check_folds(folds)
+    train, shared = train_options(shlex.split(a.train_args) + passthrough)
+    predict, post_config, post = test_options(shlex.split(a.test_args))
+    swa = swa_options(shlex.split(a.swa_args))
+    slurm = slurm_settings(a, shared.get("device"))
     from tgs.pseudo import Rule
 
     opts = EnsembleOptions(
-        data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, modes=modes, folds_file=a.folds_file,
-        pad_size=a.pad_size, resize_size=a.resize_size, train_args=tuple(train_args), swa_args=tuple(swa_args),
-        test_args=tuple(test_args), shared={k: given[k] for k in SHARED if k in given}, tta=a.tta,
-        tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel, overwrite=a.overwrite,
-        dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
+        data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, train=train, modes=modes, folds_file=a.folds_file,
+        pad_size=a.pad_size, resize_size=a.resize_size, swa=swa, predict=predict, post_config=post_config,
+        post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
+        overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
         mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
         pseudo_rule=Rule(a.pseudo_lo, a.pseudo_hi, a.pseudo_confidence, tuple(a.pseudo_cap)),
-        pseudo_train=tuple(x for name in ("fraction", "weight", "schedule", "epochs")
-                           if getattr(a, f"pseudo_{name}") is not None
-                           for x in (f"--pseudo-{name}", getattr(a, f"pseudo_{name}"))))
+        pseudo_train=pseudo_train(a))
     if a.mosaic_folds and not a.mosaics:
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
     if a.mosaic_folds and a.folds_file:
@@ -336,16 +384,16 @@ def parse(argv=None):
 
         require_folds_file(a.folds_file)
     if opts.pseudo_train and not opts.pseudo_rounds:
-        raise UserError(f"{opts.pseudo_train[0]} goes with --pseudo-rounds N (N >= 1)")
-    # every fold's complete train.py command, in round 0 and in a pseudo-label round, must be valid before anything
+        raise UserError(f"--{next(iter(opts.pseudo_train)).replace('_', '-')} goes with --pseudo-rounds N (N >= 1)")
+    # every fold's configuration, in round 0 and in a pseudo-label round, must be valid before anything runs
     from dataclasses import replace
 
-    from engine.ensemble import jobs_of, train_argv
+    from engine.ensemble import fold_config, jobs_of
 
     rounds = [opts] + ([replace(opts, pseudo_labels="RUN/pseudo-labels.npz")] if opts.pseudo_rounds else [])
     for r_opts in rounds:
         for job in jobs_of(r_opts):
-            train_cli.parse(train_argv(job, r_opts))
+            fold_config(job, r_opts)
     return opts
 
 
@@ -383,9 +431,9 @@ def main(argv=None) -> int:
 
     opts = parse(argv)
     if threading.current_thread() is not threading.main_thread():
-        return ensemble.run(opts, train_cli.parse)
+        return ensemble.run(opts)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return ensemble.run(opts, train_cli.parse)
+        return ensemble.run(opts)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -74,6 +74,14 @@ def require_folds_file(path: str | Path) -> Path:
                         "does not exist (make one with `python -m datasets.folds`)")
 
 
+def digest(folds_file: str | Path | None) -> str | None:
+    """The sha256 of a folds file's contents (None: the consecutive chunks): what a run records of the folds it
+    trained on, so that a file rewritten under the same name is noticed."""
+    from tgs.pseudo import digest as file_digest
+
+    return None if folds_file is None else file_digest(require_folds_file(folds_file))
+
+
 def read_folds_file(path: str | Path, ids: np.ndarray) -> np.ndarray:
     """Fold number of every id in ``ids`` from a CSV ``id,fold``; every id must be there."""
     path = require_folds_file(path)

@@ -93,6 +93,15 @@ def check_fingerprint(model, stored: str | None, fingerprint: str, data, why: st
                         f"{fingerprint}): {why}")
 
 
+def _digest(ids: np.ndarray, *arrays: np.ndarray) -> str:
+    """sha1 (16 hex digits) of the ids and the arrays' bytes: a data set's fingerprint."""
+    h = hashlib.sha1()
+    h.update("\n".join(ids.tolist()).encode())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class TrainSet:
     ids: np.ndarray  # (N,) str, in train.csv order
@@ -106,11 +115,7 @@ class TrainSet:
     def fingerprint(self) -> str:
         """A digest of the ids, images and masks: what a run records so that its results are reused only on the
         same data (a synthetic set and the real one, or two versions of a set, differ)."""
-        h = hashlib.sha1()
-        h.update("\n".join(self.ids.tolist()).encode())
-        h.update(np.ascontiguousarray(self.images).data)
-        h.update(np.packbits(self.masks).data)
-        return h.hexdigest()[:16]
+        return _digest(self.ids, self.images, np.packbits(self.masks))
 
 
 @dataclass
@@ -121,6 +126,11 @@ class TestSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """A digest of the ids and images, as :meth:`TrainSet.fingerprint`: new test images under the same ids
+        differ."""
+        return _digest(self.ids, self.images)
 
 
 # -- CSV files ------------------------------------------------------------------------------------------------------

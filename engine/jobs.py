@@ -1,10 +1,11 @@
 """Folds as jobs of an established job library (submitit): on this machine, on a Slurm cluster, or in this process.
 
-Each fold is one job. What submitit pickles is a :class:`FoldJob`: the fold's two commands (``train.py``, then
-``swa.py``, as :class:`Step` argument lists), its log file and its environment, and nothing else. Run, it skips a
-fold whose SWA model exists and adds ``--resume LAST`` to train.py when the fold has a last checkpoint, so a job
-started again (a retry, a requeue) goes on from where the fold stopped. The step's output is appended to the fold's
-log (RUN/logs/MODE-FOLD.log); the ensemble process echoes it from there (:mod:`engine.watch`).
+Each fold is one job. What submitit pickles is a :class:`FoldJob`: the fold's two :class:`Step` objects (train,
+then swa: runs of the engine's job entry point :mod:`engine.fold_job`, whose typed options are the JSON file
+written into the fold's job folder), its log file and its environment, and nothing else. Run, it skips a fold whose
+SWA model exists, and its train step resumes from the fold's last checkpoint when there is one, so a job started
+again (a retry, a requeue) goes on from where the fold stopped. The step's output is appended to the fold's log
+(RUN/logs/MODE-FOLD.log); the ensemble process echoes it from there (:mod:`engine.watch`).
 
 Executors (:func:`make_executor`; one per fold, its job files in RUN/jobs/MODE-FOLD):
 
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -64,21 +65,25 @@ class StepRefused(StepFailed):
     """A step exited with code 2 (a user or data error): the same input fails the same way, so it is not retried."""
 
 
-# -- steps: one script, run as a subprocess ------------------------------------------------------------------------
+# -- steps: the engine's job entry point, run as a subprocess ---------------------------------------------------
+ENTRY = "engine.fold_job"  # python -m ENTRY JOBFOLDER STEP: the one program a fold's job runs
+
+
 @dataclass(frozen=True)
 class Step:
-    """``python [LAUNCHER] ROOT/SCRIPT.py ARGV``; the interpreter is the one running the job."""
+    """``python [LAUNCHER] -m engine.fold_job FOLDER NAME``: the step NAME (train, swa) of the fold job whose typed
+    options are written in FOLDER; the interpreter is the one running the job."""
 
-    script: str  # train, swa, test, score
-    argv: tuple
+    name: str  # train, swa
+    folder: str  # the fold's job folder, holding its options (engine.fold_job.FoldSpec)
     launcher: tuple = ()  # e.g. ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
     def command(self) -> list[str]:
-        return [sys.executable, *self.launcher, str(ROOT / f"{self.script}.py"), *self.argv]
+        return [sys.executable, *self.launcher, "-m", ENTRY, self.folder, self.name]
 
     def describe(self) -> str:
         launcher = ["torchrun", *self.launcher[2:]] if self.launcher[:2] == ("-m", "torch.distributed.run") else []
-        return shlex.join([*launcher, f"{self.script}.py", *self.argv])
+        return shlex.join([*launcher, "-m", ENTRY, self.folder, self.name])
 
 
 def torchrun(gpus: int) -> tuple:
@@ -99,7 +104,7 @@ def run_step(step: Step, label: str, log: Path, env: dict | None = None, echo: b
         fh.write(f"$ {shlex.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                errors="replace", env=env)
+                                errors="replace", env=environment({}) if env is None else env)
         try:
             for line in proc.stdout:
                 fh.write(line)
@@ -113,7 +118,7 @@ def run_step(step: Step, label: str, log: Path, env: dict | None = None, echo: b
                 stop(proc)
     if rc != 0:
         kind = StepRefused if rc == REFUSED else StepFailed
-        raise kind(f"{step.script}.py failed for {label} (exit {rc}): {_error_line(tail)}; full output in {log}")
+        raise kind(f"the {step.name} step failed for {label} (exit {rc}): {_error_line(tail)}; full output in {log}")
 
 
 def stop(*procs: subprocess.Popen, grace: float = 30.0) -> None:
@@ -139,8 +144,10 @@ def _error_line(lines) -> str:
 
 # -- a fold as a job -----------------------------------------------------------------------------------------------
 def environment(overrides: dict) -> dict:
-    """This process's environment with ``overrides`` (a value of None removes the variable)."""
+    """This process's environment with ``overrides`` (a value of None removes the variable), and this package on
+    PYTHONPATH (a step runs ``python -m engine.fold_job``, from whatever directory)."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
@@ -151,8 +158,9 @@ def environment(overrides: dict) -> dict:
 
 @dataclass
 class FoldJob(Checkpointable):
-    """One fold's job: train.py (resuming from ``last`` when it exists), then swa.py into ``output``; nothing to
-    do when ``output`` exists. Checkpointable: a pre-empted or timed-out job is requeued by submitit and resumes."""
+    """One fold's job: its train step (which resumes from the fold's last checkpoint when there is one), then its
+    swa step into ``output``; nothing to do when ``output`` exists. Checkpointable: a pre-empted or timed-out job
+    is requeued by submitit and resumes."""
 
     label: str
     log: str
@@ -165,12 +173,7 @@ class FoldJob(Checkpointable):
 
     def steps(self) -> list[Step]:
         """What a run started now does (empty: the fold is finished)."""
-        if Path(self.output).is_file():
-            return []
-        train = self.train
-        if Path(self.last).is_file():
-            train = replace(train, argv=(*train.argv, "--resume", self.last))
-        return [train, self.swa]
+        return [] if Path(self.output).is_file() else [self.train, self.swa]
 
     def __call__(self) -> str:
         steps = self.steps()

@@ -15,7 +15,8 @@ An ensemble run (``RUN``)::
     MODE/FOLD/                                   a training run
     MODE/FOLD_swa.pth                            its averaged model
     logs/MODE-FOLD.log, logs/{oof,search,test}.log
-    jobs/MODE-FOLD/                              the fold's job files (submitit: pickles, job logs, sbatch script)
+    jobs/MODE-FOLD/                              the fold's job: fold.json (its typed options, engine.fold_job)
+                                                 and submitit's files (pickles, job logs, sbatch script)
     oof/FOLD-probabilities.npz, oof-probabilities.npz     out-of-fold predictions, per fold and merged
     postprocess.json                             the setting the out-of-fold search chose
     ensemble-submission.csv, ensemble-probabilities.npz
@@ -24,6 +25,7 @@ An ensemble run (``RUN``)::
     round1/, round2/ ...                         self-training rounds: each an ensemble run of its own
     mosaics/mosaics.csv, mosaics/pairs.csv, mosaics/source.json   the mosaics (built once for the data set)
     folds.csv                                    mosaic-aware folds (--mosaic-folds)
+    *.made-from.json, outputs.made-from.json     what an output was made from (engine.ensemble.reuse)
 """
 from __future__ import annotations
 

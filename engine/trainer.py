@@ -99,6 +99,7 @@ class Context:
     n_real: int = 0
     pseudo: pseudo_labels.PseudoSet | None = None
     lock: FolderLock | None = None  # the log dir's, held by the main process while the run lasts
+    folds_digest: str | None = None  # the folds file's contents when the run started (None: the chunks)
 
     @property
     def fold(self) -> str:
@@ -158,6 +159,11 @@ def check_resume_matches(cfg: TrainConfig, raw: dict, fingerprint: str,
     if other:
         raise UserError(f"--resume {path}: {other}; resume with the same labels, or start afresh with --overwrite "
                         "or another --log-dir")
+    stored, now = raw["meta"].get("folds_digest"), folds.digest(cfg.data.folds_file)
+    if stored is not None and stored != now:
+        raise UserError(f"--resume {path} was trained on other folds than --folds-file {cfg.data.folds_file} holds "
+                        f"now (its folds digest {stored[:12]}... is not {str(now)[:12]}...); start afresh with "
+                        "--overwrite or use another --log-dir")
     before = TrainConfig.from_checkpoint(raw["meta"], path)
     diff = before.differences(cfg, ignore=RESUMABLE_CHANGES)
     if diff:
@@ -332,7 +338,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
                   train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo,
-                  lock=lock)
+                  lock=lock, folds_digest=folds.digest(d.folds_file))
     if info.is_main:
         start_outputs(ctx, resume is not None)
     announce(ctx, len(va), resume is not None)
@@ -538,7 +544,8 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
     meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
-            "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint}
+            "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint,
+            "folds_digest": ctx.folds_digest}
     if ctx.pseudo is not None:
         meta["pseudo_labels"] = ctx.pseudo.meta()
     ctx.saver.save(ctx.core, ctx.spec, meta, resume_state(ctx), improved, _snapshot_epoch(ctx, epoch))

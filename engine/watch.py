@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,10 +236,7 @@ class Monitor:
 
 
 def _step_of(header: str) -> str | None:
-    """The step a ``$ COMMAND`` line starts: the name of its first ``*.py`` argument, if train or swa."""
-    try:
-        words = shlex.split(header[2:])
-    except ValueError:
-        words = header[2:].split()
-    name = next((Path(w).stem for w in words if w.endswith(".py")), None)
-    return name if name in STEPS else None
+    """The step a ``$ COMMAND`` line starts: its last word (``python -m engine.fold_job FOLDER STEP``), if train or
+    swa."""
+    words = header[2:].split()
+    return words[-1] if words and words[-1] in STEPS else None

@@ -5,9 +5,10 @@ local executor's real processes (one per GPU, or sharing the cores; retried afte
 pre-emption; all stopped by a failure or a SIGTERM), Slurm's sbatch script (fake srun/sbatch, nothing submitted),
 and the progress shown while they run (hand-built metrics files).
 
-To keep the tests fast, the scripts often run in-process (ensemble.RUNNER replaced, --executor debug), or a
-recording stand-in of the steps is shipped by value to the job processes (cloudpickle); some tests run the real
-train.py and swa.py in real jobs.
+A fold's job is typed data (its training configuration and SWA options in its job folder) run by the engine's entry
+point; the tests check those typed options. To keep the tests fast, the steps often run in-process (the fold steps'
+runner replaced, --executor debug), or a recording stand-in of the steps is shipped by value to the job processes
+(cloudpickle); some tests run the real fold jobs.
 """
 import json
 import os
@@ -21,16 +22,13 @@ import pandas as pd
 import pytest
 import torch
 
-import importlib
-
 import models
 from cli import ensemble as ensemble_cli
-from engine import ensemble, jobs, watch
 from datasets import folds, kaggle
+from engine import ensemble, jobs, watch
+from tests.tiny import TINY_MODEL as TINY
 from tgs import postprocess, pseudo
 from tgs import probabilities as P
-from tests.tiny import TINY_MODEL as TINY
-
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +49,29 @@ def _one_thread():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Run the scripts in-process; record (script, argv, label, env)."""
+    """Run every step in this process; record (step name, its typed options, label, env): a fold's steps as the
+    TrainConfig / SwaOptions its job file gives, the ensemble's own steps as their typed options."""
+    from engine import fold_job
+    from engine.ensemble import steps, training
+
     record = []
 
     def inprocess(step, label, log, env=None, echo=True):
-        record.append((step.script, list(step.argv), label, env))
-        code = importlib.import_module(f"cli.{step.script}").main(list(step.argv))
+        spec = fold_job.FoldSpec.read(step.folder)
+        record.append((step.name, spec.train_config() if step.name == "train" else spec.swa_options(), label, env))
+        code = fold_job.main([step.folder, step.name])
         if code:
-            raise ensemble.StepFailed(f"{step.script}.py failed for {label} (exit {code})")
+            raise jobs.StepFailed(f"the {step.name} step failed for {label} (exit {code})")
 
-    monkeypatch.setattr(ensemble, "RUNNER", inprocess)
+    here = steps.run_here
+
+    def recorded(step, label, log, dry=False):
+        if not dry:
+            record.append((step.name, step.opts if isinstance(step, steps.Predict) else step, label, None))
+        here(step, label, log, dry)
+
+    monkeypatch.setattr(training, "RUNNER", inprocess)
+    monkeypatch.setattr(steps, "run_here", recorded)
     return record
 
 
@@ -78,12 +89,13 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     assert ensemble_cli.main(command(tiny_data, run)) == 0
     out = capsys.readouterr().out
     assert scripts(calls) == [("train", "resize/fold0"), ("swa", "resize/fold0"), ("train", "resize/fold1"),
-                              ("swa", "resize/fold1"), ("test", "oof/fold0"), ("test", "oof/fold1"), ("test", "oof"),
-                              ("score", "search"), ("test", "test"), ("score", "check")]
-    train_argv = calls[0][1]
-    assert train_argv[-9:] == ["--data-dir", str(tiny_data), "--data-fold", "fold0", "--log-dir",
-                               str(run / "resize" / "fold0"), "--input-size", "32", "--resize"][-9:]
-    assert "--resume" not in train_argv
+                              ("swa", "resize/fold1"), ("predict", "oof/fold0"), ("predict", "oof/fold1"),
+                              ("predict", "oof"), ("search", "search"), ("predict", "test"), ("check", "check")]
+    cfg = calls[0][1]
+    assert (cfg.data.data_dir, cfg.data.data_fold, cfg.run.log_dir, cfg.data.input_size, cfg.data.resize) == (
+        str(tiny_data), "fold0", str(run / "resize" / "fold0"), 32, True)
+    assert cfg.optim.max_epochs == 1 and cfg.model.basenet == "unet"  # the pass-through options
+    assert cfg.run.resume is None
     for fold in ("fold0", "fold1"):
         assert (run / "resize" / f"{fold}_swa.pth").is_file()
     # out-of-fold predictions of both folds, merged in train.csv order
@@ -97,14 +109,14 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     assert f"submission: {sub}" in out and "valid submission of 8 ids" in out
     assert P.load(run / "ensemble-probabilities.npz").models == [str(run / "resize" / f"{f}_swa.pth")
                                                                  for f in ("fold0", "fold1")]
-    test_argv = calls[-2][1]
-    assert "--tta" in test_argv and test_argv[:2] == [str(run / "resize" / "fold0_swa.pth"),
-                                                       str(run / "resize" / "fold1_swa.pth")]
+    test_opts = calls[-2][1]
+    assert test_opts.tta and test_opts.models == (str(run / "resize" / "fold0_swa.pth"),
+                                                  str(run / "resize" / "fold1_swa.pth"))
     # the submission uses the setting the out-of-fold search found and saved
     post = run / "postprocess.json"
     best, info = postprocess.load_setting(post)
     assert info["searched_on"] == str(run / "oof-probabilities.npz") and info["score"] >= info["default_score"]
-    assert test_argv[test_argv.index("--post-config") + 1] == str(post)
+    assert test_opts.post == best and test_opts.post_source.startswith(f"{post}, searched on")
     assert f"post-processing: {best.describe()} ({post}, searched on" in out
 
     # again: both folds are finished and skipped; the ensemble outputs are rebuilt (here with the defaults)
@@ -112,7 +124,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     calls.clear()
     assert ensemble_cli.main(command(tiny_data, run, "--default-post")) == 0
     out = capsys.readouterr().out
-    assert "--post-config" not in calls[-2][1] and "(defaults)" in out
+    assert calls[-2][1].post_source == "defaults" and "(defaults)" in out
     assert "train" not in [s for s, _ in scripts(calls)] and "swa" not in [s for s, _ in scripts(calls)]
     assert out.count("exists, skipped") == 2
 
@@ -121,9 +133,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     calls.clear()
     assert ensemble_cli.main(command(tiny_data, run)) == 0
     assert scripts(calls)[:2] == [("train", "resize/fold1"), ("swa", "resize/fold1")]
-    resume = calls[0][1]
-    assert resume[resume.index("--resume") + 1] == str(run / "resize" / "fold1" / "checkpoints" /
-                                                        "last-checkpoint-fold1.pth")
+    assert calls[0][1].run.resume == str(run / "resize" / "fold1" / "checkpoints" / "last-checkpoint-fold1.pth")
     assert pd.read_csv(run / "resize" / "fold1" / "metrics.csv")["epoch"].tolist() == [0]
     assert (run / "resize" / "fold0_swa.pth").stat().st_mtime_ns == swa_time["fold0"]
 
@@ -141,17 +151,17 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
 
 
 def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
-    """Real train.py in a real local job: it refuses its options (exit 2), which no retry could mend."""
+    """A real fold job in a real local job: training refuses its options (exit 2), which no retry could mend."""
     run = tmp_path / "bad"
     argv = command(tiny_data, run, executor="local")
-    argv[argv.index("unet")] = "resnet1888"  # train.py refuses it
+    argv[argv.index("unet")] = "resnet1888"  # the model builder refuses it
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err
-    assert err.count("\n") == 1 and "train.py failed for resize/fold0 (exit 2)" in err and "resnet1888" in err
+    assert err.count("\n") == 1 and "the train step failed for resize/fold0 (exit 2)" in err and "resnet1888" in err
     assert str(run / "logs" / "resize-fold0.log") in err
     log = (run / "logs" / "resize-fold0.log").read_text()
-    assert "resnet1888" in log and log.count("train.py") == 1  # not retried
+    assert "resnet1888" in log and log.count("-m engine.fold_job") == 1  # not retried
     assert len(list((run / "jobs" / "resize-fold0").glob("*_submitted.pkl"))) == 1
     assert "[resize/fold0]" in captured.out and "resize/fold1" not in captured.out  # nothing ran after it
     assert not list(run.rglob("*_swa.pth"))
@@ -206,29 +216,34 @@ def test_slurm_without_srun_is_refused_before_anything_runs(tiny_data, tmp_path,
 # -- the local executor's real processes, with a recording stand-in of the steps -----------------------------------
 def _stand_in(step, label, log, env=None, echo=True):
     """A step that only leaves traces, shipped by value to the job processes: a `$` line in the fold's log, a JSON
-    line in RUN/record.jsonl (its GPU, arguments, process), the SWA model. RUN/plan.json tells a fold's train step
-    to fail once, always, be pre-empted once (SIGUSR2, as submitit's cluster signal), hang, or wait for company."""
+    line in RUN/record.jsonl (its GPU, its typed options from the job file, process), the SWA model. RUN/plan.json
+    tells a fold's train step to fail once, always, be pre-empted once (SIGUSR2, as submitit's cluster signal), hang,
+    or wait for company."""
+    from engine import fold_job
+
+    spec = fold_job.FoldSpec.read(step.folder)
+    options = spec.train if step.name == "train" else spec.swa
     run = Path(log).parent.parent
     plans = json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else {}
-    plan = plans.get(label, "") if step.script == "train" else ""
+    plan = plans.get(label, "") if step.name == "train" else ""
     cuda = (env or {}).get("CUDA_VISIBLE_DEVICES")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
-        fh.write(f"$ python {step.script}.py for {label}\nrunning on GPU {cuda}\n")
+        fh.write(f"$ the {step.name} step of {label}\nrunning on GPU {cuda}\n")
     tag = label.replace("/", "-")
     running = run / "running"
     running.mkdir(exist_ok=True)
     (running / tag).touch()
     at_once = len(list(running.iterdir()))
     with open(run / "record.jsonl", "a") as fh:
-        fh.write(json.dumps({"label": label, "script": step.script, "cuda": cuda, "argv": list(step.argv),
+        fh.write(json.dumps({"label": label, "script": step.name, "cuda": cuda, "options": options,
                              "pid": os.getpid(), "at_once": at_once}) + "\n")
     attempts = sum(1 for line in (run / "record.jsonl").read_text().splitlines()
                    if json.loads(line)["label"] == label and json.loads(line)["script"] == "train")
     try:
         deadline = time.monotonic() + 60  # only a bound on a hung test
         if plan == "fail" or (plan == "fail-once" and attempts == 1):
-            raise jobs.StepFailed(f"train.py failed for {label} (exit 1): boom {attempts}; full output in {log}")
+            raise jobs.StepFailed(f"the train step failed for {label} (exit 1): boom {attempts}; full output in {log}")
         if plan == "preempt-once" and attempts == 1:
             os.kill(os.getpid(), signal.SIGUSR2)  # submitit checkpoints the job and requeues it
             time.sleep(60)
@@ -242,20 +257,25 @@ def _stand_in(step, label, log, env=None, echo=True):
                 time.sleep(0.05)
     finally:
         (running / tag).unlink()
-    if step.script == "swa":
-        out = Path(step.argv[list(step.argv).index("--output") + 1])
+    if step.name == "swa":
+        out = Path(spec.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.touch()
 
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """ensemble.RUNNER = _stand_in, pickled by value (the job processes cannot import this test module)."""
+    """The fold steps' runner = _stand_in, pickled by value (the job processes cannot import this test module); the
+    ensemble's own steps (predictions of the stand-in's empty models) are skipped."""
     import cloudpickle
+
+    from engine.ensemble import pipeline, training
 
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)
-    monkeypatch.setattr(ensemble, "RUNNER", _stand_in)
+    monkeypatch.setattr(training, "RUNNER", _stand_in)
+    monkeypatch.setattr(pipeline, "ensemble_outputs", lambda jobs, opts, data: {
+        "oof": "-", "submission": "-", "probabilities": "-"})
     yield
     cloudpickle.unregister_pickle_by_value(module)
 
@@ -285,11 +305,10 @@ def test_folds_run_in_parallel_one_local_job_per_gpu(tiny_data, tmp_path, stand_
         mine = [r for r in fold_steps if r["label"] == label]
         assert {r["cuda"] for r in mine} in ({"3"}, {"5"})  # train and swa of a fold on one GPU, its own
         assert len({r["pid"] for r in mine}) == 1 and mine[0]["pid"] != os.getpid()  # one job process per fold
-        assert all(r["argv"][r["argv"].index("--device") + 1] == "cuda" for r in mine)
+        assert all(r["options"]["device"] == "cuda" for r in mine)
         assert len(list((run / "jobs" / label.replace("/", "-")).glob("*_submitted.pkl"))) == 1
         assert f"[{label}] running on GPU" in out  # the job's output, echoed from its log with its prefix
     assert max(r["at_once"] for r in fold_steps) == 2
-    assert all(r["cuda"] is None and r["pid"] == os.getpid() for r in records if r["script"] in ("test", "score"))
     assert [line for line in out.splitlines() if line.startswith("folds done")] == [
         "folds done 1/4", "folds done 2/4", "folds done 3/4", "folds done 4/4"]  # no epochs: no ETA
 
@@ -303,7 +322,7 @@ def test_a_job_that_fails_once_is_retried_from_its_checkpoint(tiny_data, tmp_pat
     trains = [r for r in _records(run) if r["script"] == "train"]
     assert [r["label"] for r in trains] == ["resize/fold0", "resize/fold0", "resize/fold1"]
     assert trains[0]["pid"] != trains[1]["pid"] and all(r["cuda"] == "7" for r in trains)
-    assert ("[resize/fold0] train.py failed for resize/fold0 (exit 1): boom 1; full output in "
+    assert ("[resize/fold0] the train step failed for resize/fold0 (exit 1): boom 1; full output in "
             f"{run / 'logs' / 'resize-fold0.log'}; trying again from its last checkpoint (attempt 2 of 3)") in out
     assert len(list((run / "jobs" / "resize-fold0").glob("*_submitted.pkl"))) == 2  # a second job
     assert (run / "resize" / "fold0_swa.pth").is_file() and (run / "resize" / "fold1_swa.pth").is_file()
@@ -316,13 +335,13 @@ def test_a_fold_that_always_fails_stops_the_others_with_one_line(tiny_data, tmp_
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
     log = run / "logs" / "resize-fold0.log"
-    assert captured.err == (f"error: train.py failed for resize/fold0 (exit 1): boom 2; full output in {log} "
+    assert captured.err == (f"error: the train step failed for resize/fold0 (exit 1): boom 2; full output in {log} "
                             "(2 attempts)\n")
     assert "stopping resize/fold1 (it resumes from its last checkpoint next time)" in captured.out
     hung = next(r for r in _records(run) if r["label"] == "resize/fold1")
     assert not Path(f"/proc/{hung['pid']}").exists() or b"submitit" not in Path(
         f"/proc/{hung['pid']}/cmdline").read_bytes()  # its job process is gone
-    assert not list(run.rglob("*_swa.pth")) and not any(r["script"] == "test" for r in _records(run))
+    assert not list(run.rglob("*_swa.pth")) and not (run / "oof").exists()
 
 
 def test_a_preempted_job_is_requeued_by_submitit(tiny_data, tmp_path, stand_in, capsys):
@@ -342,16 +361,19 @@ def test_the_debug_executor_retries_in_process(tiny_data, tmp_path, monkeypatch,
     """The fast path: --executor debug runs each fold in this process, with the same retries."""
     seen = []
 
+    from engine import fold_job
+    from engine.ensemble import training
+
     def flaky(step, label, log, env=None, echo=True):
-        seen.append((step.script, label))
-        if step.script == "train" and label == "resize/fold1":
-            raise ensemble.StepFailed(f"train.py failed for {label} (exit 1): flaky; full output in {log}")
-        if step.script == "swa":
-            out = Path(step.argv[list(step.argv).index("--output") + 1])
+        seen.append((step.name, label))
+        if step.name == "train" and label == "resize/fold1":
+            raise jobs.StepFailed(f"the train step failed for {label} (exit 1): flaky; full output in {log}")
+        if step.name == "swa":
+            out = Path(fold_job.FoldSpec.read(step.folder).output)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.touch()
 
-    monkeypatch.setattr(ensemble, "RUNNER", flaky)
+    monkeypatch.setattr(training, "RUNNER", flaky)
     assert ensemble_cli.main(command(tiny_data, tmp_path / "d", "--max-retries", "1")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resize/fold1 (exit 1): flaky; full output in" in err
@@ -422,34 +444,45 @@ def test_slurm_jobs_ask_for_what_the_flags_say(tiny_data, tmp_path, monkeypatch,
     assert any(line.startswith("srun ") and f"from engine.jobs import job_main; job_main(sys.argv[1])' {folder}" in line
                for line in lines)  # submitit's job runner, with engine.jobs.job_main's additions
     assert task.executor.max_num_timeout == 3  # timed-out jobs: requeued at most --max-retries times
-    # what was pickled: only the fold's commands; train.py under torchrun on the job's 2 GPUs, no GPU override
+    # what was pickled: only the fold's steps of the engine's entry point, its typed job in the job folder; training
+    # under torchrun on the job's 2 GPUs, no GPU override
     from submitit.core.utils import DelayedSubmission
+
+    from engine import fold_job
 
     fold = DelayedSubmission.load(folder / "42_submitted.pkl").function
     assert isinstance(fold, jobs.FoldJob) and fold.env == {} and fold.runner is jobs.run_step
     assert fold.train.launcher == ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    assert fold.train.describe().startswith("torchrun --standalone --nproc_per_node=2 train.py ")
-    assert "--device" not in fold.train.argv and fold.swa.launcher == ()
-    assert fold.swa.argv[:4] == ("--input", str(run / "resize" / "fold0" / "models"), "--output",
-                                 str(run / "resize" / "fold0_swa.pth"))
-    assert fold.steps() == [fold.train, fold.swa]  # nothing to resume from yet
+    assert fold.train.command()[-4:] == ["-m", "engine.fold_job", str(folder), "train"]
+    assert fold.train.describe() == f"torchrun --standalone --nproc_per_node=2 -m engine.fold_job {folder} train"
+    assert fold.swa.launcher == () and fold.swa.command()[-2:] == [str(folder), "swa"]
+    spec = fold_job.FoldSpec.read(folder)
+    assert spec.train["device"] == "auto" and spec.train["data_fold"] == "fold0"
+    assert spec.swa["inputs"] == [str(run / "resize" / "fold0" / "models")]
+    assert spec.output == str(run / "resize" / "fold0_swa.pth")
+    assert spec.train_config().run.resume is None  # nothing to resume from yet
+    assert fold.steps() == [fold.train, fold.swa]
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tiny_data, tmp_path, calls, capsys):
     run = tmp_path / "dry"
     assert ensemble_cli.main(command(tiny_data, run, "--dry-run", executor="slurm")) == 0
     out = capsys.readouterr().out
-    assert "[resize/fold0] would run: train.py " in out and "[resize/fold1] would run: swa.py " in out
-    assert "[test] would run: test.py " in out and calls == [] and not run.exists()
+    assert "[resize/fold0] would run: train " in out and "[resize/fold1] would run: swa " in out
+    assert "data_fold=fold1" in out and "max_epochs=1" in out and f"output={run / 'resize' / 'fold1_swa.pth'}" in out
+    assert "[test] would run: predict " in out and "[check] would run: check " in out
+    assert calls == [] and not run.exists()
 
 
 def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsys):
-    """--parallel 2 on the CPU: two real train.py/swa.py processes at a time, each given cores/2 threads."""
+    """--parallel 2 on the CPU: two real fold jobs at a time, each given cores/2 threads."""
     run = tmp_path / "cpu2"
     cut = TINY.index("--threads")
     tiny = TINY[:cut] + TINY[cut + 2:]  # ensemble.py chooses the threads
     argv = ["--data-dir", str(tiny_data), "--run-dir", str(run), "--folds", "fold0,fold1,fold2", "--modes", "resize",
             "--resize-size", "32", "--parallel", "2", "--", *tiny, "--max-epochs", "1"]
+    from engine import fold_job
+
     opts = ensemble_cli.parse(argv)
     ensemble.run_folds(ensemble.jobs_of(opts), opts)
     out = capsys.readouterr().out
@@ -460,11 +493,13 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
         assert loaded.meta["fold"] == fold and loaded.input_spec.mode == "resize"
         log = (run / "logs" / f"resize-{fold}.log").read_text()
         commands = [line for line in log.splitlines() if line.startswith("$ ")]
-        assert len(commands) == 2 and all(f"--threads {threads}" in c for c in commands)  # train.py, swa.py
+        assert len(commands) == 2 and all("-m engine.fold_job" in c for c in commands)  # train, swa
+        spec = fold_job.FoldSpec.read(run / "jobs" / f"resize-{fold}")
+        assert spec.train["threads"] == threads and spec.swa["threads"] == threads
     # every echoed line carries its fold's prefix (no lines torn between two processes)
     lines = [s for s in out.splitlines() if s.strip() and not s.startswith(("running ", "folds done"))]
     assert all(s.startswith("[resize/fold") for s in lines)
-    with pytest.raises(ensemble.UserError, match="--parallel: must be >= 0, got -1"):
+    with pytest.raises(jobs.UserError, match="--parallel: must be >= 0, got -1"):
         ensemble_cli.parse(["--data-dir", str(tiny_data), "--parallel", "-1"])
 
 
@@ -482,7 +517,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
-    """SIGTERM to ensemble.py while two folds train in parallel: both train.py processes are stopped (none keeps
+    """SIGTERM to ensemble.py while two folds train in parallel: both training processes are stopped (none keeps
     training unattended), ensemble.py exits 130, and each fold keeps its last checkpoint to resume from. It runs
     with SIGINT ignored, as in the background (``&``, nohup): submitit cancels a local job with SIGINT all the same."""
     import subprocess
@@ -501,7 +536,7 @@ def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the folds never wrote a checkpoint"
             time.sleep(0.2)
-        assert len([c for c in _processes_mentioning(str(run)) if "train.py" in c]) == 2
+        assert len([c for c in _processes_mentioning(str(run)) if c.split()[-1:] == ["train"]]) == 2
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -570,19 +605,21 @@ def test_the_monitor_follows_logs_and_says_each_finished_fold(tmp_path):
     monitor.start("resize/fold0")
     assert v.state == "queued" and said == []
     with open(v.log, "a") as fh:
-        fh.write("$ /venv/python /repo/train.py --max-epochs 3\nepoch   0 ...\nepoch   1 (half a li")
+        fh.write("$ /venv/python -m engine.fold_job /r/jobs/resize-fold0 train\nepoch   0 ...\nepoch   1 (half a li")
     with open(v.log, "ab") as fh:
         fh.write("\u00b5".encode()[:1])  # half of a two-byte character
     (v.metrics.parent / "metrics.csv").write_text("epoch,time_s\n0,30\n")
     monitor.update()
-    assert said == ["[resize/fold0] $ /venv/python /repo/train.py --max-epochs 3", "[resize/fold0] epoch   0 ..."]
+    assert said == ["[resize/fold0] $ /venv/python -m engine.fold_job /r/jobs/resize-fold0 train",
+                    "[resize/fold0] epoch   0 ..."]
     assert v.step() == "train epoch 2/3"
     assert watch.running_text(list(monitor.views.values()), 1) == "resize/fold0 train epoch 2/3; ETA 1 min"
     with open(v.log, "ab") as fh:
-        fh.write("\u00b5".encode()[1:] + b"ne)\n$ /venv/python /repo/swa.py --input x\nwrote x_swa.pth")
+        fh.write("\u00b5".encode()[1:] + b"ne)\n$ /venv/python -m engine.fold_job /r/jobs/resize-fold0 swa\n"
+                 b"wrote x_swa.pth")
     monitor.update()
     assert said[2:] == ["[resize/fold0] epoch   1 (half a li\u00b5ne)",
-                        "[resize/fold0] $ /venv/python /repo/swa.py --input x"]
+                        "[resize/fold0] $ /venv/python -m engine.fold_job /r/jobs/resize-fold0 swa"]
     assert v.step() == "swa"
     monitor.end("resize/fold0", ok=True)  # the unfinished last line is shown, then one status line
     assert said[4:] == ["[resize/fold0] wrote x_swa.pth", "folds done 2/2"]
@@ -601,12 +638,12 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
         labels = pseudo.load(run / "pseudo" / f"{fold}-labels.npz")
         assert labels.provenance["source"] == str(test_npz)
     # round 1 trains every fold again, each with its own labels, into RUN/round1
-    round1 = [(argv_, label) for s, argv_, label, _ in calls if s == "train"][2:]
+    round1 = [(cfg, label) for s, cfg, label, _ in calls if s == "train"][2:]
     assert [label for _, label in round1] == ["resize/fold0", "resize/fold1"]
-    for (targv, label), fold in zip(round1, ("fold0", "fold1")):
-        assert targv[targv.index("--pseudo-labels") + 1] == str(run / "pseudo" / f"{fold}-labels.npz")
-        assert targv[targv.index("--log-dir") + 1] == str(run / "round1" / "resize" / fold)
-        assert "--pseudo-fraction" in targv
+    for (cfg, _), fold in zip(round1, ("fold0", "fold1")):
+        assert cfg.pseudo.pseudo_labels == str(run / "pseudo" / f"{fold}-labels.npz")
+        assert cfg.run.log_dir == str(run / "round1" / "resize" / fold)
+        assert cfg.pseudo.pseudo_fraction == 0.5
         meta = models.read_checkpoint(run / "round1" / "resize" / f"{fold}_swa.pth")["meta"]
         assert meta["pseudo_labels"]["path"] == str(run / "pseudo" / f"{fold}-labels.npz")
     assert (run / "round1" / "ensemble-submission.csv").is_file() and (run / "ensemble-submission.csv").is_file()
@@ -642,8 +679,8 @@ def test_ensemble_labels_say_the_score_is_optimistic(tiny_data, tmp_path, calls,
                                      "--pseudo-confidence", "0")) == 0
     out = capsys.readouterr().out
     assert "OPTIMISTIC" in out and (run / "pseudo-labels.npz").is_file()
-    round1 = [a for s, a, _, _ in calls if s == "train"][2:]
-    assert all(a[a.index("--pseudo-labels") + 1] == str(run / "pseudo-labels.npz") for a in round1)
+    round1 = [cfg for s, cfg, _, _ in calls if s == "train"][2:]
+    assert all(cfg.pseudo.pseudo_labels == str(run / "pseudo-labels.npz") for cfg in round1)
 
 
 @pytest.mark.parametrize("extra,passthrough,fragment", [
@@ -688,22 +725,30 @@ def test_mosaics_built_once_mosaic_folds_and_rules_searched_and_submitted(tiny_d
     argv = command(tiny_data, run, "--mosaics", "--mosaic-folds")
     assert ensemble_cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert ("mosaic", "mosaics") in scripts(calls) and (run / "mosaics" / "mosaics.csv").is_file()
+    assert ("mosaics", "mosaics") in scripts(calls) and (run / "mosaics" / "mosaics.csv").is_file()
     assert f"[folds] wrote {run / 'folds.csv'}" in out
-    train_argv = next(a for s, a, _, _ in calls if s == "train")
-    assert train_argv[train_argv.index("--folds-file") + 1] == str(run / "folds.csv")
+    cfg = next(c for s, c, _, _ in calls if s == "train")
+    assert cfg.data.folds_file == str(run / "folds.csv")
     search = next(a for s, a, label, _ in calls if label == "search")
-    assert search[search.index("--mosaics") + 1] == str(run / "mosaics" / "mosaics.csv")
+    assert search.mosaics == str(run / "mosaics" / "mosaics.csv")
     # grouped by the mosaic folds the models were trained on: a fold's tiles and its mosaics' masks are unknown
-    assert search[search.index("--oof-folds") + 1] == "fold0,fold1"
-    assert search[search.index("--folds-file") + 1] == str(run / "folds.csv")
+    assert search.oof_folds == ("fold0", "fold1") and search.folds_file == str(run / "folds.csv")
     submit = next(a for s, a, label, _ in calls if label == "test")
-    assert "--mosaics" in submit and "--post-config" in submit
+    assert submit.mosaics == str(run / "mosaics" / "mosaics.csv")
+    assert submit.post_source.startswith(str(run / "postprocess.json"))
     # a rerun reuses the mosaics built for this data, and the folds
     calls.clear()
     assert ensemble_cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "mosaics.csv exists for this data, reused" in out and ("mosaic", "mosaics") not in scripts(calls)
+    assert "mosaics.csv exists for this data, reused" in out and ("mosaics", "mosaics") not in scripts(calls)
+    # a damaged record of what the mosaics were made from: they are made again, no traceback
+    for damage in (b"{not json", b"[1, 2]", b"\xff\xfe\x00", b'{"inputs": 3}'):
+        (run / "mosaics" / "source.json").write_bytes(damage)
+        calls.clear()
+        assert ensemble_cli.main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and ("mosaics", "mosaics") in scripts(calls)
+        assert "train" not in [s for s, _ in scripts(calls)]
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -716,3 +761,134 @@ def test_bad_mosaic_options_are_refused(tiny_data, tmp_path, calls, capsys, extr
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
     assert calls == []
+
+
+# -- reuse decided by what an output was made from, not by its path ---------------------------------------------------
+@pytest.fixture
+def own_data(tiny_data, tmp_path):
+    """A copy of the tiny data set that a test may rewrite."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns(".cache"))
+    return root
+
+
+def _write_folds(path: Path, ids, shift: int) -> None:
+    pd.DataFrame({"id": ids, "fold": (np.arange(len(ids)) + shift) % 2}).to_csv(path, index=False)
+
+
+def test_a_folds_file_rewritten_under_its_name_is_noticed(own_data, tmp_path, calls, capsys):
+    from cli import train as train_cli
+
+    run, folds_csv = tmp_path / "ff", tmp_path / "folds.csv"
+    ids = kaggle.load_train(own_data).ids
+    _write_folds(folds_csv, ids, 0)
+    argv = command(own_data, run, "--folds-file", str(folds_csv))
+    assert ensemble_cli.main(argv) == 0
+    capsys.readouterr()
+    _write_folds(folds_csv, ids, 1)  # fold0 now validates on the images its models trained on
+    calls.clear()
+    assert ensemble_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resize/fold0" in err and f"other folds than {folds_csv} now holds" in err, err
+    assert calls == []
+    # train.py --resume notices too: the checkpoint records the folds file's digest
+    last = run / "resize" / "fold0" / "checkpoints" / "last-checkpoint-fold0.pth"
+    fold0 = ["--data-dir", str(own_data), "--data-fold", "fold0", "--log-dir", str(run / "resize" / "fold0"),
+             "--folds-file", str(folds_csv), *TINY, "--max-epochs", "1", "--resume", str(last)]
+    assert train_cli.main(fold0) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained on other folds than --folds-file" in err, err
+    # --overwrite trains the folds afresh on the folds the file holds now
+    assert ensemble_cli.main([*argv[:argv.index("--")], "--overwrite", *argv[argv.index("--"):]]) == 0
+    assert [label for s, _, label, _ in calls if s == "train"] == ["resize/fold0", "resize/fold1"]
+
+
+def test_new_test_images_under_the_same_ids_remake_the_mosaics_and_the_submission(own_data, tmp_path, calls,
+                                                                                     capsys):
+    from datasets.synthetic import write_dataset
+
+    run = tmp_path / "tst"
+    argv = command(own_data, run, "--mosaics")
+    assert ensemble_cli.main(argv) == 0
+    before = P.load(run / "ensemble-probabilities.npz").probs
+    other = tmp_path / "other"
+    write_dataset(other, n_train=4, n_test=8, seed=9)
+    test_ids = kaggle.load_test(own_data).ids
+    for new, old in zip(sorted((other / "test" / "images").iterdir()), test_ids):
+        (own_data / "test" / "images" / f"{old}.png").write_bytes(new.read_bytes())
+    calls.clear()
+    capsys.readouterr()
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("mosaics", "mosaics") in scripts(calls) and ("predict", "test") in scripts(calls)
+    assert "train" not in [s for s, _ in scripts(calls)] and out.count("exists, skipped") == 2  # same train set
+    assert not np.array_equal(P.load(run / "ensemble-probabilities.npz").probs, before)
+
+
+def test_mosaic_folds_are_remade_for_other_data_and_overwrite_retrains(own_data, tmp_path, calls, capsys):
+    import shutil
+
+    from datasets.synthetic import write_dataset
+
+    run = tmp_path / "mf"
+    argv = command(own_data, run, "--mosaics", "--mosaic-folds")
+    assert ensemble_cli.main(argv) == 0
+    for part in ("train", "test"):
+        shutil.rmtree(own_data / part)
+    write_dataset(own_data, n_train=40, n_test=8, seed=6)  # other ids, other images
+    capsys.readouterr()
+    calls.clear()
+    assert ensemble_cli.main(argv) == 2  # the folds were trained on other data: refused, one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "made from other data" in err and "--overwrite" in err, err
+    assert calls[0][0] == "mosaics" and "train" not in [s for s, _ in scripts(calls)]
+    new_ids = kaggle.load_train(own_data).ids
+    assert sorted(pd.read_csv(run / "folds.csv", dtype=str)["id"]) == sorted(new_ids)  # made again
+    assert ensemble_cli.main([*argv[:argv.index("--")], "--overwrite", *argv[argv.index("--"):]]) == 0
+    assert [label for s, _, label, _ in calls if s == "train"] == ["resize/fold0", "resize/fold1"]
+
+
+def test_ensemble_labels_are_remade_after_no_tta_and_other_swa_options(tiny_data, tmp_path, calls, capsys):
+    run = tmp_path / "lab"
+    argv = command(tiny_data, run, "--pseudo-rounds", "1", "--pseudo-source", "ensemble", "--pseudo-confidence", "0",
+                   "--default-post")  # the labels' post-processing stays the defaults: only the predictions change
+    cut = argv.index("--")
+    assert ensemble_cli.main(argv) == 0
+    labels = run / "pseudo-labels.npz"
+    first = labels.read_bytes()
+    capsys.readouterr()
+    assert ensemble_cli.main([*argv[:cut], "--no-tta", *argv[cut:]]) == 2  # round 1 trained on the old labels
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "round1/resize/fold0_swa.pth cannot be reused" in err and "pseudo-labels" in err
+    second = labels.read_bytes()
+    assert second != first  # made again from the predictions without TTA
+    calls.clear()
+    assert ensemble_cli.main([*argv[:cut], "--no-tta", "--swa-args", "--batch-size 3", "--overwrite",
+                              *argv[cut:]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("is made again from the fold's models: other SWA options") == 2  # round 0's, not retrained
+    swas = [opts for s, opts, label, _ in calls if s == "swa"]
+    assert [o.batch_size for o in swas] == [3, 3, 3, 3]
+    assert labels.read_bytes() not in (first, second)
+
+
+# -- refused before any work ----------------------------------------------------------------------------------------
+def test_overlapping_folds_are_refused_before_any_work(tiny_data, tmp_path, calls, capsys):
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--folds", "fold01,fold1", "--dry-run",
+            "--", *TINY, "--max-epochs", "1"]
+    assert ensemble_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --folds: fold01 and fold1 both validate on fold 1 (each image must be out of fold " \
+                           "once)\n"
+    assert captured.out == "" and calls == [] and not (tmp_path / "r").exists()
+
+
+def test_pseudo_rounds_are_bounded(tiny_data, tmp_path, capsys):
+    argv = ["--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "r"), "--pseudo-rounds", "21", "--dry-run",
+            "--", *TINY]
+    assert ensemble_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "--pseudo-rounds: must be <= 20, got 21" in captured.err
+    assert captured.out == ""
