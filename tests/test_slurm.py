@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine import ensemble, jobs
+from engine import jobs
 from tests.tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,17 +71,20 @@ def _stand_in(step, label, log, env=None, echo=True):
     checkpoint, marks RUN/started/TAG-ATTEMPT and, as RUN/plan.json says for the fold, waits (first attempt:
     ``wait``; every attempt: ``always``) or exits 2 (``refuse``); swa writes the SWA model. Every call is a line of
     RUN/record.jsonl (its Slurm job, process, arguments)."""
+    from engine import fold_job
     from engine.layout import EnsembleLayout
 
+    spec_of_job = fold_job.FoldSpec.read(step.folder)
     run = Path(log).parent.parent
     plan = json.loads((run / "plan.json").read_text()).get(label, "") if (run / "plan.json").is_file() else ""
     record = run / "record.jsonl"
     attempt = 1 + sum(1 for line in (record.read_text().splitlines() if record.is_file() else [])
-                      if json.loads(line)["label"] == label and json.loads(line)["script"] == step.script)
+                      if json.loads(line)["label"] == label and json.loads(line)["script"] == step.name)
     with open(record, "a") as fh:
-        fh.write(json.dumps({"label": label, "script": step.script, "attempt": attempt, "pid": os.getpid(),
-                             "job": os.environ.get("SLURM_JOB_ID"), "resume": "--resume" in step.argv}) + "\n")
-    if step.script == "train":
+        fh.write(json.dumps({"label": label, "script": step.name, "attempt": attempt, "pid": os.getpid(),
+                             "job": os.environ.get("SLURM_JOB_ID"),
+                             "resume": Path(spec_of_job.last).is_file()}) + "\n")
+    if step.name == "train":
         tag, (mode, fold) = label.replace("/", "-"), label.split("/")
         (run / "started").mkdir(exist_ok=True)
         wait = plan == "always" or (plan == "wait" and attempt == 1)
@@ -89,8 +92,8 @@ def _stand_in(step, label, log, env=None, echo=True):
                 "started": str(run / "started" / f"{tag}-{attempt}"), "wait_s": 240 if wait else 0,
                 "exit": 2 if plan == "refuse" else 0}
         jobs.run_step(replace(step, launcher=("-c", FAKE_TRAIN, json.dumps(spec))), label, log, env, False)
-    elif step.script == "swa":
-        out = Path(step.argv[list(step.argv).index("--output") + 1])
+    elif step.name == "swa":
+        out = Path(spec_of_job.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(str(os.getpid()))
 
@@ -102,8 +105,10 @@ def _main():
     from cli import ensemble as ensemble_cli
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ensemble.RUNNER = _stand_in
-    ensemble.POLL_S["slurm"] = 1.0
+    from engine.ensemble import options, training
+
+    training.RUNNER = _stand_in
+    options.POLL_S["slurm"] = 1.0
     sys.exit(ensemble_cli.main(sys.argv[1:]))
 
 
@@ -407,7 +412,7 @@ def test_a_refused_step_is_not_retried_and_sigterm_cancels_every_job(cluster, da
     _plan(run, resize_fold0="refuse", resize_fold1="always")
     ens = Ensemble(run, _argv(data, run, "fold0,fold1", "--max-retries", "2"))
     assert ens.wait() == 2
-    assert ens.err.startswith("error: train.py failed for resize/fold0 (exit 2): refused by the stand-in")
+    assert ens.err.startswith("error: the train step failed for resize/fold0 (exit 2): refused by the stand-in")
     assert ens.err.count("\n") == 1 and len(ens.jobs("resize-fold0")) == 1
     assert all(_state(j) in ("CANCELLED", "COMPLETED") for j in ens.jobs("resize-fold1"))
 
