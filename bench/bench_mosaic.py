@@ -39,7 +39,7 @@ def main() -> int:
     p.add_argument("--train", type=int, default=4000)
     p.add_argument("--test", type=int, default=18000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ratio", type=float, default=mosaic.RATIO)
+    p.add_argument("--ratio", type=float, default=None)
     args = p.parse_args()
 
     tmp = None

@@ -17,9 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
     p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
-    p.add_argument("--ratio", type=float, default=mosaic.RATIO,
-                   help=f"accept a pair only when its distance is below RATIO times the second best, both ways "
-                        f"(default {mosaic.RATIO}; lower is stricter)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="accept a pair alone only when its distance is below RATIO times the second best, both ways "
+                        "(default: calibrated on the data, see docs/mosaics.md; lower is stricter)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the image cache in DATA/.cache")
     return p
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.ratio <= 1:
+    if args.ratio is not None and not 0 < args.ratio <= 1:
         raise UserError(f"--ratio {args.ratio}: must be in (0, 1]")
     s = mosaic.build(args.data_dir, args.out, args.ratio, cache=not args.no_cache)
     print(f"placed {s['with_neighbour']} of {s['tiles']} tiles ({s['with_neighbour_share']:.1%}) in {s['mosaics']} "
