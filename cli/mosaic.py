@@ -10,6 +10,7 @@ import argparse
 from cli.common import ArgumentParser
 from datasets import mosaic
 from tgs.errors import UserError, cli
+from tgs.io import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.ratio is not None and not 0 < args.ratio <= 1:
         raise UserError(f"--ratio {args.ratio}: must be in (0, 1]")
+    if not args.out.strip():
+        raise UserError("--out: an empty path; give the folder for mosaics.csv and pairs.csv")
+    check_output(args.out, "--out", data_dirs=[args.data_dir])
     s = mosaic.build(args.data_dir, args.out, args.ratio, cache=not args.no_cache)
     print(f"placed {s['with_neighbour']} of {s['tiles']} tiles ({s['with_neighbour_share']:.1%}) in {s['mosaics']} "
           f"mosaics: {s['train_with_neighbour']} train, {s['test_with_neighbour']} test; {s['pairs']} pairs kept of "

@@ -2,12 +2,13 @@
 
 Train and test tiles are matched together:
 
-1. edges: each tile's side is described by its edge line extrapolated one line outward along its last step
-   (``2 * edge - next``), centred and scaled to unit length. Two tiles that continue each other predict the same
-   line across their seam from both sides, so the distance between a's descriptor and b's scores the seam.
-   Centring and scaling undo each tile's brightness and contrast (on the real data neighbours differ in both);
-   there is no smoothing along the edge (it makes wrong matches look confident). Flat or near-constant edges get no
-   descriptor and never match;
+1. edges: each tile's side is described by two unit vectors side by side: its edge line extrapolated one line
+   outward along its last step (``2 * edge - next``, no smoothing), and the tile's part of smoothness conditions
+   across the seam (finite differences over three lines each side, smoothed along the edge). Two tiles that
+   continue each other predict the same line across their seam and satisfy the conditions, so the distance between
+   a's descriptor and b's scores the seam. Each part is centred and scaled, which undoes a tile's brightness and
+   contrast (on the real data neighbours differ in both). Flat or near-constant edges get no descriptor and never
+   match;
 2. candidates: the NEIGHBOURS nearest opposite sides of every side, both ways, by brute force in float32 matrix
    products over chunks of tiles (memory stays bounded for 22000 tiles);
 3. confident pairs: b is a's best match and a is b's (mutual), and the best distance is clearly below the second
@@ -35,6 +36,7 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from datasets import kaggle
+from tgs.io import atomic_paths
 from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs, collisions
 from tgs.progress import bar
 
@@ -43,20 +45,30 @@ EXTRAPOLATE = 1.0  # each side's edge line is carried this many lines across the
 NEIGHBOURS = 4  # candidates kept per edge for the growing pass
 NULL_RATE = 0.002  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.75)  # the calibrated threshold is clipped to this range (small sets give few null queries)
+NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
 NULL_QUERIES = 8000  # at most this many null queries per seam direction (evenly spaced over the edges)
 GROW_ROUNDS = 30  # growing stops earlier when a round places nothing
 
 
 @dataclass(frozen=True)
 class Seam:
-    """One seam direction: tile a's side ``first`` touches tile b's side ``second`` (LR: a's right, b's left)."""
+    """One seam direction: tile a's side ``first`` touches tile b's side ``second`` (LR: a's right, b's left), and
+    the smoothness conditions across it.
+
+    A condition has six coefficients over the lines in space order: a's three lines ending at the seam, then b's
+    three lines starting at it (for LR: a's columns 98, 99, 100, b's columns 0, 1, 2)."""
 
     rel: str
     first: str  # a's side: "right" or "bottom"
     second: str  # b's side: "left" or "top"
+    conditions: tuple[tuple[float, ...], ...]
 
 
-SEAMS = {"LR": Seam("LR", "right", "left"), "TB": Seam("TB", "bottom", "top")}
+SMOOTH = 1.0  # Gaussian sigma (pixels) along the edge for the smoothness conditions (not for the extrapolation)
+SEAMS = {  # LR: a third difference (sediment varies slowly sideways); TB: two fourth differences (layers vary fast)
+    "LR": Seam("LR", "right", "left", ((0, -1, 3, -3, 1, 0),)),
+    "TB": Seam("TB", "bottom", "top", ((1, -4, 6, -4, 1, 0), (0, 1, -4, 6, -4, 1))),
+}
 
 
 def edge_lines(images: np.ndarray, side: str, offsets=(0, 1)) -> np.ndarray:
@@ -83,19 +95,43 @@ def flat_edges(images: np.ndarray, side: str) -> np.ndarray:
 
 def side_descriptors(images: np.ndarray, side: str) -> np.ndarray:
     """(N, 101) float32 unit vectors: each tile's edge line at ``side`` extrapolated EXTRAPOLATE lines outward from
-    its last two lines, centred and scaled to unit length.
+    its last two lines, centred and scaled to unit length, with no smoothing.
 
-    Two tiles that continue each other across a seam predict the same line there from both sides, so the distance
-    between a's descriptor and b's measures the seam. Centring and scaling undo each tile's own brightness and
-    contrast (on the real data neighbours differ in both); no smoothing along the edge (it makes wrong matches look
-    confident)."""
+    Two tiles that continue each other across a seam predict the same line there from both sides. Centring and
+    scaling undo each tile's own brightness and contrast (on the real data neighbours differ in both)."""
     lines = edge_lines(images, side, (0, 1))
     return _unit(lines[:, 0] + EXTRAPOLATE * (lines[:, 0] - lines[:, 1]))
 
 
+def condition_descriptors(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
+    """Unit descriptors of the smoothness conditions across a seam: finite differences over three lines each side
+    that vanish for a smooth field, each split into a's part and b's part (lines smoothed along the edge)."""
+    from scipy import ndimage
+
+    smooth = lambda x: ndimage.gaussian_filter1d(x, SMOOTH, axis=2, mode="nearest")  # noqa: E731
+    a = smooth(edge_lines(images, seam.first, (0, 1, 2)))
+    b = smooth(edge_lines(images, seam.second, (0, 1, 2)))
+    first_parts, second_parts = [], []
+    for c in seam.conditions:
+        c = np.asarray(c, np.float32) / np.linalg.norm(c)
+        # a's lines from the seam outward are space positions 2, 1, 0; b's are 3, 4, 5
+        first_parts.append(np.einsum("k,nkx->nx", c[2::-1], a))
+        second_parts.append(-np.einsum("k,nkx->nx", c[3:], b))
+    return _unit(np.concatenate(first_parts, axis=1)), _unit(np.concatenate(second_parts, axis=1))
+
+
 def descriptors(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
-    """The descriptors of every tile's ``seam.first`` side and ``seam.second`` side: (N, 101) float32 each."""
-    return side_descriptors(images, seam.first), side_descriptors(images, seam.second)
+    """The unit descriptors of every tile's ``seam.first`` and ``seam.second`` sides: the extrapolated line
+    (:func:`side_descriptors`) and the smoothness conditions (:func:`condition_descriptors`) side by side, each
+    weighted 1/sqrt(2), so that the squared distance is the mean of the two scores' squared distances.
+
+    Measured on the real data, the extrapolation ranks true partners first far more often (2290 against 1673
+    closed 2x2 squares among mutual best matches); on the synthetic sections the conditions do better; together
+    they beat either on both."""
+    cond_a, cond_b = condition_descriptors(images, seam)
+    scale = np.float32(np.sqrt(0.5))
+    return (np.hstack([side_descriptors(images, seam.first), cond_a]) * scale,
+            np.hstack([side_descriptors(images, seam.second), cond_b]) * scale)
 
 
 def _unit(parts: np.ndarray) -> np.ndarray:
@@ -182,8 +218,9 @@ def null_threshold(first: np.ndarray, ok_a: np.ndarray, second: np.ndarray, ok_b
     Null queries are edges that have no partner by construction: each a-side descriptor reversed along the edge (a
     texture of the same statistics that no tile continues). Their best/second-best ratios against the b sides show
     how low a ratio chance alone reaches on this data; the threshold lets through NULL_RATE of them, clipped to
-    RATIO_RANGE (few tiles give few null queries)."""
-    if len(ok_a) == 0 or len(ok_b) < 2:
+    RATIO_RANGE. Sets too small to show that tail (fewer than NULL_TAIL / NULL_RATE edges) get the strict end of
+    the range."""
+    if len(ok_a) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:  # too few null queries to see the tail: strict
         return RATIO_RANGE[0]
     pick = ok_a[np.unique(np.linspace(0, len(ok_a) - 1, min(NULL_QUERIES, len(ok_a))).astype(np.int64))]
     reversed_ = np.ascontiguousarray(first[pick][:, ::-1])
@@ -438,6 +475,7 @@ class Assembly:
     mosaics: Mosaics
     pairs: Pairs
     candidates: int  # pairs accepted by the matching, before the layout's conflicts
+    tables: dict[str, EdgeTable] | None = None  # the candidate tables (thresholds, ratios) behind them
 
 
 def assemble(ids: np.ndarray, images: np.ndarray, ratio: float | None = None) -> Assembly:
@@ -472,7 +510,7 @@ def assemble(ids: np.ndarray, images: np.ndarray, ratio: float | None = None) ->
     mosaics = Mosaics(ids[tiles], mosaic, row - r0[mosaic], col - c0[mosaic])
     k = place.kept
     pairs = Pairs(ids[cand.a[k]], ids[cand.b[k]], cand.rel[k], 1 - cand.distance[k] ** 2 / 2)
-    return Assembly(mosaics, pairs, len(cand.a))
+    return Assembly(mosaics, pairs, len(cand.a), tables)
 
 
 def neighbour_shares(mosaics: Mosaics, train_ids: np.ndarray, test_ids: np.ndarray) -> dict:
@@ -518,6 +556,53 @@ def evaluate(found: Mosaics, truth: Mosaics, ids: np.ndarray, images: np.ndarray
             "recall": recovered / len(recoverable) if len(recoverable) else 1.0}
 
 
+def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixels: int = 5) -> dict:
+    """Checks that need no true layout, for real data: for adjacent pairs of two train tiles (``masks`` holds the
+    first ``len(masks)`` ids' masks), the share whose masks disagree across the seam on more than ``step_pixels``
+    pixels (a wrong neighbour usually has a discontinuous mask boundary), and how many of those are a whole edge of
+    salt against a whole edge of none (often a labelling artefact of true neighbours); the 2x2 squares of adjacent
+    tiles (cycles that close); and the best/second-best ratio quartiles of the accepted pairs against the rejected
+    mutual best matches."""
+    ids = np.asarray(ids, str)
+    where = pd.Index(ids)
+    adj = result.mosaics.adjacent_ids()
+    a, b = where.get_indexer(adj["a"]), where.get_indexer(adj["b"])
+    rel = adj["rel"].to_numpy(str)
+    n_train = len(masks)
+    tt = (a >= 0) & (b >= 0) & (a < n_train) & (b < n_train)
+    disagree = whole = 0
+    for r in RELATIONS:
+        sel = tt & (rel == r)
+        seam = SEAMS[r]
+        ea = edge_lines(masks[a[sel]].astype(np.float32), seam.first, (0,))[:, 0]
+        eb = edge_lines(masks[b[sel]].astype(np.float32), seam.second, (0,))[:, 0]
+        bad = (ea != eb).sum(axis=1) > step_pixels
+        disagree += int(bad.sum())
+        full = lambda e: (e.min(axis=1) == e.max(axis=1))  # noqa: E731  (all salt or none along the edge)
+        whole += int((bad & full(ea) & full(eb)).sum())
+    m = result.mosaics
+    right, below = m.neighbours(m.ids).right, m.neighbours(m.ids).down
+    has = (right >= 0) & (below >= 0)
+    squares = int((has & (below[np.maximum(right, 0)] >= 0) &
+                   (right[np.maximum(below, 0)] == below[np.maximum(right, 0)])).sum())
+    out = {"train_train_pairs": int(tt.sum()), "mask_disagree": disagree, "mask_disagree_whole_edges": whole,
+           "mask_disagree_share": disagree / max(int(tt.sum()), 1), "squares": squares}
+    tables = result.tables
+    if tables:
+        n = len(ids)
+        kept = _pair_keys(n, where.get_indexer(result.pairs.a), where.get_indexer(result.pairs.b), result.pairs.rel)
+        acc, rej = [], []
+        for r, t in tables.items():
+            mutual, worst = ratios(t)
+            x = np.flatnonzero(mutual & np.isfinite(worst))
+            is_kept = np.isin(_pair_keys(n, x, t.fwd[x, 0], np.full(len(x), r)), kept)
+            acc.append(worst[x][is_kept])
+            rej.append(worst[x][~is_kept])
+        q = lambda v: np.quantile(v, [0.25, 0.5, 0.75]) if v.size else np.full(3, np.nan)  # noqa: E731
+        out["ratio_accepted"], out["ratio_rejected"] = q(np.concatenate(acc)), q(np.concatenate(rej))
+    return out
+
+
 def size_histogram(mosaics: Mosaics, edges=(2, 3, 5, 10, 20, 50)) -> list[tuple[str, int]]:
     """How many mosaics have 2, 3-4, 5-9, ... tiles."""
     sizes = mosaics.sizes()
@@ -529,14 +614,15 @@ def size_histogram(mosaics: Mosaics, edges=(2, 3, 5, 10, 20, 50)) -> list[tuple[
 
 def build(data_dir: str | os.PathLike, out: str | os.PathLike, ratio: float | None = None, cache: bool = True) -> dict:
     """Assemble a dataset in Kaggle's layout (train and test images together) and write ``out/mosaics.csv`` and
-    ``out/pairs.csv`` atomically; returns a summary (counts, shares, mosaic sizes)."""
+    ``out/pairs.csv`` as a pair (a failure, e.g. a full disk, leaves the previous pair intact); returns a summary (counts, shares, mosaic sizes)."""
     train = kaggle.load_train(data_dir, cache=cache)
     test = kaggle.load_test(data_dir, cache=cache)
     ids = np.concatenate([train.ids, test.ids])
     result = assemble(ids, np.concatenate([train.images, test.images]), ratio)
     out = Path(out)
-    result.mosaics.write(out / MOSAICS_FILE)
-    result.pairs.write(out / PAIRS_FILE)
+    with atomic_paths(out / MOSAICS_FILE, out / PAIRS_FILE) as (mosaics_tmp, pairs_tmp):
+        result.mosaics.write(mosaics_tmp, atomic=False)  # the two files are committed together
+        result.pairs.write(pairs_tmp, atomic=False)
     summary = neighbour_shares(result.mosaics, train.ids, test.ids)
     summary.update({"mosaics": int(result.mosaics.sizes().size), "pairs": len(result.pairs),
                     "candidates": result.candidates, "largest": sorted(result.mosaics.sizes().tolist())[::-1][:8],
