@@ -19,7 +19,8 @@ Train and test tiles are matched together:
    (row, col) positions. A pair that does not close its cycle is dropped (it is the weakest of that cycle); when
    tiles claim one cell, the pair on most of the paths between the clashing tiles is dropped (the weakest of them;
    with a single clash simply the weakest pair on its path), and the layout is redone: a conflict never drops a
-   whole mosaic;
+   whole mosaic. Tiles that the layout puts side by side without a pair between them must fit there too (each
+   among the other's FIT_RANK nearest candidates); one that does not is a clash as well;
 5. growing (:func:`grow`): an empty cell next to two or more placed tiles is filled when every seam around it
    names the same tile as its best candidate; the layout is redone and growing repeats until nothing changes.
    A seam too ambiguous alone is accepted when the seams around its cell agree.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ NULL_RATE = 0.002  # the ratio threshold lets through this share of the null que
 RATIO_RANGE = (0.5, 0.75)  # the calibrated threshold is clipped to this range (small sets give few null queries)
 NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
 NULL_QUERIES = 8000  # at most this many null queries per seam direction (evenly spaced over the edges)
+FIT_RANK = 4  # tiles side by side without a pair must be among each other's FIT_RANK nearest candidates
 GROW_ROUNDS = 30  # growing stops earlier when a round places nothing
 
 
@@ -372,8 +375,13 @@ def _culprit(clash: np.ndarray, tiles: np.ndarray, parent, depth, parent_pair, c
     return int(np.lexsort((-cost, -counts))[0])
 
 
-def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarray) -> Placement:
-    """Lay out ``n`` tiles from pairs (a left of / above b, lower cost = better); see the module docstring."""
+def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarray,
+           seam_fits: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Placement:
+    """Lay out ``n`` tiles from pairs (a left of / above b, lower cost = better); see the module docstring.
+
+    With ``seam_fits(a, b, rel) -> bool array``, tiles that the layout puts next to each other without a pair
+    between them must fit there too: one that does not is a clash (two mosaics glued by a wrong pair put unrelated
+    tiles side by side), resolved like two tiles on one cell."""
     a, b, cost = np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(cost, np.float64)
     dr, dc = _steps(np.asarray(rel, str))
     kept = np.zeros(len(a), bool)
@@ -392,10 +400,43 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
         in_pair[la[~broken]] = in_pair[lb[~broken]] = True
         tiles = np.flatnonzero(in_pair)
         clash = collisions(component[tiles], row[tiles], col[tiles])
+        if clash.size == 0 and seam_fits is not None:
+            clash = _misfits(n, tiles, component, row, col, la[~broken], lb[~broken], seam_fits)
         if clash.size == 0:
             component = np.where(in_pair, component, -1)
             return Placement(component, np.where(in_pair, row, 0), np.where(in_pair, col, 0), kept)
         kept[live[_culprit(clash, tiles, parent, depth, parent_pair, cost[live])]] = False
+
+
+def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, seam_fits) -> np.ndarray:
+    """(K, 2) indices into ``tiles`` of tiles side by side in the layout, with no pair between them, whose seam
+    does not fit (``seam_fits``)."""
+    keys = _cell_keys(n, component[tiles], row[tiles], col[tiles])
+    order = np.argsort(keys)
+    paired = _pair_keys(n, np.minimum(pair_a, pair_b), np.maximum(pair_a, pair_b), np.full(len(pair_a), "LR"))
+    out = []
+    for rel, (dr, dc) in STEP.items():
+        want = _cell_keys(n, component[tiles], row[tiles] + dr, col[tiles] + dc)
+        at = np.minimum(np.searchsorted(keys[order], want), len(keys) - 1)
+        i = np.flatnonzero(keys[order][at] == want)
+        j = order[at[i]]
+        u, v = tiles[i], tiles[j]
+        unpaired = ~np.isin(_pair_keys(n, np.minimum(u, v), np.maximum(u, v), np.full(len(u), "LR")), paired)
+        bad = unpaired & ~seam_fits(u, v, np.full(len(u), rel))
+        out.append(np.stack([i[bad], j[bad]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+
+
+def seam_fits(tables: dict[str, EdgeTable]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """A check for :func:`layout`: b is among a's FIT_RANK nearest candidates or a among b's."""
+    def fits(a: np.ndarray, b: np.ndarray, rel: np.ndarray) -> np.ndarray:
+        ok = np.zeros(len(a), bool)
+        for r, t in tables.items():
+            sel = rel == r
+            ok[sel] = ((t.fwd[a[sel], :FIT_RANK] == b[sel, None]).any(axis=1) |
+                       (t.bwd[b[sel], :FIT_RANK] == a[sel, None]).any(axis=1))
+        return ok
+    return fits
 
 
 # -- growing ------------------------------------------------------------------------------------------------------
@@ -488,13 +529,14 @@ def assemble(ids: np.ndarray, images: np.ndarray, ratio: float | None = None) ->
     n = len(ids)
     tables = edge_tables(images)
     cand = confident_pairs(tables, ratio)
-    place = layout(n, cand.a, cand.b, cand.rel, cand.distance)
+    fits = seam_fits(tables)
+    place = layout(n, cand.a, cand.b, cand.rel, cand.distance, fits)
     for _ in range(GROW_ROUNDS):
         extra = grow(tables, place, _pair_keys(n, cand.a, cand.b, cand.rel))
         if len(extra.a) == 0:
             break
         cand = Candidates.concat([cand, extra])
-        place = layout(n, cand.a, cand.b, cand.rel, cand.distance)
+        place = layout(n, cand.a, cand.b, cand.rel, cand.distance, fits)
     tiles = np.flatnonzero(place.component >= 0)
     labels, inverse, sizes = np.unique(place.component[tiles], return_inverse=True, return_counts=True)
     first = np.full(len(labels), len(ids))
