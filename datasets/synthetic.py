@@ -379,7 +379,8 @@ def draw_sections(rng: np.random.Generator, n: int) -> Sections:
         texture_amp=rng.uniform(0.2, 0.35, s).astype(np.float32),
         rim_gain=rng.uniform(0.8, 2.0, s).astype(np.float32), contrast=rng.uniform(*CONTRAST, s),
         brightness=rng.uniform(95, 150, s), blank_value=rng.integers(0, 256, s), z_top=z_top, z_step=z_step,
-        noise=rng.uniform(*NOISE, m).astype(np.float32), jitter_contrast=rng.uniform(*JITTER_CONTRAST, m),
+        noise=rng.uniform(*NOISE, m).astype(np.float32),
+        jitter_contrast=rng.uniform(*JITTER_CONTRAST, m),
         jitter_brightness=rng.uniform(-JITTER_BRIGHTNESS, JITTER_BRIGHTNESS, m))
     sections.threshold = _empty_threshold(sections)
     return sections

@@ -317,3 +317,14 @@ def test_degenerate_sets_give_a_valid_empty_result(case):
               "all identical": np.repeat(one, 6, axis=0), "no tile": np.zeros((0, S, S), np.uint8)}[case]
     result = mosaic.assemble(ids_for(len(images)), images)
     assert len(result.mosaics) == 0 and len(result.pairs) == 0 and result.mosaics.sizes().size == 0
+
+
+def test_a_data_folder_with_one_tile_gives_a_header_only_pair(tmp_path, capsys):
+    data = tmp_path / "one"
+    synthetic.write_dataset(data, n_train=1, n_test=0, seed=1)
+    out = tmp_path / "m"
+    assert mosaic_cli.main(["--data-dir", str(data), "--out", str(out), "--no-cache"]) == 0
+    assert "placed 0 of 1 tiles" in capsys.readouterr().out
+    assert (out / "mosaics.csv").read_text().splitlines() == ["id,mosaic,row,col"]
+    assert (out / "pairs.csv").read_text().splitlines() == ["a,b,rel,score"]
+    assert len(Mosaics.read(out / "mosaics.csv")) == 0
