@@ -39,6 +39,11 @@ def main(argv=None) -> int:
           f"{s['candidates']} matched")
     print(f"test tiles next to a train tile: {s['test_next_to_train']} ({s['test_next_to_train_share']:.1%} of the "
           "test set)")
+    if args.ratio is not None:
+        print(f"ratio threshold: {args.ratio} (given)")
+    elif s["thresholds"]:
+        print("ratio thresholds: " + ", ".join(f"{r} {t:.3f}" for r, t in s["thresholds"].items())
+              + " (calibrated on this data)")
     print("largest mosaics: " + (", ".join(map(str, s["largest"])) or "none"))
     print("mosaic sizes: " + ", ".join(f"{label} tiles: {count}" for label, count in s["histogram"]))
     print(f"wrote {s['out']}/mosaics.csv and {s['out']}/pairs.csv")

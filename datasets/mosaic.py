@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
 EXTRAPOLATE = 1.0  # each side's edge line is carried this many lines across the seam along its last step
-NEIGHBOURS = 4  # candidates kept per edge for the growing pass
+NEIGHBOURS = 4  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.002  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.75)  # the calibrated threshold is clipped to this range (small sets give few null queries)
 NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
@@ -668,5 +668,6 @@ def build(data_dir: str | os.PathLike, out: str | os.PathLike, ratio: float | No
     summary = neighbour_shares(result.mosaics, train.ids, test.ids)
     summary.update({"mosaics": int(result.mosaics.sizes().size), "pairs": len(result.pairs),
                     "candidates": result.candidates, "largest": sorted(result.mosaics.sizes().tolist())[::-1][:8],
-                    "histogram": size_histogram(result.mosaics), "out": str(out)})
+                    "histogram": size_histogram(result.mosaics), "out": str(out),
+                    "thresholds": {r: t.threshold for r, t in (result.tables or {}).items()}})
     return summary
