@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         print(f"ratio threshold: {args.ratio} (given)")
     elif s["thresholds"]:
         print("ratio thresholds: " + ", ".join(f"{r} {t:.3f}" for r, t in s["thresholds"].items())
-              + " (calibrated on this data)")
+              + f" (calibrated on this data; under {mosaic.NULL_TAIL / mosaic.NULL_RATE:.0f} edges a side, too few to "
+                f"calibrate, {mosaic.RATIO_RANGE[0]})")
     print("largest mosaics: " + (", ".join(map(str, s["largest"])) or "none"))
     print("mosaic sizes: " + ", ".join(f"{label} tiles: {count}" for label, count in s["histogram"]))
     print(f"wrote {s['out']}/mosaics.csv and {s['out']}/pairs.csv")
