@@ -10,6 +10,7 @@ import argparse
 from cli.common import ArgumentParser
 from datasets import mosaic
 from tgs.errors import UserError, cli
+from tgs.io import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
     p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
-    p.add_argument("--ratio", type=float, default=mosaic.RATIO,
-                   help=f"accept a pair only when its distance is below RATIO times the second best, both ways "
-                        f"(default {mosaic.RATIO}; lower is stricter)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="accept a pair alone only when its distance is below RATIO times the second best, both ways "
+                        "(default: calibrated on the data, see docs/mosaics.md; lower is stricter)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the image cache in DATA/.cache")
     return p
 
@@ -27,10 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.ratio <= 1:
+    if args.ratio is not None and not 0 < args.ratio <= 1:
         raise UserError(f"--ratio {args.ratio}: must be in (0, 1]")
-    from tgs.io import check_output
-
+    if not args.out.strip():
+        raise UserError("--out: an empty path; give the folder for mosaics.csv and pairs.csv")
     check_output(args.out, "--out", data_dirs=[args.data_dir])
     s = mosaic.build(args.data_dir, args.out, args.ratio, cache=not args.no_cache)
     print(f"placed {s['with_neighbour']} of {s['tiles']} tiles ({s['with_neighbour_share']:.1%}) in {s['mosaics']} "
@@ -38,6 +39,12 @@ def main(argv=None) -> int:
           f"{s['candidates']} matched")
     print(f"test tiles next to a train tile: {s['test_next_to_train']} ({s['test_next_to_train_share']:.1%} of the "
           "test set)")
+    if args.ratio is not None:
+        print(f"ratio threshold: {args.ratio} (given)")
+    elif s["thresholds"]:
+        print("ratio thresholds: " + ", ".join(f"{r} {t:.3f}" for r, t in s["thresholds"].items())
+              + f" (calibrated on this data; under {mosaic.NULL_TAIL / mosaic.NULL_RATE:.0f} edges a side, too few to "
+                f"calibrate, {mosaic.RATIO_RANGE[0]})")
     print("largest mosaics: " + (", ".join(map(str, s["largest"])) or "none"))
     print("mosaic sizes: " + ", ".join(f"{label} tiles: {count}" for label, count in s["histogram"]))
     print(f"wrote {s['out']}/mosaics.csv and {s['out']}/pairs.csv")

@@ -158,6 +158,8 @@ def training_rows(ids: np.ndarray, masks: np.ndarray, fold: str, folds_file: str
 def mosaic_groups(ids: np.ndarray, mosaics: Mosaics) -> np.ndarray:
     """The mosaic of each id (train.csv order), -1 for ids in no mosaic."""
     where = mosaics.index_of(ids)
+    if len(mosaics) == 0:  # a header-only file (no pair found): every tile is alone
+        return np.full(len(where), -1, np.int64)
     return np.where(where >= 0, mosaics.mosaic[np.maximum(where, 0)], -1)
 
 

@@ -62,6 +62,12 @@ LAYOUT_FILE = "synthetic-layout.csv"
 LAYOUT_COLUMNS = ("id", "section", "row", "col")
 CHAOS_SIGMAS = (1.5, 2.0, 2.5)  # correlation lengths of the salt texture (one per section)
 BLOCK = 128  # tiles rendered at a time: small blocks keep the float temporaries in the caches
+# as hard for the edge matcher as the real tiles: middling contrast (edge standard deviations of 10 to 40 grey
+# levels), pixel noise that blurs the seams of low-contrast tiles, and neighbours whose brightness and contrast differ
+CONTRAST = (8.0, 40.0)  # grey levels per unit of the section's field
+NOISE = (0.05, 0.3)  # pixel noise per tile, in units of the field
+JITTER_CONTRAST = (0.8, 1.25)  # each tile's contrast relative to its section's
+JITTER_BRIGHTNESS = 15.0  # each tile's brightness offset at most, grey levels
 WRITE_BLOCK = 2048  # tiles rendered, then written as PNGs by a thread pool
 
 
@@ -371,10 +377,11 @@ def draw_sections(rng: np.random.Generator, n: int) -> Sections:
         shapes=_draw_shapes(rng, wpx, hpx), chaos_salt=rng.integers(0, 2 ** 32, s, dtype=np.uint32),
         chaos_sigma=rng.integers(0, len(CHAOS_SIGMAS), s), chaos_amp=rng.uniform(0.45, 0.75, s).astype(np.float32),
         texture_amp=rng.uniform(0.2, 0.35, s).astype(np.float32),
-        rim_gain=rng.uniform(0.8, 2.0, s).astype(np.float32), contrast=rng.uniform(18, 45, s),
+        rim_gain=rng.uniform(0.8, 2.0, s).astype(np.float32), contrast=rng.uniform(*CONTRAST, s),
         brightness=rng.uniform(95, 150, s), blank_value=rng.integers(0, 256, s), z_top=z_top, z_step=z_step,
-        noise=rng.uniform(0.03, 0.12, m).astype(np.float32), jitter_contrast=rng.uniform(0.93, 1.07, m),
-        jitter_brightness=rng.uniform(-6, 6, m))
+        noise=rng.uniform(*NOISE, m).astype(np.float32),
+        jitter_contrast=rng.uniform(*JITTER_CONTRAST, m),
+        jitter_brightness=rng.uniform(-JITTER_BRIGHTNESS, JITTER_BRIGHTNESS, m))
     sections.threshold = _empty_threshold(sections)
     return sections
 

@@ -171,3 +171,14 @@ def test_a_bad_folds_file_is_one_line_naming_it(tmp_path):
         read_folds_file(bad, np.array(["a", "b"]))
     with pytest.raises(UserError, match=rf"--folds-file {tmp_path} is a folder, not a CSV file"):
         read_folds_file(tmp_path, np.array(["a", "b"]))
+
+
+def test_folds_cli_with_a_header_only_mosaics_file(synthetic_root, tmp_path, capsys):
+    """What mosaic.py writes when no pair is found (all-flat tiles): every tile is alone, the folds are made."""
+    path = tmp_path / "mosaics.csv"
+    path.write_text("id,mosaic,row,col\n")
+    out = tmp_path / "f.csv"
+    assert folds.main(["--data-dir", str(synthetic_root), "--k", "4", "--out", str(out), "--mosaics", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if line.startswith("mosaic (k=4")][0].split()[-3:-1] == ["0", "of"]
+    assert sorted(pd.read_csv(out)["fold"].unique().tolist()) == [0, 1, 2, 3]

@@ -55,20 +55,54 @@ def _check_known(ids: np.ndarray, known_ids, path) -> None:
     raise DataError(f"{path}: {n_bad} of its {n_all} ids are not in this dataset's train or test ids: {bad}")
 
 
-def _position_keys(mosaic, row, col, all_rows, all_cols) -> np.ndarray:
-    """One int64 per (mosaic, row, col), for positions within the range of ``all_rows`` / ``all_cols`` (any sign)
-    or one step outside it."""
-    r0, c0 = int(np.min(all_rows, initial=0)) - 1, int(np.min(all_cols, initial=0)) - 1
-    span_r = int(np.max(all_rows, initial=0)) - r0 + 2
-    span_c = int(np.max(all_cols, initial=0)) - c0 + 2
-    return (np.asarray(mosaic, np.int64) * span_r + (np.asarray(row) - r0)) * span_c + (np.asarray(col) - c0)
+MAX_POSITION = 65_535  # rows and columns at most: a mosaic of all 22000 Kaggle tiles spans at most 21999 steps
+MAX_CELLS = 20_000_000  # bounding-box cells of all mosaics together at most (their grids: 160 MB of int64)
+
+
+def _check_bounds(mosaic: np.ndarray, row: np.ndarray, col: np.ndarray, path) -> None:
+    """Refuse layouts whose numbers no tile set needs and every consumer would pay for in memory: a mosaic number
+    beyond the file's tile count (mosaics are numbered from 0, so a file of N tiles needs fewer than N), a row or
+    column beyond MAX_POSITION, or mosaics whose bounding boxes hold more than MAX_CELLS cells together."""
+    n = len(mosaic)
+    for name, values, limit in (("mosaic", mosaic, n - 1), ("row", row, MAX_POSITION), ("col", col, MAX_POSITION)):
+        bad = np.flatnonzero(values > limit)
+        if bad.size:
+            why = (f"its {n} tiles need mosaic numbers 0 to {n - 1} at most" if name == "mosaic" else
+                   f"at most {MAX_POSITION} (more than any set of tiles needs)")
+            raise DataError(f"{path}: line {bad[0] + 2}: {name} {values[bad[0]]} is too large: {why}")
+    if n:
+        _, inverse = np.unique(mosaic, return_inverse=True)
+        m = int(inverse.max()) + 1
+        span = [np.zeros(m, np.int64) for _ in range(4)]
+        span[0][:], span[1][:] = MAX_POSITION + 1, MAX_POSITION + 1
+        np.minimum.at(span[0], inverse, row)
+        np.minimum.at(span[1], inverse, col)
+        np.maximum.at(span[2], inverse, row)
+        np.maximum.at(span[3], inverse, col)
+        cells = int(((span[2] - span[0] + 1) * (span[3] - span[1] + 1)).sum())
+        if cells > MAX_CELLS:
+            raise DataError(f"{path}: the mosaics' tiles lie so far apart that their grids would hold {cells} cells "
+                            f"(at most {MAX_CELLS}): not a layout of neighbouring tiles")
+
+
+def _position_keys(*columns: np.ndarray) -> np.ndarray:
+    """One int64 per row of the given integer columns (e.g. mosaic, row, col), equal exactly when the rows are
+    equal: each column is replaced by its rank among its distinct values, so the key stays below the product of
+    the numbers of distinct values whatever the numbers themselves (no overflow for hostile positions)."""
+    key = np.zeros(len(columns[0]), np.int64)
+    for c in columns:
+        values, rank = np.unique(np.asarray(c, np.int64), return_inverse=True)
+        key = key * len(values) + rank.reshape(-1)
+    return key
 
 
 def collisions(mosaic: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """(K, 2) indices of tiles that share a (mosaic, row, col) position with the tile before them in key order."""
-    keys = _position_keys(mosaic, row, col, row, col)
-    order = np.argsort(keys, kind="stable")
-    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    """(K, 2) indices of tiles that share a (mosaic, row, col) position with the tile before them in sort order
+    (a lexicographic sort: no key to overflow, whatever the numbers)."""
+    mosaic, row, col = (np.asarray(x, np.int64) for x in (mosaic, row, col))
+    order = np.lexsort((col, row, mosaic))
+    m, r, c = mosaic[order], row[order], col[order]
+    same = np.flatnonzero((m[1:] == m[:-1]) & (r[1:] == r[:-1]) & (c[1:] == c[:-1]))
     return np.stack([order[same], order[same + 1]], axis=1) if same.size else np.zeros((0, 2), np.int64)
 
 
@@ -125,6 +159,7 @@ class Mosaics:
         if dup.any():
             raise DataError(f"{path}: {int(dup.sum())} ids are listed more than once, first {ids[dup][0]}")
         _check_known(ids, known_ids, path)
+        _check_bounds(mosaic, row, col, path)
         out = cls(ids, mosaic, row, col)
         clash = out.collisions()
         if clash.size:
@@ -133,33 +168,33 @@ class Mosaics:
                             f"col {col[i]} ({len(clash)} such clashes)")
         return out
 
-    def write(self, path: str | os.PathLike) -> None:
-        """Write ``id,mosaic,row,col`` atomically, sorted by mosaic, row and column."""
+    def write(self, path: str | os.PathLike, atomic: bool = True) -> None:
+        """Write ``id,mosaic,row,col`` sorted by mosaic, row and column, atomically (``atomic=False``: straight to
+        ``path``, for a caller that commits a set of files itself, tgs.io.atomic_paths)."""
         order = np.lexsort((self.col, self.row, self.mosaic))
-        with atomic_open(path, "w", newline="") as fh:
+        with (atomic_open(path, "w", newline="") if atomic else open(path, "w", newline="")) as fh:
             pd.DataFrame({"id": self.ids[order], "mosaic": self.mosaic[order], "row": self.row[order],
                           "col": self.col[order]}).to_csv(fh, index=False)
 
     # -- structure ----------------------------------------------------------------------------------------------
-    def _keys(self, row: np.ndarray, col: np.ndarray, mosaic: np.ndarray | None = None) -> np.ndarray:
-        return _position_keys(self.mosaic if mosaic is None else mosaic, row, col, self.row, self.col)
-
     def collisions(self) -> np.ndarray:
         """(K, 2) indices of tiles that share a position (empty when the layout is valid)."""
         return collisions(self.mosaic, self.row, self.col)
 
     def sizes(self) -> np.ndarray:
-        """Tiles per mosaic, indexed by mosaic number."""
+        """Tiles per mosaic, indexed by mosaic number (files are bounded so that this stays small)."""
         return np.bincount(self.mosaic, minlength=int(self.mosaic.max(initial=-1)) + 1)
 
     def _lookup(self, mosaic: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """Index in self of the tile at each position, -1 where the cell is empty."""
         if len(self) == 0:
             return np.full(len(row), -1, np.int64)
-        keys = self._keys(self.row, self.col)
+        n = len(self)
+        keys = _position_keys(*(np.concatenate([np.asarray(x, np.int64), np.asarray(y, np.int64)])
+                                for x, y in ((self.mosaic, mosaic), (self.row, row), (self.col, col))))
+        keys, want = keys[:n], keys[n:]
         order = np.argsort(keys, kind="stable")
-        want = self._keys(row, col, mosaic)
-        at = np.minimum(np.searchsorted(keys[order], want), len(keys) - 1)
+        at = np.minimum(np.searchsorted(keys[order], want), n - 1)
         return np.where(keys[order][at] == want, order[at], -1)
 
     def index_of(self, ids) -> np.ndarray:
@@ -265,7 +300,8 @@ class Pairs:
         _check_known(np.concatenate([a, b]), known_ids, path)
         return cls(a, b, rel, score)
 
-    def write(self, path: str | os.PathLike) -> None:
-        with atomic_open(path, "w", newline="") as fh:
+    def write(self, path: str | os.PathLike, atomic: bool = True) -> None:
+        """Write ``a,b,rel,score``, atomically unless ``atomic=False`` (as :meth:`Mosaics.write`)."""
+        with (atomic_open(path, "w", newline="") if atomic else open(path, "w", newline="")) as fh:
             pd.DataFrame({"a": self.a, "b": self.b, "rel": self.rel,
                           "score": np.round(self.score, 6)}).to_csv(fh, index=False)
