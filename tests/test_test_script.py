@@ -49,7 +49,7 @@ def tiny(seed: int, spec: InputSpec, images: np.ndarray) -> models.SaltUNet:
 @pytest.fixture(scope="module")
 def ckpts(synthetic_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
-    meta = {"data_dir": str(synthetic_root), "folds_file": None}
+    meta = {"config": {"data_dir": str(synthetic_root), "folds_file": None}}
     images = kaggle.load_test(synthetic_root).images[:16]
     return {
         "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, {**meta, "fold": "fold0"}),
@@ -242,7 +242,7 @@ def test_mixed_pad_and_resize_ensemble_is_the_mean_of_single_runs(ckpts, test_im
 
 
 def data_root(ckpts):
-    return models.read_checkpoint(ckpts["a"])["meta"]["data_dir"]
+    return models.read_checkpoint(ckpts["a"])["meta"]["config"]["data_dir"]
 
 
 
