@@ -14,8 +14,10 @@ from cli import swa as swa_cli
 from cli import test as test_cli
 from cli import train as train_cli
 from cli.common import ArgumentParser, doc_parts, integer
+from engine.ensemble.options import MODES
 from engine.jobs import EXECUTORS
 from tgs.errors import UserError, cli, excerpt, few
+from tgs.inputs import INPUT_MODES, InputSpec
 
 DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
 
@@ -151,12 +153,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--run-dir", default="runs/ensemble",
                    help="where every fold, model and submission goes (default: runs/ensemble)")
     p.add_argument("--folds", default=ALL_FOLDS, help="comma-separated fold names (default: fold0,...,fold9)")
-    p.add_argument("--modes", default="pad,resize", help="comma-separated input modes: pad, resize (default: both)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated input modes, of "
+                   f"{', '.join(INPUT_MODES.names())} (default: {','.join(MODES)}, the recipe's)")
     p.add_argument("--folds-file", help="CSV id,fold (python -m datasets.folds) instead of the 10 chunks")
-    p.add_argument("--pad-size", type=integer(101), default=128,
-                   help="pad mode: reflect-pad 101 to this size (default: 128)")
-    p.add_argument("--resize-size", type=integer(1), default=128,
-                   help="resize mode: resize 101 to this size (default: 128)")
+    for entry in INPUT_MODES.entries():  # --pad-size, --resize-size, ...: one flag per registered input mode
+        p.add_argument(f"--{entry.name.replace('_', '-')}-size", type=integer(1, 1024), dest=f"size_{entry.name}",
+                       help=f"{entry.name} mode's model input size (default: {entry.default_size})")
     p.add_argument("--train-args", default="", help="options for every train.py (also: everything after --)")
     p.add_argument("--swa-args", default="", help="extra options for swa.py (e.g. '--batch-size 64')")
     p.add_argument("--test-args", default="",
@@ -166,10 +168,8 @@ def build_parser() -> ArgumentParser:
                    help="submit with test.py's default post-processing instead of the setting the out-of-fold "
                         "search found (RUN/postprocess.json); flags in --test-args (--threshold ..., "
                         "--post-config FILE) override either")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="where the folds' jobs run: local (processes on this machine), slurm (sbatch jobs), debug "
-                        "(this process, one fold after another; each fold's output is shown when it ends) "
-                        "(default: local)")
+    p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+                   help="where the folds' jobs run: " + "; ".join(EXECUTORS.describe()) + " (default: local)")
     p.add_argument("--max-retries", type=integer(0), default=2,
                    help="times a fold's job is started again from its last checkpoint after a failure or (on "
                         "Slurm) its time limit, both counted together (default: 2); a pre-emption or a requeue by "
@@ -347,7 +347,7 @@ def pseudo_train(a: argparse.Namespace) -> dict:
 
 
 def parse(argv=None):
-    from engine.ensemble import MODES, EnsembleOptions
+    from engine.ensemble import EnsembleOptions
 
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
@@ -359,7 +359,13 @@ def parse(argv=None):
 
     check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file}, [a.data_dir])
     folds = split_fields(a.folds, "--folds")
-    modes = split_fields(a.modes, "--modes", MODES)
+    modes = split_fields(a.modes, "--modes", INPUT_MODES.names())
+    sizes = tuple((m, getattr(a, f"size_{m}")) for m in modes if getattr(a, f"size_{m}") is not None)
+    for mode, size in sizes:  # a size its mode cannot serve is refused before any fold trains
+        try:
+            InputSpec(mode, size)
+        except UserError as exc:
+            raise UserError(f"--{mode.replace('_', '-')}-size {size}: {exc}") from None
     check_folds(folds)
     train, shared = train_options(shlex.split(a.train_args) + passthrough)
     predict, post_config, post = test_options(shlex.split(a.test_args))
@@ -369,7 +375,7 @@ def parse(argv=None):
 
     opts = EnsembleOptions(
         data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, train=train, modes=modes, folds_file=a.folds_file,
-        pad_size=a.pad_size, resize_size=a.resize_size, swa=swa, predict=predict, post_config=post_config,
+        sizes=sizes, swa=swa, predict=predict, post_config=post_config,
         post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
         overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
         mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,

@@ -26,7 +26,7 @@ import yaml
 from engine import optimizers, schedulers
 from losses import LOSSES
 from tgs.errors import UserError, excerpt
-from tgs.inputs import INPUT_MODES
+from tgs.inputs import INPUT_MODES, InputSpec
 from tgs.io import atomic_open, read_config_text, require_file
 from tgs.options import Declared, Option, opt
 from tgs.registry import Registry
@@ -416,6 +416,10 @@ class TrainConfig:
         if self.data.resize and self.data.input_mode not in ("pad", "resize"):
             raise UserError(f"{where('resize')} is --input-mode resize: it cannot be used with "
                             f"{where('input_mode')} {self.data.input_mode}")
+        try:
+            InputSpec(self.data.mode, self.data.input_size)
+        except UserError as exc:
+            raise UserError(f"{where('input_size')} {self.data.input_size}: {exc}") from None
         if self.loss.loss_on_center and not INPUT_MODES.get(self.data.mode).keeps_pixels:
             given = where("resize") if self.data.resize else f"{where('input_mode')} {self.data.mode}"
             raise UserError(f"{where('loss_on_center')} needs reflect padding: it cannot be used with {given}")

@@ -49,10 +49,11 @@ from submitit.helpers import Checkpointable
 from submitit.local.debug import DebugJob
 from submitit.local.local import LocalJob
 
+from tgs.registry import Registry
 from tgs.errors import UserError, excerpt, few
 
 ROOT = Path(__file__).resolve().parents[1]  # where the scripts are
-EXECUTORS = ("local", "slurm", "debug")
+EXECUTORS = Registry("executor")  # filled below, next to each executor's builder
 NO_TIME_LIMIT_MIN = 10 * 365 * 24 * 60  # submitit's local jobs are stopped after timeout_min (default: 2 minutes)
 REFUSED = 2  # the exit code of a user or data error (tgs.errors): running the step again cannot help
 
@@ -216,13 +217,11 @@ class SlurmSettings:
 
 def check_executor(kind: str) -> None:
     """Refuse an executor that cannot work here (one line, before anything is submitted)."""
-    if kind not in EXECUTORS:
-        raise UserError(f"--executor {excerpt(kind)}: use {', '.join(EXECUTORS)}")
-    if kind == "slurm":
-        lacking = [tool for tool in ("srun", "sbatch") if shutil.which(tool) is None]  # scontrol: same package
-        if lacking:
-            raise UserError(f"--executor slurm: no {lacking[0]} on PATH; run ensemble.py on a machine of the Slurm "
-                            "cluster (or use --executor local)")
+    entry = EXECUTORS.get(kind)
+    lacking = [tool for tool in entry.tools if shutil.which(tool) is None]
+    if lacking:
+        raise UserError(f"--executor {kind}: no {lacking[0]} on PATH; run ensemble.py on a machine of the Slurm "
+                        "cluster (or use --executor local)")
 
 
 # the job process: submitit's own runner (submitit.core._submit) with job_main's additions
@@ -248,16 +247,22 @@ class SlurmFolds(_JobMain, submitit.SlurmExecutor):
 
 def make_executor(kind: str, folder: Path, max_retries: int, slurm: SlurmSettings | None = None, name: str = ""):
     """A submitit executor whose job files go to ``folder`` (made absolute); ``max_retries`` bounds submitit's
-    requeues after a time-out (:func:`schedule` lowers it as a fold's retries are spent). A Slurm job runs in this
-    process's working directory (sbatch --chdir), whatever the cluster's default."""
+    requeues after a time-out (:func:`schedule` lowers it as a fold's retries are spent)."""
     check_executor(kind)
-    folder = Path(folder).absolute()
-    if kind == "debug":
-        return submitit.DebugExecutor(folder)
-    if kind == "local":
-        executor = LocalFolds(folder, max_num_timeout=max_retries)
-        executor.update_parameters(timeout_min=NO_TIME_LIMIT_MIN)
-        return executor
+    return EXECUTORS.get(kind).obj(Path(folder).absolute(), max_retries, slurm, name)
+
+
+@EXECUTORS.register("local", help="this machine: a job per GPU, or --parallel N CPU processes", tools=(), poll_s=0.5)
+def _local(folder: Path, max_retries: int, slurm: SlurmSettings | None, name: str):
+    executor = LocalFolds(folder, max_num_timeout=max_retries)
+    executor.update_parameters(timeout_min=NO_TIME_LIMIT_MIN)
+    return executor
+
+
+@EXECUTORS.register("slurm", help="one sbatch job per fold on a Slurm cluster", tools=("srun", "sbatch"),
+                    poll_s=10.0)
+def _slurm(folder: Path, max_retries: int, slurm: SlurmSettings | None, name: str):
+    """A Slurm job runs in this process's working directory (sbatch --chdir), whatever the cluster's default."""
     executor = SlurmFolds(folder, max_num_timeout=max_retries)
     # the job unpickles its function by reference: this package must be importable on the node too
     setup = [f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
@@ -265,6 +270,11 @@ def make_executor(kind: str, folder: Path, max_retries: int, slurm: SlurmSetting
     params["additional_parameters"] = {**params.get("additional_parameters", {}), "chdir": os.getcwd()}
     executor.update_parameters(job_name=name or "tgs-fold", setup=setup, **params)
     return executor
+
+
+@EXECUTORS.register("debug", help="every fold in this process, one after another", tools=(), poll_s=0.0)
+def _debug(folder: Path, max_retries: int, slurm: SlurmSettings | None, name: str):
+    return submitit.DebugExecutor(folder)
 
 
 # -- inside a job ----------------------------------------------------------------------------------------------------

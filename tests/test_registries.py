@@ -10,7 +10,7 @@ import torch
 
 import models
 from cli.train import build_parser
-from engine import config, optimizers, schedulers
+from engine import config, jobs, optimizers, schedulers
 from losses import LOSSES, build_loss
 from models.encoders import ENCODERS
 from tgs.errors import UserError
@@ -20,7 +20,8 @@ from tgs.mosaic_rules import MOSAIC_RULES, apply_rules
 from tgs.registry import Registry
 
 REGISTRIES = {"losses": LOSSES, "input modes": INPUT_MODES, "schedules": schedulers.SCHEDULES,
-              "optimisers": optimizers.OPTIMIZERS, "mosaic rules": MOSAIC_RULES, "encoders": ENCODERS}
+              "optimisers": optimizers.OPTIMIZERS, "mosaic rules": MOSAIC_RULES, "encoders": ENCODERS,
+              "executors": jobs.EXECUTORS}
 
 
 # -- the registry itself ----------------------------------------------------------------------------------------
@@ -181,3 +182,20 @@ def test_the_reuse_and_resume_sets_come_from_the_declarations():
     assert set(config.RESUMABLE_CHANGES) == set(config.RUN_ONLY) | {"max_epochs", "early_stopping", "val_batch_size",
                                                                    "amp", "channels_last", "pseudo_labels"}
     assert "learning_rate" not in config.RESUMABLE_CHANGES and "focal_gamma" not in config.RESUMABLE_CHANGES
+
+
+# -- executors ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", jobs.EXECUTORS.names())
+def test_every_executor_is_a_choice_of_ensemble_and_has_a_poll_interval(name):
+    from cli.ensemble import build_parser as ensemble_parser
+
+    action = next(a for a in ensemble_parser()._actions if "--executor" in a.option_strings)
+    assert tuple(action.choices) == jobs.EXECUTORS.names()
+    assert jobs.EXECUTORS.get(name).poll_s >= 0
+
+
+def test_every_input_mode_has_an_ensemble_size_flag():
+    from cli.ensemble import build_parser as ensemble_parser
+
+    flags = {s for a in ensemble_parser()._actions for s in a.option_strings}
+    assert {f"--{m.replace('_', '-')}-size" for m in INPUT_MODES.names()} <= flags

@@ -1,6 +1,7 @@
 """The ensemble runner behind ensemble.py: the 9th place's 20-model ensemble in one call.
 
-For every input mode (pad: reflect-pad 101 -> ``pad_size``; resize: 101 -> ``resize_size``) and every fold, one job
+For every input mode (``pad``: reflect-pad 101 -> 128; ``resize``: 101 -> 128; any mode of tgs.inputs.INPUT_MODES, each
+at its size) and every fold, one job
 of submitit (:mod:`engine.jobs`: on this machine, on a Slurm cluster, or in this process), several at a time where
 the places allow (:func:`.places.places`: one per GPU, N shares of the CPU cores, or the cluster's queue):
 

@@ -52,7 +52,7 @@ def fold_config(job: Job, opts: EnsembleOptions, **place) -> TrainConfig:
     """The configuration ``job`` trains with: every fold's options, its data, fold, folder, input mode and size,
     folds file and pseudo-labels, and ``place``'s options (device, threads); checked like any configuration."""
     fields = dict(data_dir=str(opts.data_dir), data_fold=job.fold, log_dir=str(job.run.root),
-                  input_size=opts.pad_size if job.mode == "pad" else opts.resize_size, resize=job.mode == "resize",
+                  input_size=opts.size_of(job.mode), input_mode=job.mode, resize=False,
                   folds_file=opts.folds_file)
     labels = labels_of(job.fold, opts)
     if labels is not None:

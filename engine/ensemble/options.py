@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config import RUN_ONLY, TrainConfig  # noqa: F401  (RUN_ONLY: options that never change a fold's result)
-from engine.jobs import SlurmSettings
+from engine.jobs import EXECUTORS, SlurmSettings
 from engine.layout import EnsembleLayout
 from tgs.pseudo import Rule
 
-MODES = ("pad", "resize")
+MODES = ("pad", "resize")  # the 9th place's two input modes, the default; any of tgs.inputs.INPUT_MODES may be asked
 # SWA options that never change the averaged model's result
 SWA_RUN_ONLY = ("inputs", "output", "device", "threads", "decode_threads", "no_cache", "data_dir", "folds_file")
-POLL_S = {"local": 0.5, "slurm": 10.0, "debug": 0.0}  # how often running jobs and their files are looked at
+POLL_S = {e.name: e.poll_s for e in EXECUTORS.entries()}  # how often running jobs and their files are looked at
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,7 @@ class EnsembleOptions:
     train: TrainConfig = field(default_factory=TrainConfig)  # every fold's options; each job sets its own fold's
     modes: tuple = MODES
     folds_file: str | None = None
-    pad_size: int = 128
-    resize_size: int = 128
+    sizes: tuple = ()  # ((mode, model input size), ...) given; other modes take their registered default size
     swa: dict = field(default_factory=dict)  # engine.swa.SwaOptions fields given (--swa-args)
     predict: dict = field(default_factory=dict)  # engine.prediction.PredictOptions fields given (--test-args)
     post_config: str | None = None  # a post-processing setting file given (--test-args): replaces the searched one
@@ -52,6 +51,12 @@ class EnsembleOptions:
     mosaics: bool = False
     mosaic_folds: bool = False
     mosaics_csv: str | None = None  # set by the run: the file every round uses
+
+    def size_of(self, mode: str) -> int:
+        """The model input size of ``mode``'s folds: the size given for it, else the mode's registered default."""
+        from tgs.inputs import INPUT_MODES
+
+        return dict(self.sizes).get(mode, INPUT_MODES.get(mode).default_size)
 
     @property
     def layout(self) -> EnsembleLayout:
