@@ -521,7 +521,7 @@ def next_labels(jobs: list[Job], opts: EnsembleOptions):
         return str(lay.pseudo_labels)
     by_fold = {}
     if opts.mosaics_csv and opts.tuned_post and opts.layout.postprocess.is_file():
-        by_fold = postprocess.load_setting(opts.layout.postprocess)[1].get("rules_by_fold") or {}
+        by_fold = postprocess.load_setting(opts.layout.postprocess)[1].rules_by_fold or {}
     from datasets.folds import split
     from datasets.kaggle import load_train
 
@@ -573,10 +573,10 @@ def oof_score(opts: EnsembleOptions) -> tuple[float, float | None]:
     if not (opts.tuned_post and opts.layout.postprocess.is_file()):
         return default, None
     setting, info = postprocess.load_setting(opts.layout.postprocess)
-    gains = [info.get("chosen_held_out_gain"), info.get("rules_held_out_gain") if setting.rules else 0.0]
+    gains = [info.chosen_held_out_gain, info.rules_held_out_gain if setting.rules else 0.0]
     if any(g is None for g in gains):
         return default, None
-    return default, float(info.get("default_score", default)) + sum(gains)
+    return default, (default if info.default_score is None else info.default_score) + sum(gains)
 
 
 def summary_lines(scores: list[tuple[int, tuple[float, float | None], Path]], source: str) -> list[str]:

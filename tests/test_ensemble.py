@@ -103,7 +103,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     # the submission uses the setting the out-of-fold search found and saved
     post = run / "postprocess.json"
     best, info = postprocess.load_setting(post)
-    assert info["searched_on"] == str(run / "oof-probabilities.npz") and info["score"] >= info["default_score"]
+    assert info.searched_on == str(run / "oof-probabilities.npz") and info.score >= info.default_score
     assert test_argv[test_argv.index("--post-config") + 1] == str(post)
     assert f"post-processing: {best.describe()} ({post}, searched on" in out
 

@@ -65,9 +65,9 @@ def test_save_best_writes_what_test_py_reads(synthetic_root, truth, tmp_path, ru
     assert code == 0, err
     best, info = postprocess.load_setting(tmp_path / "post.json")
     assert f"test.py flags: {best.flags()}" in out and 0.1 <= best.threshold < 0.4
-    assert info["score"] == pytest.approx(value(out, "best"), abs=1e-6)
-    assert info["default_score"] == pytest.approx(value(out, "default"), abs=1e-6)
-    assert info["images"] == 60 and info["searched_on"] == str(npz)
+    assert info.score == pytest.approx(value(out, "best"), abs=1e-6)
+    assert info.default_score == pytest.approx(value(out, "default"), abs=1e-6)
+    assert info.images == 60 and info.searched_on == str(npz)
     code, _, err = run_score([tmp_path / "x.csv", "--truth", synthetic_root / "train.csv", "--save-best", "p.json"])
     assert code == 2 and "--save-best goes with --search" in err
 
@@ -104,9 +104,9 @@ def test_score_py_reports_the_held_out_gain_and_saves_the_setting_that_generalis
     assert value(out, "best") == pytest.approx(0.6) and "gain     +0.100000" in out
     assert "keeping the defaults" in out and f"test.py flags: {postprocess.DEFAULTS.flags()}" in out
     saved, info = postprocess.load_setting(tmp_path / "post.json")
-    assert saved == postprocess.DEFAULTS and info["score"] == info["default_score"] == 0.5
-    assert info["held_out_gain"] == -0.4 and info["in_sample_gain"] == 0.1 and info["in_sample_best"]["min_area"] > 100
-    assert info["empty_share"] == 0.1 and info["true_empty_share"] == 0.6 and info["folds"] == {"fold0": 10, "fold1": 10}
+    assert saved == postprocess.DEFAULTS and info.score == info.default_score == 0.5
+    assert info.held_out_gain == -0.4 and info.in_sample_gain == 0.1 and info.in_sample_best.min_area > 100
+    assert info.empty_share == 0.1 and info.true_empty_share == 0.6 and info.folds == {"fold0": 10, "fold1": 10}
     # the default folds: each image's chunk of the 10-chunk split, here the same two
     code, again, _ = run_score(argv)
     assert code == 0 and "in 2 folds (fold0 10, fold1 10)" in again and "held-out gain -0.400000" in again
@@ -180,9 +180,9 @@ def test_rules_are_searched_with_each_fold_unknown(tmp_path, run_score):
     assert "test.py flags (with the rules): --threshold 0.5 --min-area 0 --gate none --mosaic-rules vertical " \
            f"--mosaics {mosaics}" in out
     saved, info = postprocess.load_setting(tmp_path / "post.json")
-    assert saved.rules == ("vertical",) and info["mosaics"] == str(mosaics)
-    assert info["rules_held_out_gain"] == 0.1 and info["rule_changes"]["vertical"] == {"tiles": 2, "score_change": 0.1}
-    assert info["score"] == pytest.approx(info["default_score"] + 0.1)
+    assert saved.rules == ("vertical",) and info.mosaics == str(mosaics)
+    assert info.rules_held_out_gain == 0.1 and info.rule_changes["vertical"] == postprocess.RuleChange(2, 0.1)
+    assert info.score == pytest.approx(info.default_score + 0.1)
 
 
 def test_a_rule_that_helps_one_fold_only_is_not_kept(tmp_path, run_score):
