@@ -270,23 +270,31 @@ def test_the_rule_search_scores_each_subset_as_applying_it_would():
     assert (no_rules, vertical) == (0.25, 0.0)  # t2 was predicted empty; its wall fills it
 
 
-def test_the_rules_for_one_fold_are_decided_without_its_truth():
-    """Hand-built sums: the rule raises folds 1 and 2 by 1 and leaves fold 0 alone."""
-    from tgs.mosaic_rules import RuleSearch
+def hand_built(gains) -> "R.RuleSearch":
+    """A rule search of one rule over four folds of 10 images: with no rule every image scores 0.5; the rule raises
+    the first ``gains[k]`` images of fold k by 0.5."""
+    scores = np.full((2, 40), 0.5)
+    groups = np.repeat(np.arange(4), 10)
+    for k, n in enumerate(gains):
+        scores[1, 10 * k:10 * k + n] = 1.0
+    return R.RuleSearch(("vertical",), [(), ("vertical",)], scores, groups, np.zeros((2, 4), np.int64),
+                        ["f0", "f1", "f2", "f3"], {})
 
-    sums = np.array([[5.0, 5.0, 5.0, 5.0], [5.0, 6.0, 6.0, 5.0]])  # subsets (), (vertical,) x folds 0..3
-    found = RuleSearch(("vertical",), [(), ("vertical",)], sums, np.zeros((2, 4), np.int64), np.full(4, 10),
-                       ["f0", "f1", "f2", "f3"], {})
-    # fold 0 and 3: the others include folds 1 and 2, each of which the rest's choice helps
+
+def test_the_rules_for_one_fold_are_decided_without_its_truth():
+    """The rule raises 8 images of folds 1 and 2 each and leaves folds 0 and 3 alone."""
+    found = hand_built([0, 8, 8, 0])
+    # fold 0 and 3: the others include folds 1 and 2, each of which the rest's choice helps (16 images of 30 gain,
+    # none loses: credible)
     assert found.for_fold(0) == ("vertical",) and found.for_fold(3) == ("vertical",)
     # fold 1: of the other folds 0, 2, 3 only fold 2 gains; held out, fold 2 gets the choice of 0 and 3 (none): no
     # gain, so none is kept, although the rule helps fold 1 itself
     assert found.for_fold(1) == () and found.for_fold(2) == ()
-    two = RuleSearch(("vertical",), [(), ("vertical",)], sums[:, :2], np.zeros((2, 2), np.int64), np.full(2, 10),
-                     ["f0", "f1"], {})
+    two = R.RuleSearch(("vertical",), [(), ("vertical",)], found.scores[:, :20], found.groups[:20],
+                       np.zeros((2, 2), np.int64), ["f0", "f1"], {})
     assert two.for_fold(0) == () and two.for_fold(1) == ()  # one other fold: no held-out estimate
-    moved = np.array([[5.0, 5.0, 5.0, 5.0], [5.0, 5.0, 6.0, 6.0]])  # on the nested masks folds 2 and 3 gain
-    nested = RuleSearch(("vertical",), [(), ("vertical",)], moved, np.zeros((2, 4), np.int64),
-                        np.full(4, 10), ["f0", "f1", "f2", "f3"], {})
+    nested = hand_built([0, 0, 8, 8])  # on the nested masks folds 2 and 3 gain
     found.nested = nested  # the held-out figures come from the nested masks' search
     assert found.folds == nested.folds and found.for_fold(1) == ("vertical",)
+    # a single image gained in each of folds 2 and 3: a held-out gain, but two images are no evidence
+    assert hand_built([0, 0, 1, 1]).for_fold(1) == ()
