@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tgs import credibility as C
-from tgs import search as searching
 from tgs import probabilities as P
+from tgs import search as searching
 from tgs.postprocess import DEFAULTS
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tgs import metric, postprocess
-from tgs import search as searching
 from tgs import probabilities as P
+from tgs import search as searching
 from tgs.errors import UserError
 from tgs.postprocess import PostProcess
 
@@ -292,3 +292,56 @@ def test_one_fold_is_split_in_halves_for_the_estimate():
     res = searching.honest_search(q, truth)
     assert res.names == ["first half", "second half"] and res.counts == [10, 10]
     assert any("two halves" in n for n in res.notes)
+
+
+# -- the post-config file: a typed record, read strictly -------------------------------------------------------------
+# a file as score.py --search --save-best wrote it before the credibility checks (with --mosaics): still read
+WRITTEN_BEFORE = """{"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, "rules": ["vertical"], "score": 0.95,
+ "default_score": 0.85, "images": 20, "searched_on": "oof.npz",
+ "in_sample_best": {"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, "rules": []},
+ "in_sample_gain": 0.0, "held_out_gain": null, "threshold_held_out_gain": 0.0, "chosen_held_out_gain": 0.0,
+ "why": "no search generalises", "folds": {"fold0": 10, "fold1": 10}, "empty_share": 0.4, "true_empty_share": 0.3,
+ "mosaics": "m.csv", "rules_in_sample_gain": 0.1, "rules_held_out_gain": 0.1,
+ "rule_changes": {"vertical": {"tiles": 2, "score_change": 0.1}}, "rules_by_fold": {"fold0": [], "fold1": ["vertical"]}}
+"""
+
+
+def test_a_record_written_before_reads_back_typed(tmp_path):
+    path = tmp_path / "post.json"
+    path.write_text(WRITTEN_BEFORE)
+    setting, record = postprocess.load_setting(path)
+    assert setting == PostProcess(rules=("vertical",)) and record.setting == setting
+    assert record.in_sample_best == PostProcess() and record.held_out_gain is None and record.images == 20
+    assert record.rule_changes == {"vertical": postprocess.RuleChange(2, 0.1)}
+    assert record.rules_by_fold == {"fold0": (), "fold1": ("vertical",)} and record.credibility is None
+    # what it writes back reads back the same
+    postprocess.save_setting(tmp_path / "again.json", setting, record)
+    assert postprocess.load_setting(tmp_path / "again.json")[1] == record
+
+
+def test_a_record_with_verdicts_round_trips(tmp_path):
+    from tgs.credibility import Verdict
+
+    v = Verdict(0.0066, (0.0058, 0.0075), 0.00085, 0.0001, 800, 51, True, "credible: ...")
+    record = postprocess.Record(PostProcess(0.4), score=0.8, credibility={"mosaic rules": v}, rules_why=v.why)
+    postprocess.save_setting(tmp_path / "p.json", record.setting, record)
+    assert postprocess.load_setting(tmp_path / "p.json")[1] == record
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ('"scroe": 0.8', "unknown key 'scroe' (did you mean score?)"),
+    ('"colour": "red"', "unknown key 'colour' (a post-config file holds threshold, min_area, gate, flat, rules"),
+    ('"images": 2.5', "images = 2.5 is not a valid value (a whole number)"),
+    ('"held_out_gain": "big"', "held_out_gain = 'big' is not a valid value (a number or null)"),
+    ('"folds": [10, 10]', "folds = [10, 10] is not a valid value (an object of images per fold)"),
+    ('"rules_by_fold": {"fold0": ["sideways"]}', "rules_by_fold: unknown mosaic rule 'sideways'"),
+    ('"rule_changes": {"vertical": {"tiles": 2}}', 'rule_changes = {'),
+    ('"in_sample_best": {"threshold": 0.5}', "in_sample_best: missing min_area, gate, flat"),
+    ('"credibility": {"all": {"gain": 0.1}}', "credibility = {"),
+])
+def test_a_bad_record_is_one_line(tmp_path, change, fragment):
+    path = tmp_path / "post.json"
+    path.write_text('{"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, ' + change + "}")
+    with pytest.raises(UserError) as err:
+        postprocess.load_setting(path)
+    assert fragment in str(err.value) and f"--post-config {path}" in str(err.value) and "\n" not in str(err.value)

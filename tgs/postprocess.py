@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 

@@ -388,7 +388,8 @@ def choose(families: dict, groups: np.ndarray) -> tuple[str | None, str, Verdict
         return None, "the held-out gain cannot be estimated on a single image: keeping the defaults", None
     if not (thr.verdict.credible or full.verdict.credible):
         return None, ("no search's held-out gain is credible: keeping the defaults (full search "
-                      f"{full.held_out_gain:+.6f}, threshold only {thr.held_out_gain:+.6f}; see the checks above)"), None
+                      f"{full.held_out_gain:+.6f}, {full.verdict.why}; threshold only {thr.held_out_gain:+.6f}, "
+                      f"{thr.verdict.why})"), None
     if not full.verdict.credible:
         return "threshold", f"the threshold alone generalises, credibly ({thr.verdict.why})", None
     if not thr.verdict.credible:
