@@ -192,7 +192,9 @@ def with_rules(record: postprocess.Record, found: mosaic_rules.RuleSearch, mosai
         record, setting=replace(record.setting, rules=kept), score=round(score, 6),
         empty_share=round(found.empty_share(kept), 4), mosaics=str(mosaics),
         rules_in_sample_gain=round(found.in_sample_gain, 6), rules_held_out_gain=_rounded(found.held_out_gain),
-        rules_why=found.verdict.why, credibility={**record.credibility, "mosaic rules": found.verdict},
+        rules_why=found.verdict.why,
+        credibility={**record.credibility, "mosaic rules": found.verdict,
+                     **{f"mosaic rule {r}": v for r, v in found.rule_verdicts.items()}},
         rule_changes={r: postprocess.RuleChange(n, round(d, 6)) for r, (n, d) in found.alone.items()},
         # per fold, the rules chosen without its truth (what its own pseudo-labels may use)
         rules_by_fold={name: found.for_fold(k) for k, name in enumerate(names)})

@@ -298,3 +298,22 @@ def test_the_rules_for_one_fold_are_decided_without_its_truth():
     assert found.folds == nested.folds and found.for_fold(1) == ("vertical",)
     # a single image gained in each of folds 2 and 3: a held-out gain, but two images are no evidence
     assert hand_built([0, 0, 1, 1]).for_fold(1) == ()
+
+
+def test_a_rule_is_kept_only_when_its_own_held_out_gain_is_credible():
+    """Two folds of 20 images: vertical raises 8 images of each fold (+0.5 each); boundary raises one image of fold0
+    only. In-sample both rules are best; held out, boundary alone gains nothing (fold1 has no use for it and fold0
+    gets fold1's choice): the set's gain is credible, boundary's own is not, so vertical alone is kept."""
+    subsets = [(), ("vertical",), ("boundary",), ("vertical", "boundary")]
+    scores = np.full((4, 40), 0.5)
+    groups = np.repeat([0, 1], 20)
+    for k in (0, 1):
+        scores[[1, 3], 20 * k:20 * k + 8] = 1.0
+    scores[[2, 3], 19] = 1.0  # boundary: one image of fold0
+    found = R.RuleSearch(("vertical", "boundary"), subsets, scores, groups, np.zeros((4, 2), np.int64),
+                         ["fold0", "fold1"], {})
+    assert found.best == ("vertical", "boundary") and found.verdict.credible
+    assert found.rule_verdicts["vertical"].credible and not found.rule_verdicts["boundary"].credible
+    assert found.kept == ("vertical",)
+    text = "\n".join(found.lines())
+    assert "kept: vertical (" in text and "boundary     alone, held out: not credible" in text

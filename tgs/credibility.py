@@ -104,7 +104,9 @@ def judge(diffs: np.ndarray, groups: np.ndarray, min_gain: float = MIN_GAIN, alp
          f"gain {gain:+.6f} is below the minimum {min_gain:g}"),
         (len(folds) >= 2 and gain > spread,
          f"above the spread between folds {spread:.6f} (fold gains {listed})",
-         f"the folds disagree: the gain is not above the spread between them {spread:.6f} (fold gains {listed})"
+         (f"the folds disagree: the gain is not above the spread between them {spread:.6f} (fold gains {listed})"
+          if min(fold_gains) < 0 < max(fold_gains) else
+          f"the gain is not above the spread between the folds {spread:.6f} (fold gains {listed})")
          if len(folds) >= 2 else "one fold only: no spread between folds to compare with"),
         (p < alpha, f"paired sign-flip test over {d.size} images ({changed} changed): p = {p:.4f} < {alpha:g}",
          f"paired sign-flip test over {d.size} images ({changed} changed): p = {p:.4f}, not below {alpha:g}"),

@@ -318,8 +318,11 @@ class RuleSearch:
         onehot = self.groups[:, None] == np.arange(len(self.names))[None, :]
         return self.scores @ onehot
 
-    def _pick(self, groups) -> int:
+    def _pick(self, groups, candidates=None) -> int:
+        """The best subset on the folds ``groups`` ((K,) bool), among the subset indices ``candidates`` (all)."""
         total = self.sums[:, groups].sum(axis=1)
+        if candidates is not None:
+            total = np.where(np.isin(np.arange(len(total)), candidates), total, -np.inf)
         return int(np.flatnonzero(total >= total.max() - 1e-9)[0])  # the fewest rules among the equally good
 
     @property
@@ -335,12 +338,12 @@ class RuleSearch:
         total = self.sums.sum(axis=1)
         return float((total[self.subsets.index(self.best)] - total[0]) / self.count)
 
-    def _held_out(self, among: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+    def _held_out(self, among: np.ndarray, candidates=None) -> tuple[list, np.ndarray, np.ndarray]:
         """For each fold j of ``among`` ((K,) bool) that holds images, the subset chosen on the other folds of
-        ``among``: [(j, subset index)], with the per-image score differences (that subset minus no rule) of those
-        folds' images and their folds."""
+        ``among`` (among ``candidates``): [(j, subset index)], with the per-image score differences (that subset
+        minus no rule) of those folds' images and their folds."""
         every = np.arange(len(self.counts))
-        chosen = [(j, self._pick(among & (every != j))) for j in np.flatnonzero(among)
+        chosen = [(j, self._pick(among & (every != j), candidates)) for j in np.flatnonzero(among)
                   if (among & (every != j)).any() and self.counts[j]]
         sel = [np.flatnonzero(self.groups == j) for j, _ in chosen]
         diffs = [self.scores[s, rows] - self.scores[0, rows] for (_, s), rows in zip(chosen, sel)]
@@ -373,9 +376,24 @@ class RuleSearch:
         _, diffs, groups = src._held_out(np.ones(len(src.counts), bool))
         return judge(diffs, groups)
 
+    def _rule_verdict(self, rule: str, among: np.ndarray):
+        """The credibility of ``rule`` alone (on or off, chosen on the other folds of ``among``)."""
+        from tgs.credibility import judge
+
+        _, diffs, groups = self._held_out(among, [0, self.subsets.index((rule,))])
+        return judge(diffs, groups)
+
+    @cached_property
+    def rule_verdicts(self) -> dict:
+        """rule -> the credibility of its own nested held-out gain (the rule alone, from the nested masks' search
+        when given): a rule is kept only when its own gain is credible, not merely the set's."""
+        src = self.nested if self.nested is not None else self
+        return {r: src._rule_verdict(r, np.ones(len(src.counts), bool)) for r in self.rules}
+
     @property
     def kept(self) -> tuple:
-        return self.best if self.verdict.credible else ()
+        """The best subset's rules whose own held-out gain is credible, when the subset's is; else none."""
+        return tuple(r for r in self.best if self.rule_verdicts[r].credible) if self.verdict.credible else ()
 
     def for_fold(self, k: int) -> tuple:
         """The rules that fold k's own predictions may use (its pseudo-labels, ``--pseudo-source fold``), decided
@@ -388,7 +406,9 @@ class RuleSearch:
         if rest.sum() < 2:
             return ()
         _, diffs, groups = src._held_out(rest)
-        return src.subsets[src._pick(rest)] if judge(diffs, groups).credible else ()
+        if not judge(diffs, groups).credible:
+            return ()
+        return tuple(r for r in src.subsets[src._pick(rest)] if src._rule_verdict(r, rest).credible)
 
     def empty_share(self, subset: tuple) -> float:
         """The share of empty masks with the rules ``subset``."""
@@ -402,11 +422,15 @@ class RuleSearch:
                    f"{self.held_out_gain:+.6f} (nested: each fold with the best rules of the other folds)")
         out += [f"  {name:<10s} {n:5d} images  gain {gain:+.6f}  chosen on the rest: {named(s)}"
                 for name, n, s, gain in self.folds]
+        if self.verdict.credible:
+            out += [f"  {r:<12s} alone, held out: {v.why}" for r, v in self.rule_verdicts.items() if r in self.best]
         if self.kept:
-            out.append(f"kept: {named(self.kept)} (their held-out gain is {self.verdict.why}); empty masks "
-                       f"{self.empty_share(()):.1%} without the rules, {self.empty_share(self.kept):.1%} with them")
+            out.append(f"kept: {named(self.kept)} (their held-out gain is {self.verdict.why}; each rule's own is "
+                       f"credible); empty masks {self.empty_share(()):.1%} without the rules, "
+                       f"{self.empty_share(self.kept):.1%} with them")
         else:
-            why = "no rule raises the score" if not self.best else f"their held-out gain is {self.verdict.why}"
+            why = ("no rule raises the score" if not self.best else f"their held-out gain is {self.verdict.why}"
+                   if not self.verdict.credible else "the set's held-out gain is credible, no rule's own is")
             out.append(f"kept: none ({why})")
         return out
 
