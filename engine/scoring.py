@@ -191,7 +191,9 @@ def with_rules(record: postprocess.Record, found: mosaic_rules.RuleSearch, mosai
     return replace(
         record, setting=replace(record.setting, rules=kept), score=round(score, 6),
         empty_share=round(found.empty_share(kept), 4), mosaics=str(mosaics),
-        rules_in_sample_gain=round(found.in_sample_gain, 6), rules_held_out_gain=_rounded(found.held_out_gain),
+        rules_in_sample_gain=round(found.in_sample_gain, 6),
+        # the kept rules' nested gain (the default score plus the setting's and this one is the nested score)
+        rules_held_out_gain=_rounded(found.kept_held_out_gain if kept else found.held_out_gain),
         rules_why=found.verdict.why,
         credibility={**record.credibility, "mosaic rules": found.verdict,
                      **{f"mosaic rule {r}": v for r, v in found.rule_verdicts.items()}},

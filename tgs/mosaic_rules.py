@@ -395,6 +395,16 @@ class RuleSearch:
         """The best subset's rules whose own held-out gain is credible, when the subset's is; else none."""
         return tuple(r for r in self.best if self.rule_verdicts[r].credible) if self.verdict.credible else ()
 
+    @property
+    def kept_held_out_gain(self) -> float:
+        """The nested held-out gain of the kept rules (each fold with the best subset of them on the other folds):
+        the set's held-out gain when nothing is filtered out, 0 when no rule is kept."""
+        src = self.nested if self.nested is not None else self
+        kept = set(self.kept)
+        candidates = [s for s, subset in enumerate(src.subsets) if set(subset) <= kept]
+        _, diffs, _ = src._held_out(np.ones(len(src.counts), bool), candidates)
+        return float(diffs.mean()) if diffs.size else float("nan")
+
     def for_fold(self, k: int) -> tuple:
         """The rules that fold k's own predictions may use (its pseudo-labels, ``--pseudo-source fold``), decided
         without fold k's truth: the best subset on the other folds, kept when its nested held-out gain among those

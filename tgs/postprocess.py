@@ -122,7 +122,7 @@ class Record:
     credibility: dict | None = None  # what was judged ('threshold', 'all', 'mosaic rules' ...) -> Verdict
     mosaics: str | None = None  # the mosaics.csv the rules were searched with
     rules_in_sample_gain: float | None = None
-    rules_held_out_gain: float | None = None
+    rules_held_out_gain: float | None = None  # the kept rules' nested gain (the best set's when none is kept)
     rules_why: str | None = None
     rule_changes: dict | None = None  # rule -> RuleChange
     rules_by_fold: dict | None = None  # fold -> the rules chosen without its truth (tuple)
