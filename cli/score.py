@@ -18,8 +18,11 @@ DOC = """Score a submission with the competition metric, or check a test-set sub
 
 The search is honest: besides the in-sample gain (the best setting chosen and scored on the same images) it
 prints the held-out gain (each fold scored with the best setting of the other folds) and the share of empty masks
-each setting gives; --save-best writes the setting that generalises (the defaults when no search does). With
---mosaics the mosaic rules are searched on top of it, fold by fold, the fold's own tiles unknown.
+each setting gives. A setting is kept only when its held-out gain is credible: at least 0.001, above the spread
+between the folds, and significant in a paired sign-flip test over the out-of-fold images (p < 0.05); else the
+defaults, and the output says which check decided (docs/search.md). --save-best writes the chosen setting and
+the verdicts. With --mosaics the mosaic rules are searched on top of it, fold by fold, the fold's own tiles
+unknown, and kept under the same rule.
 
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py)."""
 

@@ -1,12 +1,13 @@
 """What score.py does: score a submission with the competition metric, check a test-set submission's format, and
 search the post-processing on out-of-fold probabilities, honestly (:func:`search`).
 
-The search (:func:`tgs.postprocess.honest_search`) knows each out-of-fold image's fold (``--oof-folds``, else its
+The search (:func:`tgs.search.honest_search`) knows each out-of-fold image's fold (``--oof-folds``, else its
 chunk of the 10-chunk split or its fold in ``--folds-file``) and reports, besides the in-sample gain, the held-out
-one: each fold scored with the setting searched on the other folds. The setting it saves is the one that
-generalises (the defaults when no search does). With ``--mosaics`` the mosaic rules (:mod:`tgs.mosaic_rules`) are
-searched on top of it, fold by fold: the fold's own tiles are unknown (as test tiles are) and only the train masks
-outside that fold are known.
+one: each fold scored with the setting searched on the other folds. The setting it saves is one whose held-out
+gain is credible (:mod:`tgs.credibility`; the defaults otherwise), and it says which check decided and why. With
+``--mosaics`` the mosaic rules (:mod:`tgs.mosaic_rules`) are searched on top of it, fold by fold: the fold's own
+tiles are unknown (as test tiles are) and only the train masks outside that fold are known; they are kept under the
+same rule. The file ``--save-best`` writes is a :class:`tgs.postprocess.Record`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from datasets import folds
 from datasets.kaggle import Layout, read_sample_submission, read_train_csv
 from engine import logs
 from tgs import metric, mosaic_rules, postprocess, probabilities, submission
+from tgs import search as searching
 from tgs.errors import DataError, UserError
 from tgs.io import atomic_open
 from tgs.mosaic import Mosaics
@@ -140,43 +142,24 @@ def search(path: str, truth: str, save_best: str | None = None, mosaics: str | N
         groups, names, valid = oof_groups(path, oof.ids, order, oof_folds, folds_file)
     truth_oof = truth_masks[index]
     flat = postprocess.flat_images(images) if images is not None else None
-    honest = postprocess.honest_search(probabilities.quantize(oof.probs), truth_oof, oof.image_probs, flat,
-                                       groups, names)
+    honest = searching.honest_search(probabilities.quantize(oof.probs), truth_oof, oof.image_probs, flat,
+                                     groups, names)
     logs.info("\n".join(honest.lines()))
-    chosen, info = honest.chosen, {}
-    score = honest.chosen_score
+    record = record_of(honest, path)
     if layout is not None:
-        masks = postprocess.apply(oof.probs, oof.image_probs, images, chosen)
+        masks = postprocess.apply(oof.probs, oof.image_probs, images, honest.chosen)
         nested = held_out_masks(oof, images, honest, masks)
         found = search_rules(layout, masks, truth_oof, oof.ids, groups, names, valid, order, truth_ids,
                              truth_masks, test_ids_beside(truth), nested)
-        chosen = replace(chosen, rules=found.kept)
-        score += float(found.sums[found.subsets.index(found.kept)].sum() - found.sums[0].sum()) / found.count
-        info = {"mosaics": str(mosaics), "rules_in_sample_gain": round(found.in_sample_gain, 6),
-                "rules_held_out_gain": _rounded(found.held_out_gain), "empty_share": round(found.empty_share(found.kept), 4),
-                "rule_changes": {r: {"tiles": n, "score_change": round(d, 6)} for r, (n, d) in found.alone.items()},
-                # per fold, the rules chosen without its truth (what its own pseudo-labels may use)
-                "rules_by_fold": {name: list(found.for_fold(k)) for k, name in enumerate(names)}}
+        record = with_rules(record, found, mosaics, names)
         if found.kept:
-            logs.info(f"test.py flags (with the rules): {chosen.flags()} --mosaics {mosaics}")
+            logs.info(f"test.py flags (with the rules): {record.setting.flags()} --mosaics {mosaics}")
         else:
-            logs.info(f"test.py flags (no mosaic rule kept): {chosen.flags()}")
+            logs.info(f"test.py flags (no mosaic rule kept): {record.setting.flags()}")
     if save_best:
-        full = honest.families["all"]
-        postprocess.save_setting(save_best, chosen, {
-            "score": round(score, 6), "default_score": round(honest.result.default_score, 6),
-            "images": honest.result.count, "searched_on": str(path),
-            "in_sample_best": honest.result.best.to_dict(), "in_sample_gain": round(full.in_sample_gain, 6),
-            "held_out_gain": _rounded(full.held_out_gain),
-            "threshold_held_out_gain": _rounded(honest.families["threshold"].held_out_gain),
-            # the chosen setting's (0 for the defaults): the default score plus it is the setting's nested score
-            "chosen_held_out_gain": (_rounded(honest.families[honest.chosen_family].held_out_gain)
-                                     if honest.chosen_family else 0.0),
-            "why": honest.reason, "folds": dict(zip(honest.names, honest.counts)),
-            "empty_share": round(honest.empty["chosen"], 4), "true_empty_share": round(honest.truth_empty, 4),
-            **info})  # with mosaics, the empty share is the one with the kept rules
+        postprocess.save_setting(save_best, record.setting, record)
         logs.info(f"chosen setting written to {save_best} (test.py --post-config {save_best}"
-                  f"{f' --mosaics {mosaics}' if chosen.rules else ''})")
+                  f"{f' --mosaics {mosaics}' if record.setting.rules else ''})")
     return 0
 
 
@@ -184,7 +167,42 @@ def _rounded(x: float):
     return None if np.isnan(x) else round(float(x), 6)
 
 
-def held_out_masks(oof, images, honest: postprocess.HonestSearch, masks: np.ndarray) -> np.ndarray:
+def record_of(honest: searching.HonestSearch, path) -> postprocess.Record:
+    """What ``--save-best`` records of the search: the chosen setting, its scores, gains and the verdicts."""
+    full = honest.families["all"]
+    return postprocess.Record(
+        honest.chosen, score=round(honest.chosen_score, 6), default_score=round(honest.result.default_score, 6),
+        images=honest.result.count, searched_on=str(path), in_sample_best=honest.result.best,
+        in_sample_gain=round(full.in_sample_gain, 6), held_out_gain=_rounded(full.held_out_gain),
+        threshold_held_out_gain=_rounded(honest.families["threshold"].held_out_gain),
+        # the chosen setting's (0 for the defaults): the default score plus it is the setting's nested score
+        chosen_held_out_gain=(_rounded(honest.families[honest.chosen_family].held_out_gain)
+                              if honest.chosen_family else 0.0),
+        why=honest.reason, folds=dict(zip(honest.names, honest.counts)),
+        empty_share=round(honest.empty["chosen"], 4), true_empty_share=round(honest.truth_empty, 4),
+        credibility=honest.verdicts())
+
+
+def with_rules(record: postprocess.Record, found: mosaic_rules.RuleSearch, mosaics, names) -> postprocess.Record:
+    """The record with the mosaic rules' search: the kept rules in the setting, the score and the empty share with
+    them, their gains, verdict, and the rules each fold's own predictions may use."""
+    kept = found.kept
+    score = record.score + float(found.sums[found.subsets.index(kept)].sum() - found.sums[0].sum()) / found.count
+    return replace(
+        record, setting=replace(record.setting, rules=kept), score=round(score, 6),
+        empty_share=round(found.empty_share(kept), 4), mosaics=str(mosaics),
+        rules_in_sample_gain=round(found.in_sample_gain, 6),
+        # the kept rules' nested gain (the default score plus the setting's and this one is the nested score)
+        rules_held_out_gain=_rounded(found.kept_held_out_gain if kept else found.held_out_gain),
+        rules_why=found.verdict.why,
+        credibility={**record.credibility, "mosaic rules": found.verdict,
+                     **{f"mosaic rule {r}": v for r, v in found.rule_verdicts.items()}},
+        rule_changes={r: postprocess.RuleChange(n, round(d, 6)) for r, (n, d) in found.alone.items()},
+        # per fold, the rules chosen without its truth (what its own pseudo-labels may use)
+        rules_by_fold={name: found.for_fold(k) for k, name in enumerate(names)})
+
+
+def held_out_masks(oof, images, honest: searching.HonestSearch, masks: np.ndarray) -> np.ndarray:
     """The out-of-fold masks with each fold post-processed by the setting chosen without its truth (the nested
     search's), so that the rules' held-out gain is nested too; ``masks`` (the chosen setting's) where a fold has
     none."""
@@ -211,7 +229,7 @@ def search_rules(layout: Mosaics, masks: np.ndarray, truth: np.ndarray, ids: np.
         reach += int(ctx.next_to_known(ids[groups == k]).sum())
         contexts.append(ctx)
     if len(contexts) == 1:  # one fold: its two halves (the same masks known) give the held-out estimate
-        groups, names, contexts = postprocess.halves(len(ids)), ["first half", "second half"], contexts * 2
+        groups, names, contexts = searching.halves(len(ids)), ["first half", "second half"], contexts * 2
     found = mosaic_rules.search_rules(masks, truth, ids, groups, contexts, names)
     if nested_masks is not None:
         found.nested = mosaic_rules.search_rules(nested_masks, truth, ids, groups, contexts, names)

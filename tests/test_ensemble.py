@@ -115,7 +115,7 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
     # the submission uses the setting the out-of-fold search found and saved
     post = run / "postprocess.json"
     best, info = postprocess.load_setting(post)
-    assert info["searched_on"] == str(run / "oof-probabilities.npz") and info["score"] >= info["default_score"]
+    assert info.searched_on == str(run / "oof-probabilities.npz") and info.score >= info.default_score
     assert test_opts.post == best and test_opts.post_source.startswith(f"{post}, searched on")
     assert f"post-processing: {best.describe()} ({post}, searched on" in out
 
@@ -653,8 +653,8 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
     for r, folder in ((0, run), (1, run / "round1")):  # the default setting's score, then the nested estimate
         default, nested = map(float, re.search(rf"round {r}: (\d\.\d+)  (\d\.\d+)", out).groups())
         info = json.loads((folder / "postprocess.json").read_text())
-        assert nested == pytest.approx(info["default_score"] + info["chosen_held_out_gain"], abs=2e-6)
-        assert default == pytest.approx(info["default_score"], abs=2e-6)  # the search scored the same images
+        assert nested == pytest.approx(info.default_score + info.chosen_held_out_gain, abs=2e-6)
+        assert default == pytest.approx(info.default_score, abs=2e-6)  # the search scored the same images
     # a rerun resumes inside the rounds: every fold of both rounds is finished and skipped, and so is what was made
     # from them (predictions, search, submission, labels)
     labels = {f: (run / "pseudo" / f"{f}-labels.npz").read_bytes() for f in ("fold0", "fold1")}

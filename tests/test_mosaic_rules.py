@@ -270,23 +270,52 @@ def test_the_rule_search_scores_each_subset_as_applying_it_would():
     assert (no_rules, vertical) == (0.25, 0.0)  # t2 was predicted empty; its wall fills it
 
 
-def test_the_rules_for_one_fold_are_decided_without_its_truth():
-    """Hand-built sums: the rule raises folds 1 and 2 by 1 and leaves fold 0 alone."""
-    from tgs.mosaic_rules import RuleSearch
+def hand_built(gains) -> "R.RuleSearch":
+    """A rule search of one rule over four folds of 10 images: with no rule every image scores 0.5; the rule raises
+    the first ``gains[k]`` images of fold k by 0.5."""
+    scores = np.full((2, 40), 0.5)
+    groups = np.repeat(np.arange(4), 10)
+    for k, n in enumerate(gains):
+        scores[1, 10 * k:10 * k + n] = 1.0
+    return R.RuleSearch(("vertical",), [(), ("vertical",)], scores, groups, np.zeros((2, 4), np.int64),
+                        ["f0", "f1", "f2", "f3"], {})
 
-    sums = np.array([[5.0, 5.0, 5.0, 5.0], [5.0, 6.0, 6.0, 5.0]])  # subsets (), (vertical,) x folds 0..3
-    found = RuleSearch(("vertical",), [(), ("vertical",)], sums, np.zeros((2, 4), np.int64), np.full(4, 10),
-                       ["f0", "f1", "f2", "f3"], {})
-    # fold 0 and 3: the others include folds 1 and 2, each of which the rest's choice helps
+
+def test_the_rules_for_one_fold_are_decided_without_its_truth():
+    """The rule raises 8 images of folds 1 and 2 each and leaves folds 0 and 3 alone."""
+    found = hand_built([0, 8, 8, 0])
+    # fold 0 and 3: the others include folds 1 and 2, each of which the rest's choice helps (16 images of 30 gain,
+    # none loses: credible)
     assert found.for_fold(0) == ("vertical",) and found.for_fold(3) == ("vertical",)
     # fold 1: of the other folds 0, 2, 3 only fold 2 gains; held out, fold 2 gets the choice of 0 and 3 (none): no
     # gain, so none is kept, although the rule helps fold 1 itself
     assert found.for_fold(1) == () and found.for_fold(2) == ()
-    two = RuleSearch(("vertical",), [(), ("vertical",)], sums[:, :2], np.zeros((2, 2), np.int64), np.full(2, 10),
-                     ["f0", "f1"], {})
+    two = R.RuleSearch(("vertical",), [(), ("vertical",)], found.scores[:, :20], found.groups[:20],
+                       np.zeros((2, 2), np.int64), ["f0", "f1"], {})
     assert two.for_fold(0) == () and two.for_fold(1) == ()  # one other fold: no held-out estimate
-    moved = np.array([[5.0, 5.0, 5.0, 5.0], [5.0, 5.0, 6.0, 6.0]])  # on the nested masks folds 2 and 3 gain
-    nested = RuleSearch(("vertical",), [(), ("vertical",)], moved, np.zeros((2, 4), np.int64),
-                        np.full(4, 10), ["f0", "f1", "f2", "f3"], {})
+    nested = hand_built([0, 0, 8, 8])  # on the nested masks folds 2 and 3 gain
     found.nested = nested  # the held-out figures come from the nested masks' search
     assert found.folds == nested.folds and found.for_fold(1) == ("vertical",)
+    # a single image gained in each of folds 2 and 3: a held-out gain, but two images are no evidence
+    assert hand_built([0, 0, 1, 1]).for_fold(1) == ()
+
+
+def test_a_rule_is_kept_only_when_its_own_held_out_gain_is_credible():
+    """Two folds of 20 images: vertical raises 8 images of each fold (+0.5 each); boundary raises one image of fold0
+    only. In-sample both rules are best; held out, boundary alone gains nothing (fold1 has no use for it and fold0
+    gets fold1's choice): the set's gain is credible, boundary's own is not, so vertical alone is kept."""
+    subsets = [(), ("vertical",), ("boundary",), ("vertical", "boundary")]
+    scores = np.full((4, 40), 0.5)
+    groups = np.repeat([0, 1], 20)
+    for k in (0, 1):
+        scores[[1, 3], 20 * k:20 * k + 8] = 1.0
+    scores[[2, 3], 19] = 1.0  # boundary: one image of fold0
+    found = R.RuleSearch(("vertical", "boundary"), subsets, scores, groups, np.zeros((4, 2), np.int64),
+                         ["fold0", "fold1"], {})
+    assert found.best == ("vertical", "boundary") and found.verdict.credible
+    assert found.rule_verdicts["vertical"].credible and not found.rule_verdicts["boundary"].credible
+    assert found.kept == ("vertical",)
+    text = "\n".join(found.lines())
+    assert "kept: vertical (" in text and "boundary     alone, held out: not credible" in text
+    # the kept rule's own nested gain: each fold gets vertical from the other (+0.5 on 8 of 20 images)
+    assert found.kept_held_out_gain == pytest.approx(0.2)

@@ -4,6 +4,7 @@ import pytest
 
 from tgs import metric, postprocess
 from tgs import probabilities as P
+from tgs import search as searching
 from tgs.errors import UserError
 from tgs.postprocess import PostProcess
 
@@ -108,7 +109,7 @@ def planted(n=40, seed=0):
 def test_search_finds_a_planted_better_threshold():
     truth = planted()
     probs = np.where(truth, 0.36, 0.05).astype(np.float32)  # confident in shape, not in level: 0.5 misses all salt
-    res = postprocess.search(P.quantize(probs), truth)
+    res = searching.search(P.quantize(probs), truth)
     assert res.default == postprocess.DEFAULTS
     assert res.default_score == pytest.approx(0.5)  # only the empty truths score
     assert res.best_score == pytest.approx(1.0) and res.gain == pytest.approx(0.5)
@@ -122,13 +123,13 @@ def test_search_keeps_the_default_flat_rule_on_a_tie():
     probs = np.where(truth, 0.36, 0.05).astype(np.float32)
     no_flat = np.zeros(len(truth), bool)  # no flat image: both rules score the same
     for default in (postprocess.DEFAULTS, PostProcess(flat=False)):
-        res = postprocess.search(P.quantize(probs), truth, flat=no_flat, default=default)
+        res = searching.search(P.quantize(probs), truth, flat=no_flat, default=default)
         assert res.best.flat == default.flat
     # a flat image whose prediction is wrong: the rule that empties it wins whatever the default
     flat = no_flat.copy()
     flat[1] = True  # an empty truth
     probs[1] = 0.9
-    res = postprocess.search(P.quantize(probs), truth, flat=flat, default=PostProcess(flat=False))
+    res = searching.search(P.quantize(probs), truth, flat=flat, default=PostProcess(flat=False))
     assert res.best.flat is True and res.best_score == pytest.approx(1.0)
 
 
@@ -137,16 +138,16 @@ def test_search_finds_min_area_and_gate():
     probs = np.where(truth, 0.9, 0.0).astype(np.float32)
     noisy = probs.copy()
     noisy[1::2, 90:93, 90:93] = 0.9  # 9-pixel false alarms on every empty image
-    res = postprocess.search(P.quantize(noisy), truth)
+    res = searching.search(P.quantize(noisy), truth)
     assert res.default_score == pytest.approx(0.5)
     assert res.best_score == pytest.approx(1.0) and 9 < res.best.min_area <= 144
     # large false alarms, but the image head knows: only gating fixes them
     noisy[1::2, 50:90, 50:90] = 0.9
     image_probs = np.where(truth.any(axis=(1, 2)), 0.8, 0.2).astype(np.float32)
-    res = postprocess.search(P.quantize(noisy), truth, image_probs)
+    res = searching.search(P.quantize(noisy), truth, image_probs)
     assert res.best_score == pytest.approx(1.0) and 0.2 < res.best.gate <= 0.8
     # unknown image probabilities: gating is not searched
-    res = postprocess.search(P.quantize(noisy), truth, np.full(len(truth), np.nan, np.float32))
+    res = searching.search(P.quantize(noisy), truth, np.full(len(truth), np.nan, np.float32))
     assert res.best.gate is None and res.best_score < 1.0
 
 
@@ -162,7 +163,7 @@ def test_search_scores_equal_apply_then_metric():
     truth[3] = False
     flat = postprocess.flat_images(images)
     thresholds, areas, gates = [0.3, 0.5, 0.62], [0, 40, 400], [0.25, 0.6]
-    res = postprocess.search(q, truth, image_probs, flat, thresholds, areas, gates)
+    res = searching.search(q, truth, image_probs, flat, thresholds, areas, gates)
     best_direct = -1.0
     for t in thresholds:
         for a in areas:
@@ -188,7 +189,7 @@ def test_rules_ride_in_the_setting_and_its_file(tmp_path):
     assert PostProcess().flags() == "--threshold 0.5 --min-area 0 --gate none"
     postprocess.save_setting(tmp_path / "on.json", p, {"score": 0.8})
     back, info = postprocess.load_setting(tmp_path / "on.json")
-    assert back == p and info == {"score": 0.8}
+    assert back == p and info == postprocess.Record(p, score=0.8)
     postprocess.save_setting(tmp_path / "off.json", PostProcess(threshold=0.4))
     assert postprocess.load_setting(tmp_path / "off.json")[0].rules == ()
     # a file written before the rules existed has none
@@ -229,7 +230,7 @@ def overfitting_case():
 
 def test_the_nested_search_exposes_an_overfitting_min_area():
     q, truth, groups = overfitting_case()
-    res = postprocess.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
+    res = searching.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
     r = res.result
     # in-sample, a min area above 100 wins: +10 fixed, -8 lost of 20 images
     assert r.default_score == pytest.approx(0.5) and r.best_score == pytest.approx(0.6) and r.best.min_area > 100
@@ -256,7 +257,7 @@ def test_the_nested_search_keeps_a_setting_that_generalises_and_its_scores_are_e
     probs = np.where(truth, 0.36, 0.05).astype(np.float32)  # the threshold must drop below 0.36 in every fold
     groups = np.arange(40) % 4
     q = P.quantize(probs)
-    res = postprocess.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
+    res = searching.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
     thr, full = res.families["threshold"], res.families["all"]
     assert thr.held_out_gain == pytest.approx(0.5) and full.held_out_gain == pytest.approx(0.5)
     assert res.chosen.threshold < 0.36 and (res.chosen.min_area, res.chosen.gate) == (0, None)
@@ -264,7 +265,7 @@ def test_the_nested_search_keeps_a_setting_that_generalises_and_its_scores_are_e
     loaded = q.astype(np.float32) / np.float32(255)
     for k, h in enumerate(full.folds):  # each fold: chosen on the others (as search() finds it), scored on it
         rest, here = groups != k, groups == k
-        assert h.setting == postprocess.search(q[rest], truth[rest]).best
+        assert h.setting == searching.search(q[rest], truth[rest]).best
         assert h.score == pytest.approx(metric.score(postprocess.apply(loaded[here], params=h.setting), truth[here]),
                                         abs=1e-12)
 
@@ -273,21 +274,74 @@ def test_each_fold_gets_the_setting_chosen_without_its_truth():
     truth = planted(40, 2)
     groups = np.arange(40) % 4
     q = P.quantize(np.where(truth, 0.36, 0.05).astype(np.float32))
-    res = postprocess.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
+    res = searching.honest_search(q, truth, groups=groups, names=[f"fold{k}" for k in range(4)])
     assert res.chosen_family == "threshold"
     settings = res.held_out_settings()
     assert [sel.tolist() for sel, _ in settings] == [(groups == k).tolist() for k in range(4)]
     for k, (_, setting) in enumerate(settings):  # the threshold family's choice on the other three folds
         rest = groups != k
-        assert setting == postprocess.search(q[rest], truth[rest], min_areas=(0,), gates=(None,)).best
+        assert setting == searching.search(q[rest], truth[rest], min_areas=(0,), gates=(None,)).best
     q, truth, groups = overfitting_case()  # the defaults chosen: every fold keeps them
-    res = postprocess.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
+    res = searching.honest_search(q, truth, groups=groups, names=["fold0", "fold1"])
     assert res.chosen_family is None
     assert [s for _, s in res.held_out_settings()] == [postprocess.DEFAULTS] * 2
 
 
 def test_one_fold_is_split_in_halves_for_the_estimate():
     q, truth, _ = overfitting_case()
-    res = postprocess.honest_search(q, truth)
+    res = searching.honest_search(q, truth)
     assert res.names == ["first half", "second half"] and res.counts == [10, 10]
     assert any("two halves" in n for n in res.notes)
+
+
+# -- the post-config file: a typed record, read strictly -------------------------------------------------------------
+# a file as score.py --search --save-best wrote it before the credibility checks (with --mosaics): still read
+WRITTEN_BEFORE = """{"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, "rules": ["vertical"], "score": 0.95,
+ "default_score": 0.85, "images": 20, "searched_on": "oof.npz",
+ "in_sample_best": {"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, "rules": []},
+ "in_sample_gain": 0.0, "held_out_gain": null, "threshold_held_out_gain": 0.0, "chosen_held_out_gain": 0.0,
+ "why": "no search generalises", "folds": {"fold0": 10, "fold1": 10}, "empty_share": 0.4, "true_empty_share": 0.3,
+ "mosaics": "m.csv", "rules_in_sample_gain": 0.1, "rules_held_out_gain": 0.1,
+ "rule_changes": {"vertical": {"tiles": 2, "score_change": 0.1}}, "rules_by_fold": {"fold0": [], "fold1": ["vertical"]}}
+"""
+
+
+def test_a_record_written_before_reads_back_typed(tmp_path):
+    path = tmp_path / "post.json"
+    path.write_text(WRITTEN_BEFORE)
+    setting, record = postprocess.load_setting(path)
+    assert setting == PostProcess(rules=("vertical",)) and record.setting == setting
+    assert record.in_sample_best == PostProcess() and record.held_out_gain is None and record.images == 20
+    assert record.rule_changes == {"vertical": postprocess.RuleChange(2, 0.1)}
+    assert record.rules_by_fold == {"fold0": (), "fold1": ("vertical",)} and record.credibility is None
+    # what it writes back reads back the same
+    postprocess.save_setting(tmp_path / "again.json", setting, record)
+    assert postprocess.load_setting(tmp_path / "again.json")[1] == record
+
+
+def test_a_record_with_verdicts_round_trips(tmp_path):
+    from tgs.credibility import Verdict
+
+    v = Verdict(0.0066, (0.0058, 0.0075), 0.00085, 0.0001, 800, 51, True, "credible: ...")
+    record = postprocess.Record(PostProcess(0.4), score=0.8, credibility={"mosaic rules": v}, rules_why=v.why)
+    postprocess.save_setting(tmp_path / "p.json", record.setting, record)
+    assert postprocess.load_setting(tmp_path / "p.json")[1] == record
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ('"scroe": 0.8', "unknown key 'scroe' (did you mean score?)"),
+    ('"colour": "red"', "unknown key 'colour' (a post-config file holds threshold, min_area, gate, flat, rules"),
+    ('"images": 2.5', "images = 2.5 is not a valid value (a whole number)"),
+    ('"held_out_gain": "big"', "held_out_gain = 'big' is not a valid value (a number or null)"),
+    ('"folds": [10, 10]', "folds = [10, 10] is not a valid value (an object of images per fold)"),
+    ('"rules_by_fold": {"fold0": ["sideways"]}', "rules_by_fold: unknown mosaic rule 'sideways'"),
+    ('"rule_changes": {"vertical": {"tiles": 2}}', 'rule_changes = {'),
+    ('"in_sample_best": {"threshold": 0.5}', "in_sample_best: missing min_area, gate, flat"),
+    ('"credibility": {"all": {"gain": 0.1}}', "credibility = {"),
+])
+def test_a_bad_record_is_one_line(tmp_path, change, fragment):
+    path = tmp_path / "post.json"
+    path.write_text('{"threshold": 0.5, "min_area": 0, "gate": null, "flat": true, ' + change + "}")
+    with pytest.raises(UserError) as err:
+        postprocess.load_setting(path)
+    assert fragment in str(err.value) and f"--post-config {path}" in str(err.value) and "\n" not in str(err.value)

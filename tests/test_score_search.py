@@ -65,9 +65,9 @@ def test_save_best_writes_what_test_py_reads(synthetic_root, truth, tmp_path, ru
     assert code == 0, err
     best, info = postprocess.load_setting(tmp_path / "post.json")
     assert f"test.py flags: {best.flags()}" in out and 0.1 <= best.threshold < 0.4
-    assert info["score"] == pytest.approx(value(out, "best"), abs=1e-6)
-    assert info["default_score"] == pytest.approx(value(out, "default"), abs=1e-6)
-    assert info["images"] == 60 and info["searched_on"] == str(npz)
+    assert info.score == pytest.approx(value(out, "best"), abs=1e-6)
+    assert info.default_score == pytest.approx(value(out, "default"), abs=1e-6)
+    assert info.images == 60 and info.searched_on == str(npz)
     code, _, err = run_score([tmp_path / "x.csv", "--truth", synthetic_root / "train.csv", "--save-best", "p.json"])
     assert code == 2 and "--save-best goes with --search" in err
 
@@ -104,9 +104,9 @@ def test_score_py_reports_the_held_out_gain_and_saves_the_setting_that_generalis
     assert value(out, "best") == pytest.approx(0.6) and "gain     +0.100000" in out
     assert "keeping the defaults" in out and f"test.py flags: {postprocess.DEFAULTS.flags()}" in out
     saved, info = postprocess.load_setting(tmp_path / "post.json")
-    assert saved == postprocess.DEFAULTS and info["score"] == info["default_score"] == 0.5
-    assert info["held_out_gain"] == -0.4 and info["in_sample_gain"] == 0.1 and info["in_sample_best"]["min_area"] > 100
-    assert info["empty_share"] == 0.1 and info["true_empty_share"] == 0.6 and info["folds"] == {"fold0": 10, "fold1": 10}
+    assert saved == postprocess.DEFAULTS and info.score == info.default_score == 0.5
+    assert info.held_out_gain == -0.4 and info.in_sample_gain == 0.1 and info.in_sample_best.min_area > 100
+    assert info.empty_share == 0.1 and info.true_empty_share == 0.6 and info.folds == {"fold0": 10, "fold1": 10}
     # the default folds: each image's chunk of the 10-chunk split, here the same two
     code, again, _ = run_score(argv)
     assert code == 0 and "in 2 folds (fold0 10, fold1 10)" in again and "held-out gain -0.400000" in again
@@ -176,13 +176,58 @@ def test_rules_are_searched_with_each_fold_unknown(tmp_path, run_score):
     assert "at test time 1 of 1 test tiles (100.0%) are" in out  # s0, below X
     # nested: fold3 (X) takes the rules of the others (Y's fold makes vertical win there), and so does fold5
     assert re.search(r"best rules: vertical: in-sample gain \+0\.100000, held-out gain \+0\.100000", out)
-    assert "kept: vertical" in out
-    assert "test.py flags (with the rules): --threshold 0.5 --min-area 0 --gate none --mosaic-rules vertical " \
-           f"--mosaics {mosaics}" in out
+    # two tiles fixed are no evidence: a sign-flip test over them cannot go below 1/4, so no rule is kept
+    assert "kept: none (their held-out gain is not credible: paired sign-flip test over 20 images (2 changed): " \
+           "p = 0.2500, not below 0.05)" in out
+    assert "test.py flags (no mosaic rule kept): --threshold 0.5 --min-area 0 --gate none" in out
     saved, info = postprocess.load_setting(tmp_path / "post.json")
-    assert saved.rules == ("vertical",) and info["mosaics"] == str(mosaics)
-    assert info["rules_held_out_gain"] == 0.1 and info["rule_changes"]["vertical"] == {"tiles": 2, "score_change": 0.1}
-    assert info["score"] == pytest.approx(info["default_score"] + 0.1)
+    assert saved.rules == () and info.mosaics == str(mosaics)
+    assert info.rules_held_out_gain == 0.1 and info.rule_changes["vertical"] == postprocess.RuleChange(2, 0.1)
+    assert info.score == info.default_score and not info.credibility["mosaic rules"].credible
+    assert info.rules_why == info.credibility["mosaic rules"].why and "p = 0.2500" in info.rules_why
+
+
+def walls_case(tmp_path, lower: str):
+    """60 train tiles (fold k = rows 6k .. 6k+5) in 30 mosaics of two: a wall (rows 0..29, predicted right) above a
+    tile of the fold five further (rows 30..59), of the kind ``lower[i]``: ``h`` a wall predicted empty (the vertical
+    rule fixes it: +1), ``w`` an empty tile predicted empty (the rule draws a wall into it: -1), ``r`` a wall
+    predicted right (no change)."""
+    kinds = np.array(list(lower))
+    masks = np.zeros((60, S, S), bool)
+    masks[:30] = wall(40, 70)
+    masks[30:][kinds != "w"] = wall(40, 70)
+    ids = tiny_dataset(tmp_path / "data", masks)
+    layout = Mosaics(ids, np.tile(np.arange(30), 2), np.repeat([0, 1], 30), np.zeros(60, int))
+    layout.write(tmp_path / "mosaics.csv")
+    probs = masks.astype(np.float32) * 0.9
+    probs[30:][kinds != "r"] = 0.0
+    npz = P.save(tmp_path / "oof.npz", ids, probs, split="valid")
+    return npz, tmp_path / "data" / "train.csv", tmp_path / "mosaics.csv"
+
+
+def test_rules_whose_held_out_gain_is_credible_are_kept(tmp_path, run_score):
+    npz, truth, mosaics = walls_case(tmp_path, "hhhhrr" * 5)  # 20 of 60 tiles fixed by the rule, none hurt
+    code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics,
+                                "--save-best", tmp_path / "post.json"])
+    assert code == 0, err
+    assert re.search(r"best rules: vertical: in-sample gain \+0\.333333, held-out gain \+0\.333333", out)
+    assert "kept: vertical (their held-out gain is credible: gain +0.333333 >= the minimum 0.001" in out
+    assert "(20 changed): p = 0.0001 < 0.05" in out
+    saved, info = postprocess.load_setting(tmp_path / "post.json")
+    assert saved.rules == ("vertical",) and info.credibility["mosaic rules"].credible
+    assert info.score == pytest.approx(info.default_score + 20 / 60, abs=1e-6)
+
+
+def test_rules_that_help_and_hurt_alike_are_not_kept(tmp_path, run_score):
+    """In every fold 3 tiles fixed and 2 broken: a held-out gain above zero in every fold where the rule does
+    anything, yet 15 tiles helped against 10 hurt is what a coin gives one time in five."""
+    npz, truth, mosaics = walls_case(tmp_path, "hhhwwr" * 5)
+    code, out, err = run_score(["--search", npz, "--truth", truth, "--mosaics", mosaics])
+    assert code == 0, err
+    gain = float(re.search(r"best rules: vertical: in-sample gain \+[0-9.]+, held-out gain ([+-][0-9.]+)", out)
+                 .group(1))
+    assert gain > 0.001 and "kept: none (their held-out gain is not credible:" in out
+    assert gain == pytest.approx(5 / 60, abs=1e-6) and re.search(r"\(25 changed\): p = 0\.2", out)
 
 
 def test_a_rule_that_helps_one_fold_only_is_not_kept(tmp_path, run_score):

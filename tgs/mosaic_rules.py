@@ -31,6 +31,7 @@ vectorised over tiles: the only loops are over the few steps of a column walk an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -299,26 +300,42 @@ def apply_rules(masks: np.ndarray, ids, mosaics: Mosaics, known_ids, known_masks
 # -- the out-of-fold search of the rules ----------------------------------------------------------------------------
 @dataclass
 class RuleSearch:
-    """Every subset of the rules scored fold by fold on out-of-fold masks, each fold's tiles unknown.
+    """Every subset of the rules scored image by image on out-of-fold masks, each fold's tiles unknown.
 
-    ``sums[s, k]`` is the summed image score of fold k with the rules ``subsets[s]`` (the empty subset first);
-    ``alone`` the tiles each rule changes and its score change when it runs alone; ``best`` the subset chosen on
-    all folds, ``folds`` (name, images, subset chosen on the other folds, its gain on this fold) the nested
-    estimate, and ``kept`` the rules to use: ``best`` when its held-out gain is positive, else none."""
+    ``scores[s, i]`` is image i's score with the rules ``subsets[s]`` (the empty subset first), ``groups[i]`` its
+    fold; ``sums`` the per-fold totals; ``alone`` the tiles each rule changes and its score change when it runs
+    alone; ``best`` the subset chosen on all folds, ``folds`` (name, images, subset chosen on the other folds, its
+    gain on this fold) the nested estimate, ``verdict`` the credibility of its held-out gain
+    (:func:`tgs.credibility.judge` on the per-image differences) and ``kept`` the rules to use: ``best`` when that
+    gain is credible, else none."""
 
     rules: tuple
     subsets: list
-    sums: np.ndarray  # (S, K)
+    scores: np.ndarray  # (S, N) image scores per subset
+    groups: np.ndarray  # (N,) each image's fold, 0..K-1
     empty: np.ndarray  # (S, K) empty masks
-    counts: np.ndarray  # (K,)
-    names: list
+    names: list  # (K,) fold names
     alone: dict  # rule -> (tiles changed, mean score change)
-    # the same search on masks made fold by fold with the setting chosen without that fold's truth: when given, the
-    # held-out figures (``folds``, ``held_out_gain``, ``kept``, :meth:`for_fold`) come from it
+    # the same search on masks made fold by fold with the setting chosen without that fold's truth: when given (set
+    # it before reading ``verdict``), the held-out figures (``folds``, ``held_out_gain``, ``verdict``, ``kept``,
+    # :meth:`for_fold`) come from it
     nested: "RuleSearch | None" = None
 
-    def _pick(self, groups) -> int:
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.groups, minlength=len(self.names))
+
+    @property
+    def sums(self) -> np.ndarray:
+        """(S, K) the summed image scores of each subset over each fold."""
+        onehot = self.groups[:, None] == np.arange(len(self.names))[None, :]
+        return self.scores @ onehot
+
+    def _pick(self, groups, candidates=None) -> int:
+        """The best subset on the folds ``groups`` ((K,) bool), among the subset indices ``candidates`` (all)."""
         total = self.sums[:, groups].sum(axis=1)
+        if candidates is not None:
+            total = np.where(np.isin(np.arange(len(total)), candidates), total, -np.inf)
         return int(np.flatnonzero(total >= total.max() - 1e-9)[0])  # the fewest rules among the equally good
 
     @property
@@ -334,18 +351,26 @@ class RuleSearch:
         total = self.sums.sum(axis=1)
         return float((total[self.subsets.index(self.best)] - total[0]) / self.count)
 
+    def _held_out(self, among: np.ndarray, candidates=None) -> tuple[list, np.ndarray, np.ndarray]:
+        """For each fold j of ``among`` ((K,) bool) that holds images, the subset chosen on the other folds of
+        ``among`` (among ``candidates``): [(j, subset index)], with the per-image score differences (that subset
+        minus no rule) of those folds' images and their folds."""
+        every = np.arange(len(self.counts))
+        chosen = [(j, self._pick(among & (every != j), candidates)) for j in np.flatnonzero(among)
+                  if (among & (every != j)).any() and self.counts[j]]
+        sel = [np.flatnonzero(self.groups == j) for j, _ in chosen]
+        diffs = [self.scores[s, rows] - self.scores[0, rows] for (_, s), rows in zip(chosen, sel)]
+        return (chosen, np.concatenate(diffs) if diffs else np.zeros(0),
+                np.concatenate([self.groups[rows] for rows in sel]) if sel else np.zeros(0, np.int64))
+
     @property
     def folds(self) -> list:
         if self.nested is not None:
             return self.nested.folds
-        out = []
-        for k in range(len(self.counts)):
-            rest = np.arange(len(self.counts)) != k
-            if rest.any() and self.counts[k]:
-                s = self._pick(rest)
-                out.append((self.names[k], int(self.counts[k]), self.subsets[s],
-                            float((self.sums[s, k] - self.sums[0, k]) / self.counts[k])))
-        return out
+        chosen, _, _ = self._held_out(np.ones(len(self.counts), bool))
+        sums = self.sums
+        return [(self.names[k], int(self.counts[k]), self.subsets[s], float((sums[s, k] - sums[0, k]) / self.counts[k]))
+                for k, s in chosen]
 
     @property
     def held_out_gain(self) -> float:
@@ -354,21 +379,59 @@ class RuleSearch:
             return float("nan")
         return sum(gain * n for _, n, _, gain in folds) / self.count
 
+    @cached_property
+    def verdict(self):
+        """The credibility of the held-out gain (:func:`tgs.credibility.judge`), from the nested masks' search
+        when given."""
+        from tgs.credibility import judge
+
+        src = self.nested if self.nested is not None else self
+        _, diffs, groups = src._held_out(np.ones(len(src.counts), bool))
+        return judge(diffs, groups)
+
+    def _rule_verdict(self, rule: str, among: np.ndarray):
+        """The credibility of ``rule`` alone (on or off, chosen on the other folds of ``among``)."""
+        from tgs.credibility import judge
+
+        _, diffs, groups = self._held_out(among, [0, self.subsets.index((rule,))])
+        return judge(diffs, groups)
+
+    @cached_property
+    def rule_verdicts(self) -> dict:
+        """rule -> the credibility of its own nested held-out gain (the rule alone, from the nested masks' search
+        when given): a rule is kept only when its own gain is credible, not merely the set's."""
+        src = self.nested if self.nested is not None else self
+        return {r: src._rule_verdict(r, np.ones(len(src.counts), bool)) for r in self.rules}
+
     @property
     def kept(self) -> tuple:
-        return self.best if self.held_out_gain > 0 else ()
+        """The best subset's rules whose own held-out gain is credible, when the subset's is; else none."""
+        return tuple(r for r in self.best if self.rule_verdicts[r].credible) if self.verdict.credible else ()
+
+    @property
+    def kept_held_out_gain(self) -> float:
+        """The nested held-out gain of the kept rules (each fold with the best subset of them on the other folds):
+        the set's held-out gain when nothing is filtered out, 0 when no rule is kept."""
+        src = self.nested if self.nested is not None else self
+        kept = set(self.kept)
+        candidates = [s for s, subset in enumerate(src.subsets) if set(subset) <= kept]
+        _, diffs, _ = src._held_out(np.ones(len(src.counts), bool), candidates)
+        return float(diffs.mean()) if diffs.size else float("nan")
 
     def for_fold(self, k: int) -> tuple:
         """The rules that fold k's own predictions may use (its pseudo-labels, ``--pseudo-source fold``), decided
         without fold k's truth: the best subset on the other folds, kept when its nested held-out gain among those
-        folds is positive; none with fewer than two other folds."""
+        folds is credible (:func:`tgs.credibility.judge`); none with fewer than two other folds."""
+        from tgs.credibility import judge
+
         src = self.nested if self.nested is not None else self
-        every = np.arange(len(src.counts))
-        rest = every != k
+        rest = np.arange(len(src.counts)) != k
         if rest.sum() < 2:
             return ()
-        gain = sum(src.sums[src._pick(rest & (every != j)), j] - src.sums[0, j] for j in np.flatnonzero(rest))
-        return src.subsets[src._pick(rest)] if gain > 1e-12 else ()
+        _, diffs, groups = src._held_out(rest)
+        if not judge(diffs, groups).credible:
+            return ()
+        return tuple(r for r in src.subsets[src._pick(rest)] if src._rule_verdict(r, rest).credible)
 
     def empty_share(self, subset: tuple) -> float:
         """The share of empty masks with the rules ``subset``."""
@@ -382,11 +445,15 @@ class RuleSearch:
                    f"{self.held_out_gain:+.6f} (nested: each fold with the best rules of the other folds)")
         out += [f"  {name:<10s} {n:5d} images  gain {gain:+.6f}  chosen on the rest: {named(s)}"
                 for name, n, s, gain in self.folds]
+        if self.verdict.credible:
+            out += [f"  {r:<12s} alone, held out: {v.why}" for r, v in self.rule_verdicts.items() if r in self.best]
         if self.kept:
-            out.append(f"kept: {named(self.kept)} (their held-out gain is positive); empty masks "
-                       f"{self.empty_share(()):.1%} without the rules, {self.empty_share(self.kept):.1%} with them")
+            out.append(f"kept: {named(self.kept)} (their held-out gain is {self.verdict.why}; each rule's own is "
+                       f"credible); empty masks {self.empty_share(()):.1%} without the rules, "
+                       f"{self.empty_share(self.kept):.1%} with them")
         else:
-            why = "no rule raises the score" if not self.best else "their held-out gain is not positive"
+            why = ("no rule raises the score" if not self.best else f"their held-out gain is {self.verdict.why}"
+                   if not self.verdict.credible else "the set's held-out gain is credible, no rule's own is")
             out.append(f"kept: none ({why})")
         return out
 
@@ -409,7 +476,7 @@ def search_rules(masks: np.ndarray, truth: np.ndarray, ids, groups: np.ndarray, 
     groups = np.asarray(groups, np.int64)
     k_groups = len(contexts)
     subsets = [s for size in range(len(rules) + 1) for s in combinations(rules, size)]
-    sums, empty = np.zeros((len(subsets), k_groups)), np.zeros((len(subsets), k_groups), np.int64)
+    scores, empty = np.zeros((len(subsets), len(ids))), np.zeros((len(subsets), k_groups), np.int64)
     changed = dict.fromkeys(rules, 0)
     for k, ctx in enumerate(contexts):  # a loop per fold, then per rule and per subset
         sel = np.flatnonzero(groups == k)
@@ -430,9 +497,8 @@ def search_rules(masks: np.ndarray, truth: np.ndarray, ids, groups: np.ndarray, 
                 hit, rule_score, rule_empty = alone[rule]
                 score[hit & free], is_empty[hit & free] = rule_score[hit & free], rule_empty[hit & free]
                 free &= ~hit
-            sums[s, k], empty[s, k] = score.sum(), is_empty.sum()
-    counts = np.bincount(groups, minlength=k_groups)
-    total = sums.sum(axis=1)
-    effect = {r: (changed[r], float((total[subsets.index((r,))] - total[0]) / counts.sum())) for r in rules}
+            scores[s, sel], empty[s, k] = score, is_empty.sum()
+    total = scores.sum(axis=1)
+    effect = {r: (changed[r], float((total[subsets.index((r,))] - total[0]) / len(ids))) for r in rules}
     names = list(names) if len(names) == k_groups else [f"group {k}" for k in range(k_groups)]
-    return RuleSearch(rules, subsets, sums, empty, counts, names, effect)
+    return RuleSearch(rules, subsets, scores, groups, empty, names, effect)

@@ -74,7 +74,7 @@ def fold_labels(fold: str, jobs: list[Job], opts: EnsembleOptions, data: DataDig
     lay = opts.layout
     by_fold = {}
     if opts.mosaics_csv and opts.tuned_post and lay.postprocess.is_file():
-        by_fold = postprocess.load_setting(lay.postprocess)[1].get("rules_by_fold") or {}
+        by_fold = postprocess.load_setting(lay.postprocess)[1].rules_by_fold or {}
     rules = mosaic_rules.parse_rules(by_fold.get(fold, ()), f"{lay.postprocess}: rules_by_fold")
     swas = tuple(str(j.swa) for j in jobs if j.fold == fold)
     out = lay.fold_pseudo_labels(fold)

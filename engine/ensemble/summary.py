@@ -27,10 +27,10 @@ def oof_score(opts: EnsembleOptions) -> tuple[float, float | None]:
     if not (opts.tuned_post and opts.layout.postprocess.is_file()):
         return default, None
     setting, info = postprocess.load_setting(opts.layout.postprocess)
-    gains = [info.get("chosen_held_out_gain"), info.get("rules_held_out_gain") if setting.rules else 0.0]
+    gains = [info.chosen_held_out_gain, info.rules_held_out_gain if setting.rules else 0.0]
     if any(g is None for g in gains):
         return default, None
-    return default, float(info.get("default_score", default)) + sum(gains)
+    return default, (default if info.default_score is None else info.default_score) + sum(gains)
 
 
 def summary_lines(scores: list[tuple[int, tuple[float, float | None], Path]], source: str) -> list[str]:
