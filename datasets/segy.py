@@ -227,10 +227,21 @@ def open_segy(path: str | os.PathLike) -> SegyVolume:
 
 def create_like(source: SegyVolume, path: str | os.PathLike) -> None:
     """A new SEG-Y file at ``path`` with ``source``'s geometry, byte order, text, binary and trace headers, and
-    IEEE float32 samples (zeros until written)."""
+    IEEE float32 samples (their values are undefined until written: every caller writes every line).
+
+    A source of 4-byte samples is copied as it is and its binary header told that the samples are IEEE floats
+    (the file's layout is unchanged); other sources get a new file with every header copied through segyio."""
+    import shutil
+
     import segyio
 
     src = source.f
+    if FORMATS[source.header.format] == 4:
+        shutil.copyfile(source.path, path)
+        header = Header(source.header.endian, source.header.format, source.samples)
+        with _segyio_open(Path(path), header, ignore_geometry=True, mode="r+") as dst:
+            dst.bin.update(format=IEEE_FLOAT)
+        return
     spec = segyio.tools.metadata(src)
     spec.format = IEEE_FLOAT
     spec.ext_headers = 0
@@ -243,7 +254,7 @@ def create_like(source: SegyVolume, path: str | os.PathLike) -> None:
         dst.text[0] = src.text[0]
         dst.bin = src.bin
         dst.bin.update(format=IEEE_FLOAT, exth=0)
-        dst.header = src.header
+        dst.header = src.header  # loop per trace inside segyio
         zeros = np.zeros(len(src.samples), np.float32)
         for i in range(src.tracecount):  # loop per trace, once: every trace exists in the new file
             dst.trace[i] = zeros
@@ -298,7 +309,7 @@ def write_array(path: str | os.PathLike, data: np.ndarray, fmt: int = IEEE_FLOAT
     volume sorted by ``sorting``; ``fmt`` 1 (IBM float) or 5 (IEEE float), in either byte order."""
     import segyio
 
-    data = np.asarray(data, np.float32)
+    data = np.ascontiguousarray(data, np.float32)
     spec = segyio.spec()
     spec.samples = np.arange(data.shape[-1]) * interval_us / 1000.0
     spec.format = fmt
