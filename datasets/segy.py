@@ -155,7 +155,7 @@ class SegyVolume:
 
     def time_slice(self, k: int) -> np.ndarray:
         """Sample ``k`` of every trace of a 3D volume as (inlines, crosslines) float32."""
-        return np.asarray(self.f.depth_slice[k], np.float32)
+        return _time_slice(self.f, k)
 
     def close(self) -> None:
         self.f.close()
@@ -165,6 +165,12 @@ class SegyVolume:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _time_slice(f, k: int) -> np.ndarray:
+    """segyio's depth slice is (slow, fast): (crosslines, inlines) in a crossline-sorted file."""
+    data = np.asarray(f.depth_slice[k], np.float32)
+    return np.ascontiguousarray(data.T) if f.sorting == 1 else data
 
 
 def _segyio_open(path: Path, header: Header, ignore_geometry: bool, mode: str = "r"):
@@ -201,9 +207,9 @@ def open_segy(path: str | os.PathLike) -> SegyVolume:
     _check_size(path, header)
     try:
         f = _segyio_open(path, header, ignore_geometry=False)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # no geometry segyio can infer: look at the trace headers
         f = None
-    except (OSError, IndexError, ValueError) as exc:
+    except (OSError, IndexError) as exc:
         raise DataError(f"{path} is not a readable SEG-Y file ({str(exc).splitlines()[0]})") from None
     if f is None:
         try:
@@ -286,7 +292,7 @@ class SegyWriter:
         return np.ascontiguousarray(np.asarray(mode[number], np.float32).T)
 
     def time_slice(self, k: int) -> np.ndarray:
-        return np.asarray(self.f.depth_slice[k], np.float32)
+        return _time_slice(self.f, k)
 
     def flush(self) -> None:
         self.f.flush()
