@@ -325,13 +325,15 @@ def test_volume_lines_resume_exactly_after_a_kill(tmp_path, model_path, sections
         return hook
 
     with pytest.raises(Stop):
-        engine_section.run(_volume_opts(sections, part, model_path, inlines=(4,), time_slices=(50,)), fail_after=stop_at(("inline", 2)))
+        engine_section.run(_volume_opts(sections, part, model_path, inlines=(4,), time_slices=(50,)),
+                           fail_after=stop_at(("inline", 2)))
     assert not (part / "probability.sgy").exists()
     with pytest.raises(Stop):
         engine_section.run(_volume_opts(sections, part, model_path, inlines=(4,), time_slices=(50,), resume=True),
                            fail_after=stop_at(("crossline", 30)))
     capsys.readouterr()
-    assert engine_section.run(_volume_opts(sections, part, model_path, inlines=(4,), time_slices=(50,), resume=True)) == 0
+    assert engine_section.run(_volume_opts(sections, part, model_path, inlines=(4,), time_slices=(50,),
+                                           resume=True)) == 0
     assert "resuming: crosslines done up to line 31 of 60" in capsys.readouterr().out
     for name in ("probability.sgy", "mask.sgy", "inline-4.png", "time-50.png"):
         assert (part / name).read_bytes() == (full / name).read_bytes(), name
