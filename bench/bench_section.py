@@ -6,7 +6,8 @@ CPU, against the model's forward passes (with the flip) over exactly the same wi
 
 (a) section.py's work, timed inside its process (engine.section.run: reading, clipping, tiling, the models,
     blending, the mask, the pictures, writing), and its peak memory (RSS);
-(b) the bare forward: model(x) and model(flip(x)) over the same windows, inputs prepared outside the timed region;
+(b) the bare forward: model(x) and model(flip(x)) over the same windows, inputs prepared outside the timed region,
+    in a process of its own with section.py's process settings (tgs.runtime.setup_cpu);
 the overhead is (a) / (b) - 1. The volume is also run with a quarter of its inlines: memory should not grow with
 the volume's size (one line in memory at a time).
 """
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--child", nargs=3, metavar=("MODEL", "INPUT", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--forward", nargs=2, metavar=("MODEL", "WINDOWS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -75,8 +77,22 @@ def child(args) -> int:
     return 0
 
 
-def run_child(model: Path, path: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(model), str(path), str(out),
+def forward(args) -> int:
+    """The bare forward over saved windows in this process, with section.py's process settings
+    (tgs.runtime.setup_cpu): prints its seconds and peak RSS as JSON."""
+    from bench.bench_test import pure_forward
+    from tgs import runtime
+
+    runtime.setup_cpu(args.threads)
+    windows = np.load(args.forward[1])
+    seconds = pure_forward(Path(args.forward[0]), windows, argparse.Namespace(device="cpu",
+                                                                              batch_size=args.batch_size))
+    print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return 0
+
+
+def run_child(args, *flag) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *map(str, flag),
            "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
     if r.returncode:
@@ -108,7 +124,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    from bench.bench_test import pure_forward, small_models
+    if args.forward:
+        return forward(args)
+    from bench.bench_test import small_models
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -120,19 +138,20 @@ def main(argv=None) -> int:
         files = write_inputs(tmp, args)
         for kind, path in files.items():
             windows = same_windows(path)
-            fwd_args = argparse.Namespace(device="cpu", batch_size=args.batch_size)
-            bare = pure_forward(model, windows, fwd_args)
-            run = run_child(model, path, tmp / f"out-{kind}", args)
-            with open(path, "rb") as fh:
-                size = fh.seek(0, 2) / 2**20
-            rows.append((kind, size, len(windows), bare, run["seconds"], run["peak_mib"]))
-            print(f"  {kind}: {len(windows)} windows, bare forward {bare:.1f} s, section.py {run['seconds']:.1f} s",
-                  flush=True)
+            np.save(tmp / "windows.npy", windows)
+            bare = run_child(args, "--forward", model, tmp / "windows.npy")
+            run = run_child(args, "--child", model, path, tmp / f"out-{kind}")
+            size = path.stat().st_size / 2**20
+            rows.append((kind, size, len(windows), bare["seconds"], run["seconds"], bare["peak_mib"], run["peak_mib"]))
+            print(f"  {kind}: {len(windows)} windows, bare forward {bare['seconds']:.1f} s, section.py "
+                  f"{run['seconds']:.1f} s", flush=True)
     print()
-    print("| input | file MiB | windows | bare forward s | section.py s | overhead | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for kind, size, n, bare, total, peak in rows:
-        print(f"| {kind} | {size:.0f} | {n} | {bare:.1f} | {total:.1f} | {total / bare - 1:+.1%} | {peak:.0f} |")
+    print("| input | file MiB | windows | bare forward s | section.py s | overhead | peak RSS MiB: bare forward "
+          "(all windows in memory) | section.py |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, size, n, bare, total, bare_peak, peak in rows:
+        print(f"| {kind} | {size:.0f} | {n} | {bare:.1f} | {total:.1f} | {total / bare - 1:+.1%} | {bare_peak:.0f} | "
+              f"{peak:.0f} |")
     return 0
 
 
