@@ -5,11 +5,13 @@ CPU, against the model's forward passes (with the flip) over exactly the same wi
     python bench/bench_section.py --inlines 20 --traces 500 --samples 300    # smaller, quicker
 
 (a) section.py's work, timed inside its process (engine.section.run: reading, clipping, tiling, the models,
-    blending, the mask, the pictures, writing), and its peak memory (RSS);
+    blending, the mask, the pictures, writing), the seconds of its model's forward calls within that same run (so
+    that both figures see the same load on a shared machine), and its peak memory (RSS);
 (b) the bare forward: model(x) and model(flip(x)) over the same windows, inputs prepared outside the timed region,
     in a process of its own with section.py's process settings (tgs.runtime.setup_cpu);
-the overhead is (a) / (b) - 1. The volume is also run with a quarter of its inlines: memory should not grow with
-the volume's size (one line in memory at a time).
+the overhead is (a) over its model calls, and (a) over (b) (noisier: two processes at different moments). The
+volume is also run with a quarter of its inlines: memory should not grow with the volume's size (one line in
+memory at a time).
 """
 from __future__ import annotations
 
@@ -65,15 +67,33 @@ def write_inputs(folder: Path, args) -> dict:
 
 
 def child(args) -> int:
-    """One section.py run in this process: prints its seconds and this process's peak RSS as JSON."""
+    """One section.py run in this process: prints its seconds, the seconds its model's forward calls took inside
+    it (measured in the same run, so both see the same machine load) and this process's peak RSS as JSON."""
+    import io
+    from contextlib import redirect_stdout
+
+    import models
+    from bench.bench_test import TimedModel
     from engine import section
 
+    timed = []
+    real_load = models.load
+
+    def load(path, device="cpu"):
+        loaded = real_load(path, device)
+        loaded.model = TimedModel(loaded.model)
+        timed.append(loaded.model)
+        return loaded
+
+    models.load = load
     opts = section.SectionOptions(models=(args.child[0],), input=args.child[1], out=args.child[2], device="cpu",
                                   threads=args.threads, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    section.run(opts)
+    with redirect_stdout(io.StringIO()):
+        section.run(opts)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "model_seconds": sum(m.seconds for m in timed),
+                      "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return 0
 
 
@@ -142,16 +162,17 @@ def main(argv=None) -> int:
             bare = run_child(args, "--forward", model, tmp / "windows.npy")
             run = run_child(args, "--child", model, path, tmp / f"out-{kind}")
             size = path.stat().st_size / 2**20
-            rows.append((kind, size, len(windows), bare["seconds"], run["seconds"], bare["peak_mib"], run["peak_mib"]))
+            rows.append((kind, size, len(windows), bare["seconds"], run["model_seconds"], run["seconds"],
+                         bare["peak_mib"], run["peak_mib"]))
             print(f"  {kind}: {len(windows)} windows, bare forward {bare['seconds']:.1f} s, section.py "
-                  f"{run['seconds']:.1f} s", flush=True)
+                  f"{run['seconds']:.1f} s of which the model {run['model_seconds']:.1f} s", flush=True)
     print()
-    print("| input | file MiB | windows | bare forward s | section.py s | overhead | peak RSS MiB: bare forward "
-          "(all windows in memory) | section.py |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind, size, n, bare, total, bare_peak, peak in rows:
-        print(f"| {kind} | {size:.0f} | {n} | {bare:.1f} | {total:.1f} | {total / bare - 1:+.1%} | {bare_peak:.0f} | "
-              f"{peak:.0f} |")
+    print("| input | file MiB | windows | (b) bare forward s | section.py s | its model calls s | overhead over its "
+          "model calls | over (b) | peak RSS MiB: (b), all windows in memory | section.py |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind, size, n, bare, inside, total, bare_peak, peak in rows:
+        print(f"| {kind} | {size:.0f} | {n} | {bare:.1f} | {total:.1f} | {inside:.1f} | {total / inside - 1:+.1%} | "
+              f"{total / bare - 1:+.1%} | {bare_peak:.0f} | {peak:.0f} |")
     return 0
 
 

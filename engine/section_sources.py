@@ -6,7 +6,7 @@ whether its values are already 8-bit grey (a PNG of the competition's kind, a mo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,6 @@ class ArraySection:
     data: np.ndarray
     what: str
     valid: np.ndarray | None = None  # (rows, cols) bool: where the section has data (a mosaic's filled cells)
-    ids: list = field(default_factory=list)  # a mosaic's tiles: (id, row, col) of each
 
     kind = "2d"
 
@@ -108,14 +107,13 @@ def open_input(path: str | os.PathLike):
 def mosaic_section(mosaics_csv: str, number: int, data_dir: str) -> ArraySection:
     """Mosaic ``number`` of ``mosaics.csv`` assembled from the dataset's train and test images (the cells without
     a tile are filled with the tiles' mean grey and marked as no data)."""
-    from datasets.kaggle import Layout, read_sample_submission
-    from tgs import submission
+    from datasets.kaggle import Layout, read_sample_submission, read_train_csv
     from tgs.mosaic import Mosaics
     from tgs.png import read_pngs
 
     layout = Layout.of(data_dir)
     layout.require("train_csv", "train_images")
-    train_ids = submission.read_truth(layout.train_csv)[0]
+    train_ids = read_train_csv(layout.train_csv)["id"].to_numpy(str)
     test_ids = (np.asarray(read_sample_submission(layout.sample_submission), str)
                 if layout.sample_submission.is_file() else np.zeros(0, str))
     mosaics = Mosaics.read(mosaics_csv, known_ids=np.concatenate([train_ids, test_ids]))
@@ -137,5 +135,4 @@ def mosaic_section(mosaics_csv: str, number: int, data_dir: str) -> ArraySection
     blocks = image.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)  # a view: (row, col, y, x)
     blocks[cells[:, 0], cells[:, 1]] = tiles
     valid.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)[cells[:, 0], cells[:, 1]] = True
-    return ArraySection(mosaics_csv, image, f"mosaic {number} ({len(ids)} tiles in {rows} x {cols} cells)", valid,
-                        [(str(i), int(r), int(c)) for i, (r, c) in zip(ids, cells)])
+    return ArraySection(mosaics_csv, image, f"mosaic {number} ({len(ids)} tiles in {rows} x {cols} cells)", valid)
