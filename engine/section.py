@@ -221,7 +221,8 @@ def run_key(opts: SectionOptions, clip: Clip) -> dict:
     """What a volume's partial results depend on: a resumed run must have the same."""
     return {"input": _file_id(opts.input), "models": [_file_id(p) for p in opts.models],
             "clip": [clip.lo, clip.hi], "scale": opts.scale, "overlap": opts.overlap,
-            "both_directions": opts.both_directions, "amp": opts.amp}
+            "both_directions": opts.both_directions, "amp": opts.amp, "device": opts.device,
+            "batch_size": opts.batch_size}
 
 
 def read_state(out: Path) -> dict | None:
