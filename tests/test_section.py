@@ -391,21 +391,23 @@ def _cells(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_a_model_trained_on_tiles_finds_the_salt_on_whole_sections(tmp_path):
-    """Trained on synthetic tiles, a tiny model run on whole synthetic sections (held out: another seed) scores at
-    least as well over the sections' tiles as on those tiles predicted alone (competition metric and pixel IoU)."""
+    """Trained on synthetic tiles (800, 16 epochs: minutes on a CPU), a tiny model run on whole synthetic sections
+    (held out: other seeds) scores at least as well over the sections' tiles as on those tiles predicted alone, in
+    the competition metric and in pixel IoU over six sections. (Section by section it is not always so: this weak
+    model, 101 -> 32 px, marks salt bodies that reach into a neighbouring empty tile, which the metric punishes.)"""
     from cli import train as train_cli
     from datasets.synthetic import write_dataset
     from tests.tiny import TINY
     from tgs import metric
 
-    write_dataset(tmp_path / "data", n_train=400, n_test=4, seed=11)
+    write_dataset(tmp_path / "data", n_train=800, n_test=10, seed=11)
     assert train_cli.main(["--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "log"), *TINY,
-                           "--max-epochs", "10"]) == 0
-    predictor = engine_section.Predictor([tmp_path / "log" / "checkpoints" / "best-metric-checkpoint-fold0.pth"],
+                           "--max-epochs", "16"]) == 0
+    predictor = engine_section.Predictor([tmp_path / "log" / "checkpoints" / "last-checkpoint-fold0.pth"],
                                          torch.device("cpu"))
     scores = {"tiles": [], "section": []}
     truths, preds = [], {"tiles": [], "section": []}
-    for grey, salt in synthetic_sections.draw(5, 3, 5, 8):
+    for grey, salt in synthetic_sections.draw(5, 3, 5, 8) + synthetic_sections.draw(7, 3, 5, 8):
         truths.append(_cells(salt))
         preds["tiles"].append(predictor(_cells(grey)) > 0.5)
         preds["section"].append(_cells(engine_section.predict_line(grey, predictor)) > 0.5)
