@@ -393,6 +393,8 @@ def run(opts: SectionOptions, fail_after=None) -> int:
             logs.info(predictor.describe())
             logs.info(f"windows {TILE}x{TILE}, overlap {opts.overlap} px, scale {opts.scale:g}; post-processing: "
                       f"{opts.post.describe()} ({opts.post_source}; per line, min area per salt body)")
+            if opts.post.gate is not None:
+                logs.info("note: the image-level gate has no meaning on a section and is not used")
             if source.kind == "2d":
                 written = run_2d(source, opts, predictor, clip, out)
             else:
