@@ -5,8 +5,16 @@ import argparse
 import math
 from pathlib import Path
 
-from cli.common import (ArgumentParser, add_amp, add_device, add_postprocessing, add_threads, doc_parts, integer,
-                        post_setting)
+from cli.common import (
+    ArgumentParser,
+    add_amp,
+    add_device,
+    add_postprocessing,
+    add_threads,
+    doc_parts,
+    integer,
+    post_setting,
+)
 from tgs import TILE
 from tgs.errors import UserError, cli
 from tgs.io import check_output, require_file

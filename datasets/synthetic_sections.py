@@ -17,7 +17,6 @@ training sets are cut from the same kind of sections, so a model trained on them
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys

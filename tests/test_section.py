@@ -146,7 +146,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, model_path, sections):
         "headers.sgy": (good[:3600], "no traces"),
         "format4.sgy": (good[:3224] + (4).to_bytes(2, "big") + good[3226:], "unsupported SEG-Y sample format 4"),
     }
-    for name, (content, needle) in cases.items():
+    for name, (content, _) in cases.items():
         (tmp_path / name).write_bytes(content)
     _prestack(tmp_path / "prestack.sgy")
     cases["prestack.sgy"] = (None, "pre-stack")
