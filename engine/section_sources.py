@@ -104,35 +104,60 @@ def open_input(path: str | os.PathLike):
     return segy.open_segy(path)
 
 
+@dataclass
+class MosaicTiles:
+    """A dataset's mosaics (mosaics.csv, validated against the dataset's ids) and where its tiles are read."""
+
+    mosaics: object  # tgs.mosaic.Mosaics
+    layout: object  # datasets.kaggle.Layout
+    train_ids: np.ndarray
+
+    @classmethod
+    def read(cls, mosaics_csv: str, data_dir: str) -> "MosaicTiles":
+        from datasets.kaggle import Layout, read_sample_submission, read_train_csv
+        from tgs.mosaic import Mosaics
+
+        layout = Layout.of(data_dir)
+        layout.require("train_csv", "train_images")
+        train_ids = read_train_csv(layout.train_csv)["id"].to_numpy(str)
+        test_ids = (np.asarray(read_sample_submission(layout.sample_submission), str)
+                    if layout.sample_submission.is_file() else np.zeros(0, str))
+        return cls(Mosaics.read(mosaics_csv, known_ids=np.concatenate([train_ids, test_ids])), layout, train_ids)
+
+    def assemble(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(image uint8, valid bool, ids, (row, col) cells) of one mosaic's grid (tgs.mosaic.Mosaics.grids): its
+        tiles placed in their cells, the cells without a tile filled with the tiles' mean grey (not valid)."""
+        from tgs.png import read_pngs
+
+        cells = np.argwhere(grid >= 0)
+        ids = self.mosaics.ids[grid[grid >= 0]]
+        in_train = np.isin(ids, self.train_ids)
+        tiles = np.zeros((len(ids), TILE, TILE), np.uint8)
+        if in_train.any():
+            tiles[in_train] = read_pngs(self.layout.train_images, ids[in_train])
+        if (~in_train).any():
+            tiles[~in_train] = read_pngs(self.layout.test_images, ids[~in_train])
+        rows, cols = grid.shape
+        image = np.full((rows * TILE, cols * TILE), int(round(tiles.mean())) if len(tiles) else 0, np.uint8)
+        valid = np.zeros(image.shape, bool)
+        image.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)[cells[:, 0], cells[:, 1]] = tiles  # a view
+        valid.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)[cells[:, 0], cells[:, 1]] = True
+        return image, valid, ids, cells
+
+
+def cut_cells(section: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """(N, 101, 101) of a mosaic-shaped array at (row, col) ``cells``."""
+    rows, cols = section.shape[0] // TILE, section.shape[1] // TILE
+    return section.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)[cells[:, 0], cells[:, 1]]
+
+
 def mosaic_section(mosaics_csv: str, number: int, data_dir: str) -> ArraySection:
     """Mosaic ``number`` of ``mosaics.csv`` assembled from the dataset's train and test images (the cells without
     a tile are filled with the tiles' mean grey and marked as no data)."""
-    from datasets.kaggle import Layout, read_sample_submission, read_train_csv
-    from tgs.mosaic import Mosaics
-    from tgs.png import read_pngs
-
-    layout = Layout.of(data_dir)
-    layout.require("train_csv", "train_images")
-    train_ids = read_train_csv(layout.train_csv)["id"].to_numpy(str)
-    test_ids = (np.asarray(read_sample_submission(layout.sample_submission), str)
-                if layout.sample_submission.is_file() else np.zeros(0, str))
-    mosaics = Mosaics.read(mosaics_csv, known_ids=np.concatenate([train_ids, test_ids]))
-    grids = mosaics.grids()
+    source = MosaicTiles.read(mosaics_csv, data_dir)
+    grids = source.mosaics.grids()
     if not 0 <= number < len(grids):
         raise UserError(f"--mosaic {number}: {mosaics_csv} has mosaics 0 .. {len(grids) - 1}")
-    grid = grids[number]
-    cells = np.argwhere(grid >= 0)
-    ids = mosaics.ids[grid[grid >= 0]]
-    in_train = np.isin(ids, train_ids)
-    tiles = np.zeros((len(ids), TILE, TILE), np.uint8)
-    if in_train.any():
-        tiles[in_train] = read_pngs(layout.train_images, ids[in_train])
-    if (~in_train).any():
-        tiles[~in_train] = read_pngs(layout.test_images, ids[~in_train])
-    rows, cols = grid.shape
-    image = np.full((rows * TILE, cols * TILE), int(round(tiles.mean())) if len(tiles) else 0, np.uint8)
-    valid = np.zeros(image.shape, bool)
-    blocks = image.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)  # a view: (row, col, y, x)
-    blocks[cells[:, 0], cells[:, 1]] = tiles
-    valid.reshape(rows, TILE, cols, TILE).transpose(0, 2, 1, 3)[cells[:, 0], cells[:, 1]] = True
+    image, valid, ids, _ = source.assemble(grids[number])
+    rows, cols = grids[number].shape
     return ArraySection(mosaics_csv, image, f"mosaic {number} ({len(ids)} tiles in {rows} x {cols} cells)", valid)

@@ -436,3 +436,35 @@ def test_a_crossline_sorted_little_endian_ibm_volume_gives_the_same_salt(tmp_pat
             assert (v.sorting, v.header.endian, v.header.format) == (src.sorting, src.header.endian, 5)
             probs[name] = np.stack([v.line("inline", k) for k in range(3)])
     assert probs["a"].shape == (3, 101, 40) and np.array_equal(probs["a"], probs["b"])
+
+
+def test_mosaic_context_predicts_tiles_within_their_mosaic(tmp_path, capsys, model_path, synthetic_root):
+    """test.py --mosaic-context: a tile inside a mosaic gets its cell of the whole mosaic's prediction; a tile in
+    no mosaic keeps its own; the option without --mosaics is one line."""
+    from cli import test as test_cli
+    from datasets.synthetic import read_layout
+    from engine.section_context import context_probs
+    from engine.section_sources import mosaic_section
+    from tgs.mosaic import Mosaics
+
+    layout = read_layout(synthetic_root)
+    biggest = int(layout.groupby("section").size().idxmax())
+    inside = layout[layout["section"] == biggest].head(3)
+    lone = layout[layout["section"] != biggest].head(1)
+    keep = layout[layout["section"] == biggest]
+    Mosaics(keep["id"], keep["section"] * 0, keep["row"], keep["col"]).write(tmp_path / "mosaics.csv")
+    ids = np.concatenate([inside["id"], lone["id"]]).astype(str)
+    own = np.random.default_rng(0).random((4, 101, 101)).astype(np.float32)
+    predictor = engine_section.Predictor([model_path], torch.device("cpu"))
+    out = context_probs(ids, own, str(tmp_path / "mosaics.csv"), str(synthetic_root), predictor, log=lambda _: None)
+    whole = engine_section.predict_line(mosaic_section(str(tmp_path / "mosaics.csv"), 0, str(synthetic_root)).data,
+                                        predictor)
+    r0, c0 = keep["row"].min(), keep["col"].min()
+    for k, (row, col) in enumerate(zip(inside["row"], inside["col"])):
+        y, x = (row - r0) * 101, (col - c0) * 101
+        np.testing.assert_array_equal(out[k], whole[y:y + 101, x:x + 101])
+    np.testing.assert_array_equal(out[3], own[3])
+    code = test_cli.main([str(model_path), "--output-prefix", str(tmp_path / "p"), "--data-dir", str(synthetic_root),
+                          "--mosaic-context"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--mosaic-context" in err and "--mosaics" in err
