@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
     mr.add_argument("--mosaic-rules", type=rule_names, metavar="RULES",
                     help=f"comma-separated, of {','.join(RULES)}; none: no rule (default: --post-config's rules, "
                          "else none)")
+    mr.add_argument("--mosaic-context", action="store_true",
+                    help="predict the tiles inside a --mosaics mosaic within their whole mosaic (windows over it, "
+                         "cut back), not alone (docs/sections.md)")
     return p
 
 
@@ -113,10 +116,12 @@ def parse(argv=None):
     for out in (Outputs(args.output_prefix).csv, Outputs(args.output_prefix).npz):
         check_output(out, "--output-prefix", inputs, [args.data_dir])
     post, source = rule_setting(args)
+    if args.mosaic_context and not (args.mosaics and args.models):
+        raise UserError("--mosaic-context predicts with model files inside --mosaics CSV's mosaics: give both")
     return PredictOptions(
         output_prefix=args.output_prefix, post=post, post_source=source, models=tuple(args.models),
         from_probabilities=tuple(args.from_probabilities or ()), merge_oof=tuple(args.merge_oof or ()),
-        mosaics=args.mosaics, tta=args.tta,
+        mosaics=args.mosaics, mosaic_context=args.mosaic_context, tta=args.tta,
         split=args.split, data_dir=args.data_dir, data_fold=args.data_fold, folds_file=args.folds_file,
         device=args.device, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
         threads=args.threads, decode_threads=args.decode_threads, no_cache=args.no_cache, message=args.message)

@@ -41,6 +41,7 @@ class PredictOptions:
     from_probabilities: tuple = ()
     merge_oof: tuple = ()
     mosaics: str | None = None  # mosaics.csv: the layout the setting's mosaic rules use
+    mosaic_context: bool = False  # tiles inside a mosaic predicted with their neighbours (engine.section_context)
     tta: bool = False
     split: str = "test"
     data_dir: str | None = None
@@ -130,6 +131,18 @@ def predict_with_models(opts: PredictOptions, data: inference.ImageSet, device, 
     return probs, image_probs, names
 
 
+def with_context(opts: PredictOptions, data: inference.ImageSet, data_dir, device, probs, timer: inference.Timer):
+    """--mosaic-context: the tiles inside a mosaic predicted within it (engine.section_context)."""
+    from engine.section import Predictor
+    from engine.section_context import context_probs
+
+    t0 = time.perf_counter()
+    predictor = Predictor(opts.models, device, opts.batch_size, opts.amp, opts.channels_last)
+    out = context_probs(data.ids, probs, opts.mosaics, data_dir, predictor, log=logs.info)
+    timer.add("mosaic context", time.perf_counter() - t0)
+    return out
+
+
 def from_probabilities(opts: PredictOptions, timer: inference.Timer) -> tuple:
     t0 = time.perf_counter()
     data, mean = inference.saved_predictions(opts.from_probabilities, opts.data_dir or "data",
@@ -202,6 +215,8 @@ def run(opts: PredictOptions) -> int:
         data, data_dir, device = models_data(opts, timer)
         ctx = mosaic_context(opts, data_dir, data.ids)  # a bad mosaics file stops before the prediction
         probs, image_probs, names = predict_with_models(opts, data, device, timer)
+        if opts.mosaic_context:
+            probs = with_context(opts, data, data_dir, device, probs, timer)
     else:
         data, probs, image_probs, names = from_probabilities(opts, timer)
         ctx = mosaic_context(opts, opts.data_dir or "data", data.ids)

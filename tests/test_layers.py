@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"tgs": 0, "datasets": 1, "models": 1, "losses": 1, "engine": 2, "cli": 3}
-SCRIPTS = ("train", "swa", "test", "score", "ensemble", "report", "mosaic", "pseudo")
+SCRIPTS = ("train", "swa", "test", "score", "ensemble", "report", "mosaic", "pseudo", "section")
 for _name in SCRIPTS:
     FLOORS[_name] = 4
 
