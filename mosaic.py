@@ -3,7 +3,6 @@
 import sys
 
 import tgs.compat  # noqa: F401
-
 from cli.mosaic import main
 
 if __name__ == "__main__":

@@ -44,10 +44,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import tgs.compat  # noqa: F401  (before timm / torchvision)
-
 import torch  # noqa: E402
 
+import tgs.compat  # noqa: F401  (before timm / torchvision)
 from cli import test as test_cli  # noqa: E402
 from cli import train as train_cli  # noqa: E402
 from cli.common import ArgumentParser, integer  # noqa: E402
@@ -594,7 +593,8 @@ def main(argv=None) -> int:
         plan = Plan(device=device, batch_size=args.batch_size, images=args.images, test_images=args.test_images,
                     steps=args.steps, warmup=args.warmup, workers=args.workers,
                     model_flags=TINY if args.tiny else RECIPE,
-                    model_name=("tiny UNet (width 4, OC centre, pad 101->128, deep loss, 1 torch thread)" if args.tiny else
+                    model_name=("tiny UNet (width 4, OC centre, pad 101->128, deep loss, 1 torch thread)"
+                                if args.tiny else
                                 "SENet154 recipe (OC both, x2 input up-sampling, pad 101->128, deep loss)"),
                     tmp=Path(tmp), amp_ok=bf16_supported(device))
         print(header(plan, args.budget_s), flush=True)

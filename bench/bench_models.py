@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import tgs.compat  # noqa: F401  (before timm / torchvision)
-
 import torch  # noqa: E402
+
+import tgs.compat  # noqa: F401  (before timm / torchvision)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                             batch_size=args.batch_size, size=args.size, iters=args.iters, warmup=args.warmup,
                             threads=args.threads)
                 print(f"... {name} {dtype} channels_last={channels_last}", file=sys.stderr, flush=True)
-                proc = subprocess.run([sys.executable, "-m", "bench.bench_models", "--worker", json.dumps(spec)], cwd=ROOT,
+                proc = subprocess.run([sys.executable, "-m", "bench.bench_models", "--worker", json.dumps(spec)],
+                                      cwd=ROOT,
                                       capture_output=True, text=True)
                 result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
                 if proc.returncode or result is None:

@@ -40,7 +40,8 @@ def peak_mb() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="dataset folder in Kaggle's layout (default: generate --train + --test synthetic tiles)")
+    p.add_argument("--data", help="dataset folder in Kaggle's layout (default: generate --train + --test synthetic "
+                                  "tiles)")
     p.add_argument("--train", type=int, default=4000)
     p.add_argument("--test", type=int, default=18000)
     p.add_argument("--seed", type=int, default=0)

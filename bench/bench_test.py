@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import tgs.compat  # noqa: F401  (before timm / torchvision)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import tgs.compat  # noqa: F401  (before timm / torchvision)
 
 ROOT = Path(__file__).resolve().parents[1]
 

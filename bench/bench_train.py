@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import tgs.compat  # noqa: F401
 import torch  # noqa: E402
 
+import tgs.compat  # noqa: F401
 from cli import train as train_cli  # noqa: E402
 from datasets.synthetic import write_dataset  # noqa: E402
 from engine import distributed, trainer  # noqa: E402

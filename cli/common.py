@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from tgs import TILE
-from tgs.errors import UserError
 from tgs.cliargs import ArgumentParser, integer, probability  # noqa: F401  (re-exported for the cli modules)
+from tgs.errors import UserError
 
 
 def checked(name: str):

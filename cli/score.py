@@ -34,7 +34,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("submission", nargs="?", help="CSV with header id,rle_mask")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--truth", help="train.csv (id,rle_mask) or a folder of true mask PNGs")
-    mode.add_argument("--check", metavar="DATA", help="validate a test-set submission against DATA/sample_submission.csv")
+    mode.add_argument("--check", metavar="DATA",
+                      help="validate a test-set submission against DATA/sample_submission.csv")
     p.add_argument("--per-image", metavar="FILE", help="write id,score,iou per image to this CSV")
     p.add_argument("--subset", action="store_true",
                    help="score only the truth ids the submission has (e.g. one fold's validation images)")

@@ -7,7 +7,8 @@ from pathlib import Path
 from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_option, add_threads, doc_parts
 from tgs.errors import UserError, cli
 
-DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training images.
+DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training
+images.
 
     python swa.py --input runs/fold0/models --output runs/fold0_swa.pth
     python swa.py --input runs/fold0/models/snapshot-e049-fold0.pth runs/fold0/models/snapshot-e099-fold0.pth \\

@@ -5,8 +5,17 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from cli.common import (ArgumentParser, add_amp, add_decoding, add_device, add_option, add_postprocessing, add_threads,
-                        doc_parts, integer, post_setting)
+from cli.common import (
+    ArgumentParser,
+    add_amp,
+    add_decoding,
+    add_device,
+    add_option,
+    add_postprocessing,
+    add_threads,
+    doc_parts,
+    post_setting,
+)
 from tgs.errors import UserError, cli
 from tgs.io import check_output, require_file
 from tgs.mosaic_rules import RULES, parse_rules

@@ -11,13 +11,13 @@ batch, by :class:`tgs.inputs.InputSpec` (the one place that knows how an image e
 """
 from __future__ import annotations
 
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 
 import tgs.compat  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE, defines torchvision's schemas)
-import albumentations as A  # noqa: E402
-
 from tgs import TILE as SIZE
+
 GEOMETRIC_P = 0.125
 PHOTOMETRIC_P = 0.165
 REFLECT = cv2.BORDER_REFLECT_101

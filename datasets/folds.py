@@ -17,7 +17,6 @@ train-train neighbour pairs each kind of split (the consecutive chunks, stratifi
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -243,7 +242,6 @@ def crossing_pairs(ids: np.ndarray, folds: np.ndarray, mosaics: Mosaics) -> tupl
 @cli
 def main(argv=None) -> int:
     from datasets import kaggle
-
     from tgs.cliargs import SEED_MAX, ArgumentParser, integer
 
     p = ArgumentParser(description="Write a stratified k-fold split (by coverage class and depth).")

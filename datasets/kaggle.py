@@ -228,7 +228,8 @@ def load_train(root: str | os.PathLike, cache: bool = True, workers: int | None 
     if orphan:
         raise DataError(f"id {orphan[0]}: mask file {layout.train_masks / (orphan[0] + '.png')} has no image in "
                         f"{layout.train_images} ({len(orphan)} such masks)")
-    for found, folder, kind in ((images_found, layout.train_images, "image"), (masks_found, layout.train_masks, "mask")):
+    for found, folder, kind in ((images_found, layout.train_images, "image"),
+                                (masks_found, layout.train_masks, "mask")):
         missing = ids[~np.isin(ids, list(found))]
         if missing.size:
             raise DataError(f"id {missing[0]}: {kind} file {folder / (missing[0] + '.png')} is missing "

@@ -656,7 +656,8 @@ def size_histogram(mosaics: Mosaics, edges=(2, 3, 5, 10, 20, 50)) -> list[tuple[
 
 def build(data_dir: str | os.PathLike, out: str | os.PathLike, ratio: float | None = None, cache: bool = True) -> dict:
     """Assemble a dataset in Kaggle's layout (train and test images together) and write ``out/mosaics.csv`` and
-    ``out/pairs.csv`` as a pair (a failure, e.g. a full disk, leaves the previous pair intact); returns a summary (counts, shares, mosaic sizes)."""
+    ``out/pairs.csv`` as a pair (a failure, e.g. a full disk, leaves the previous pair intact); returns a summary
+    (counts, shares, mosaic sizes)."""
     train = kaggle.load_train(data_dir, cache=cache)
     test = kaggle.load_test(data_dir, cache=cache)
     ids = np.concatenate([train.ids, test.ids])

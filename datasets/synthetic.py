@@ -442,7 +442,6 @@ def _shape_masks(sections: Sections, tiles: np.ndarray, sec, y, x) -> np.ndarray
     shapes = sections.shapes
     if shapes.empty or not len(tiles):
         return out
-    c = sections.cells
     win = pd.DataFrame({"tile": np.arange(len(tiles)), "section": sec,
                         "wx0": x[:, 0, 0], "wy0": y[:, 0, 0]})
     pairs = win.merge(shapes, on="section")
@@ -456,7 +455,7 @@ def _shape_masks(sections: Sections, tiles: np.ndarray, sec, y, x) -> np.ndarray
         p = pairs[rank == k]
         b = p["tile"].to_numpy()
         yy, xx = y[b], x[b]
-        col = lambda name: p[name].to_numpy(np.float32)[:, None, None]  # noqa: E731
+        col = lambda name, p=p: p[name].to_numpy(np.float32)[:, None, None]  # noqa: E731
         x0, x1, top, bottom, curve = col("x0"), col("x1"), col("top"), col("bottom"), col("curve")
         half = (x1 - x0) / 2
         u = (xx - (x0 + half)) / half
@@ -596,14 +595,14 @@ def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int =
         tr = is_train[tiles]
         if tr.any():
             t = tiles[tr]
-            _write_pngs(out / "train" / "images", ids[t], images[tr], lambda i, x: image_png(t[i], x))
-            _write_pngs(out / "train" / "masks", ids[t], masks[tr], lambda i, x: mask_png(t[i], x))
+            _write_pngs(out / "train" / "images", ids[t], images[tr], lambda i, x, t=t: image_png(t[i], x))
+            _write_pngs(out / "train" / "masks", ids[t], masks[tr], lambda i, x, t=t: mask_png(t[i], x))
             train_rles += rle.encode(masks[tr])
             empty += int((~masks[tr].any(axis=(1, 2))).sum())
             salt_pixels += int(masks[tr].sum())
         if (~tr).any():
             t = tiles[~tr]
-            _write_pngs(out / "test" / "images", ids[t], images[~tr], lambda i, x: image_png(t[i], x))
+            _write_pngs(out / "test" / "images", ids[t], images[~tr], lambda i, x, t=t: image_png(t[i], x))
 
     train_ids, test_ids = ids[order[:n_train]], ids[order[n_train:]]
     with atomic_open(out / "train.csv", "w", newline="") as fh:

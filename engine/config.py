@@ -206,8 +206,10 @@ OptimOptions = _section(
 @dataclass(frozen=True)
 class RunOptions:
     log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/", run_only=True)
-    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True, repeated=False)
-    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)", repeated=False)
+    resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True,
+                             repeated=False)
+    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)",
+                          repeated=False)
     vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
     device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True)
     amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True)
@@ -296,28 +298,9 @@ def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
         if o.optional:
             return None
         bad("a value is required")
-    kind = o.kind
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        bad(f"{excerpt(value)} is not true or false")
-    if kind in ("int", "float"):
-        number_kind = kind
-        if text:
-            try:
-                value = int(value) if number_kind == "int" else float(value)
-            except ValueError:
-                bad(f"{excerpt(value)} is not {'an integer' if number_kind == 'int' else 'a number'}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                number_kind == "int" and not isinstance(value, int)):
-            bad(f"{excerpt(value)} is not {'an integer' if number_kind == 'int' else 'a number'}")
-        value = int(value) if number_kind == "int" else float(value)
-        if number_kind == "float" and not math.isfinite(value):
-            bad(f"{value} is not a finite number")
-    elif not isinstance(value, str):
-        bad(f"{excerpt(value)} is not a string")
-    elif kind == "path" and not value.strip():
-        bad("an empty path")
+    value = _typed(o, value, text, bad)
+    if o.kind == "bool":
+        return value
     if o.choices and value not in o.choices:
         bad(f"{excerpt(value)} is not one of {', '.join(map(str, o.choices))}")
     if o.low is not None and (value < o.low or (o.open_low and value == o.low)):
@@ -328,6 +311,34 @@ def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
         problem = o.check(value)
         if problem:
             bad(f"{excerpt(value)} {problem}")
+    return value
+
+
+def _typed(o: Option, value: Any, text: bool, bad: Callable[[str], None]) -> Any:
+    """``value`` as the option's kind (a command-line string converted, a file's value as it is), or ``bad``."""
+    kind = o.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            bad(f"{excerpt(value)} is not true or false")
+        return value
+    if kind in ("int", "float"):
+        what = "an integer" if kind == "int" else "a number"
+        if text:
+            try:
+                value = int(value) if kind == "int" else float(value)
+            except ValueError:
+                bad(f"{excerpt(value)} is not {what}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                kind == "int" and not isinstance(value, int)):
+            bad(f"{excerpt(value)} is not {what}")
+        value = int(value) if kind == "int" else float(value)
+        if kind == "float" and not math.isfinite(value):
+            bad(f"{value} is not a finite number")
+        return value
+    if not isinstance(value, str):
+        bad(f"{excerpt(value)} is not a string")
+    if kind == "path" and not value.strip():
+        bad("an empty path")
     return value
 
 

@@ -49,8 +49,8 @@ from submitit.helpers import Checkpointable
 from submitit.local.debug import DebugJob
 from submitit.local.local import LocalJob
 
-from tgs.registry import Registry
 from tgs.errors import UserError, excerpt, few
+from tgs.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]  # where the scripts are
 EXECUTORS = Registry("executor")  # filled below, next to each executor's builder

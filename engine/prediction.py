@@ -23,9 +23,9 @@ from engine import distributed, inference, logs
 from engine.config import TrainConfig
 from engine.layout import Outputs
 from tgs import metric, mosaic_rules, postprocess, runtime, submission
-from tgs.mosaic import Mosaics
 from tgs import probabilities as P
 from tgs.errors import UserError
+from tgs.mosaic import Mosaics
 
 COMPETITION = "tgs-salt-identification-challenge"
 

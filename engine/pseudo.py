@@ -19,9 +19,8 @@ import pandas as pd
 
 from datasets import kaggle
 from engine import logs
-from tgs import postprocess
+from tgs import postprocess, pseudo
 from tgs import probabilities as P
-from tgs import pseudo
 from tgs.errors import DataError, UserError, few
 from tgs.submission import match_ids
 

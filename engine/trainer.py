@@ -45,7 +45,7 @@ from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import FolderLock, atomic_open, check_output, input_hit, require_file
+from tgs.io import FolderLock, atomic_open, input_hit, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 
@@ -338,7 +338,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
     saver = CheckpointSaver(layout)
     ctx = Context(cfg, info, spec, model, core, criterion, optimizer, scheduler, scaler, train_set, loader, sampler,
                   train.images[va], train.masks[va], layout, saver, state, fingerprint, n_real=len(tr), pseudo=pseudo,
-                  lock=lock, folds_digest=folds.digest(d.folds_file))
+                  lock=lock, folds_digest=folds.digest(cfg.data.folds_file))
     if info.is_main:
         start_outputs(ctx, resume is not None)
     announce(ctx, len(va), resume is not None)

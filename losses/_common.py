@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+
 def final_logits(out: Any) -> torch.Tensor:
     """The final pixel logits: ``out`` itself when it is a tensor, ``out["logits"]`` when it is the model's dict."""
     if isinstance(out, torch.Tensor):

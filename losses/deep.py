@@ -29,8 +29,8 @@ import torch
 from losses._common import as_float, check_pair, float32_region
 from losses.base import Criterion, register_loss
 from losses.basic import bce_loss
-from tgs.options import Declared, Option
 from losses.lovasz import has_salt, lovasz_hinge_per_image, masked_mean
+from tgs.options import Declared, Option
 
 
 @register_loss(

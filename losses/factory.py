@@ -25,6 +25,7 @@ import losses.lovasz  # noqa: F401
 from losses.base import LOSSES, Criterion
 from tgs.errors import UserError
 
+
 class WeightedSum(Criterion):
     """``sum_i weight_i * term_i(out, target)``.
 

@@ -14,9 +14,17 @@ encoders) and returns ``{"logits": (N, 1, H, W), "aux": [(N, 1, H, W), ...], "im
 """
 import tgs.compat  # noqa: F401  (must run before the first timm / torchvision import)
 
-from .blocks import SKIP_MODES, OCBlock, SCSE, DecoderBlock, SelfAttention2d
-from .checkpoint import (FORMAT, FORMAT_VERSION, Loaded, load, model_from_checkpoint, read_checkpoint,
-                         save_checkpoint, unwrap_model)
+from .blocks import SCSE, SKIP_MODES, DecoderBlock, OCBlock, SelfAttention2d
+from .checkpoint import (
+                         FORMAT,
+                         FORMAT_VERSION,
+                         Loaded,
+                         load,
+                         model_from_checkpoint,
+                         read_checkpoint,
+                         save_checkpoint,
+                         unwrap_model,
+)
 from .config import ModelConfig
 from .encoders import ALIASES, ENCODERS, SCRATCH_ENCODERS, TimmEncoder, UNetEncoder, list_encoders, resolve_encoder
 from .pretrained import LoadReport, load_encoder_weights

@@ -4,19 +4,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any
 
 from tgs.errors import UserError
 
 from .blocks import SKIP_MODES
+
 
 @dataclass
 class ModelConfig:
     """Everything needed to build (and rebuild) a model. Defaults are the 9th-place recipe.
 
     encoder: a timm model name supporting ``features_only`` (``resnet34``, ``seresnext50_32x4d``, ``vgg16_bn``,
-        ``efficientnet_b0`` ...), a recipe alias (``senet154`` -> timm ``legacy_senet154``, see ``models.encoders.ENCODERS``) or a
-        from-scratch encoder (``unet``, ``unet_nopool``).
+        ``efficientnet_b0`` ...), a recipe alias (``senet154`` -> timm ``legacy_senet154``, see
+        ``models.encoders.ENCODERS``) or a from-scratch encoder (``unet``, ``unet_nopool``).
     pretrained: ``None`` (random init), ``"imagenet"`` (timm's weights, needs its hub or cache) or the path of a
         local state dict (timm or Cadene ``pretrainedmodels`` keys). Never stored in checkpoints (weights are).
     input_upsample: 1, or 2 to up-sample the input x2 (bilinear) before the encoder (the recipe: 128 -> 256).

@@ -11,15 +11,14 @@ import difflib
 import fnmatch
 import functools
 
-import tgs.compat  # noqa: F401  (before timm/torchvision; timm itself is imported when a timm encoder is asked for)
-
 import torch
 import torch.nn as nn
 
+import tgs.compat  # noqa: F401  (before timm/torchvision; timm itself is imported when a timm encoder is asked for)
 from tgs.errors import UserError
+from tgs.registry import Registry
 
 from .blocks import ConvBNReLU
-from tgs.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -2,12 +2,12 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import tgs.compat  # noqa: E402,F401  (before anything imports torchvision or timm)
-
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import tgs.compat  # noqa: E402,F401  (before anything imports torchvision or timm)
 
 
 @pytest.fixture(autouse=True)

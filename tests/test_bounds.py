@@ -166,7 +166,8 @@ def alias_bomb(levels: int = 9) -> str:
     """The "billion laughs": a list whose each item is a list of nine aliases of the item before (9**9 strings in
     ~600 bytes), as the value of a real option, so a reader that expands it reaches the check that formats it."""
     names = "abcdefghij"[:levels]
-    items = ["&a [x, x, x, x, x, x, x, x, x]"] + [f"&{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip(names, names[1:])]
+    items = ["&a [x, x, x, x, x, x, x, x, x]"]
+    items += [f"&{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip(names, names[1:])]
     return "comment: [\n  " + ",\n  ".join(items) + "]\n"
 
 

@@ -56,7 +56,6 @@ def test_atomic_open_keeps_old_file_on_failure(tmp_path):
 
 
 def test_torchvision_and_timm_import():
-    import tgs.compat
 
     import timm
     import torchvision  # noqa: F401

@@ -16,10 +16,10 @@ import torch
 import models
 from cli import swa as swa_cli
 from cli import test as test_cli
+from tests.tiny import TINY, TINY_MODEL
 from tgs.errors import UserError
 from tgs.inputs import InputSpec
 from tgs.io import atomic_paths
-from tests.tiny import TINY, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,6 @@ from losses import (
 from tgs.errors import UserError
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Reference: Berman's lovasz_hinge_flat (github.com/bermanmaxim/LovaszSoftmax), elu+1 instead of relu, one image
 # at a time in a Python loop.

@@ -7,10 +7,9 @@ import math
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 import models
-from models.blocks import DecoderBlock, OCBlock, SCSE, SelfAttention2d
+from models.blocks import SCSE, DecoderBlock, OCBlock, SelfAttention2d
 from tgs.errors import UserError
 
 SMALL = dict(center_channels=16, decoder_channels=8, fuse_channels=8, image_channels=8)
@@ -331,7 +330,7 @@ def test_pretrained_cadene_format_wrapped(tmp_path, caplog):
     full = timm.create_model("legacy_seresnet18")  # Cadene's se_resnet keys == timm legacy_* keys
     sd = full.state_dict()
     assert "last_linear.weight" in sd
-    for i, wrap in enumerate(["state_dict", "model"]):
+    for wrap in ["state_dict", "model"]:
         path = tmp_path / f"se_resnet18_{wrap}.pth"
         torch.save({wrap: {"module." + k: v for k, v in sd.items()}, "epoch": 3}, path)
         with caplog.at_level(logging.WARNING):

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
-
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,8 @@ def test_positions_are_keyed_exactly_whatever_their_size():
     nb = m.neighbours(m.ids)
     assert list(nb.right) == [1, -1, 3, -1, -1] and list(nb.left) == [-1, 0, -1, 2, -1]
     assert list(nb.up) == list(nb.down) == [-1] * 5
-    assert m.collisions().size == 0 and Mosaics(["a", "b"], [5, 5], [big, big], [3, 3]).collisions().tolist() == [[0, 1]]
+    assert m.collisions().size == 0
+    assert Mosaics(["a", "b"], [5, 5], [big, big], [3, 3]).collisions().tolist() == [[0, 1]]
 
 
 def test_pairs_file_errors(tmp_path):

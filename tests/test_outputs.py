@@ -19,8 +19,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from tgs.io import check_output, dataset_entry
 from tests.tiny import TINY
+from tgs.io import check_output, dataset_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 

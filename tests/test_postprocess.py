@@ -185,7 +185,8 @@ def test_search_scores_equal_apply_then_metric():
 def test_rules_ride_in_the_setting_and_its_file(tmp_path):
     p = PostProcess(threshold=0.4, rules=("fill-holes", "vertical"))
     assert p.rules == ("vertical", "fill-holes") and p != PostProcess(threshold=0.4)
-    assert "mosaic rules vertical, fill-holes" in p.describe() and p.flags().endswith("--mosaic-rules vertical,fill-holes")
+    assert "mosaic rules vertical, fill-holes" in p.describe()
+    assert p.flags().endswith("--mosaic-rules vertical,fill-holes")
     assert PostProcess().flags() == "--threshold 0.5 --min-area 0 --gate none"
     postprocess.save_setting(tmp_path / "on.json", p, {"score": 0.8})
     back, info = postprocess.load_setting(tmp_path / "on.json")

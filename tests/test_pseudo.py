@@ -14,12 +14,10 @@ from datasets import kaggle
 from datasets.torchdata import MixedBatchSampler
 from engine import distributed, trainer
 from engine import pseudo as engine_pseudo
-from tgs import TILE, postprocess
-from tgs import probabilities as P
-from tgs import pseudo
-from tgs.errors import DataError, UserError
 from tests.tiny import TINY
-
+from tgs import TILE, postprocess, pseudo
+from tgs import probabilities as P
+from tgs.errors import DataError, UserError
 
 
 # -- the rule ---------------------------------------------------------------------------------------------------

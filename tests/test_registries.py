@@ -129,7 +129,7 @@ def test_every_schedule_stays_positive_and_at_most_the_base_rate(name):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sch = schedulers.build(name, opt, base_lr=0.1)
     rates = []
-    for epoch in range(60):
+    for _ in range(60):
         rates.append(opt.param_groups[0]["lr"])
         opt.step()
         schedulers.step(sch, 0.5)

@@ -14,9 +14,9 @@ from cli import report as report_cli
 from cli import train
 from engine.report import runs as RUNS
 from engine.report import stats as R
+from tests.tiny import TINY
 from tgs import metric, probabilities, submission
 from tgs.probabilities import level_of as P_level_of
-from tests.tiny import TINY
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VALID_FILES = ("thresholds.png", "threshold-sweep.csv", "coverage.png", "coverage-bins.csv", "samples.png",
@@ -254,7 +254,6 @@ def test_nothing_to_report_is_one_line(tmp_path, capsys):
 
 def test_probabilities_report(tiny_run, tmp_path, capsys):
     data, run = tiny_run
-    from datasets import kaggle
 
     ids, masks = submission.read_truth(data / "train.csv")
     rng = np.random.default_rng(0)

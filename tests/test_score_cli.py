@@ -71,7 +71,8 @@ def test_check_test_submission(synthetic_root, tmp_path, run_score):
 
 
 def test_submission_tool_writes_baselines(synthetic_root, tmp_path):
-    assert submission.main(["--empty", "--ids", str(synthetic_root / "train.csv"), "--out", str(tmp_path / "e.csv")]) == 0
+    argv = ["--empty", "--ids", str(synthetic_root / "train.csv"), "--out", str(tmp_path / "e.csv")]
+    assert submission.main(argv) == 0
     df = pd.read_csv(tmp_path / "e.csv", dtype=str, keep_default_na=False)
     assert df.columns.tolist() == ["id", "rle_mask"] and (df["rle_mask"] == "").all()
     assert submission.main(["--masks", str(synthetic_root / "train/masks"), "--out", str(tmp_path / "p.csv")]) == 0

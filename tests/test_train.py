@@ -15,8 +15,8 @@ import models
 from cli import train as train_cli
 from engine import schedulers, trainer
 from engine.config import TrainConfig
-from tgs.errors import UserError
 from tests.tiny import TINY
+from tgs.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,8 @@ def test_synthetic_data_is_learnable(tmp_path):
     assert best > baseline + 0.1, (best, baseline)  # the sections of this round are harder: 0.13..0.15 above
 
 
-@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 is emulated on CPUs: slow
+# fp16 is emulated on CPUs: slow
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_amp_channels_last_accumulation_and_snapshots(tiny_data, tmp_path, amp):
     log = tmp_path / amp
     assert run_train(tiny_data, log, "--max-epochs", "2", "--amp", amp, "--channels-last",

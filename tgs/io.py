@@ -343,7 +343,7 @@ class Declared:
     """What a ``.npy`` member of an archive says it holds (read from its header, nothing decompressed)."""
 
     shape: tuple
-    dtype: "np.dtype"
+    dtype: object  # numpy.dtype (numpy is imported only where an archive is read)
 
     @property
     def nbytes(self) -> int:

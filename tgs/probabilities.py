@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from tgs import TILE
 from tgs.errors import DataError, UserError, excerpt
 from tgs.io import atomic_path, check_strings, read_npz
-from tgs import TILE
 
 IMAGE_SHAPE = (TILE, TILE)
 

@@ -2,8 +2,9 @@
 
 Each picture is a raster at one pixel per tile pixel, so it shows the seams as they are: the tile at (row, col)
 of a mosaic's bounding box fills ``[HEADER + row * 101, HEADER + (row + 1) * 101) x [col * 101, (col + 1) * 101)``;
-cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are outlined in :data:`TRUTH`, the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines
-coincide, :data:`BOTH`), and a tile that a rule changed gets a frame in the rule's colour (:data:`RULE_COLOURS`).
+cells without a tile are :data:`EMPTY_CELL`. The images are grey; the train masks are outlined in :data:`TRUTH`,
+the predicted masks (after the mosaic rules) in :data:`PREDICTED` (where both outlines coincide, :data:`BOTH`), and
+a tile that a rule changed gets a frame in the rule's colour (:data:`RULE_COLOURS`).
 A header band names the mosaic and the colours. The PNG is written atomically.
 """
 from __future__ import annotations

@@ -17,6 +17,7 @@ from engine.report.stats import BestEpochs, PixelCurves, SampleGroup, ThresholdS
 from tgs.io import atomic_open, atomic_path
 from tgs.probabilities import LEVELS, SCALE, level_of
 
+
 # -- drawing ------------------------------------------------------------------------------------------------------
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a figure as PNG atomically (temporary file in the same folder, then renamed)."""

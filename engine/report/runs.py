@@ -16,8 +16,17 @@ from engine.inference import UNSEEN, Ensemble, check_split
 from engine.layout import Outputs, RunLayout
 from engine.report.mosaics import Tiles, largest, pictures
 from engine.report.plots import plot_coverage, plot_learning_curves, plot_samples, plot_thresholds, write_csv
-from engine.report.stats import (as_levels, best_epochs, coverage_table, image_histograms, per_image, pixel_curves,
-                                 read_metrics, select_samples, threshold_sweep)
+from engine.report.stats import (
+    as_levels,
+    best_epochs,
+    coverage_table,
+    image_histograms,
+    per_image,
+    pixel_curves,
+    read_metrics,
+    select_samples,
+    threshold_sweep,
+)
 from engine.scoring import data_root, oof_groups
 from tgs import TILE, png, probabilities, submission
 from tgs.errors import DataError, UserError, few
@@ -25,6 +34,7 @@ from tgs.mosaic import Mosaics
 from tgs.mosaic_rules import RULES, apply_rules, parse_rules
 from tgs.mosaic_rules import Outcome as RulesOutcome
 from tgs.probabilities import level_of, quantize
+
 
 # -- one validation set, every report ---------------------------------------------------------------------------
 @dataclass
@@ -257,8 +267,9 @@ class MosaicInputs:
         lines, written = pictures(self.mosaics, tiles, count, lambda rank: out_dir / f"{prefix}-mosaic-{rank}.png",
                                   list(ruled.changed))
         outcome.written += written
+        ruled_line = ruled.line() if rules else "none"
         outcome.lines += [f"mosaics {self.path}: {len(self.mosaics)} tiles in {len(self.mosaics.sizes())} mosaics; "
-                          f"predictions above {threshold:.2f}, then the mosaic rules: {ruled.line() if rules else 'none'} "
+                          f"predictions above {threshold:.2f}, then the mosaic rules: {ruled_line} "
                           f"({'every train mask known' if split == 'test' else 'fold by fold, the fold unknown'})",
                           *lines]
         if not has_image.all():
