@@ -351,12 +351,11 @@ def check_pictures(source, opts: SectionOptions) -> SectionOptions:
             raise UserError("--inlines, --crosslines and --time-slices choose pictures of a 3D volume; "
                             f"{source.path} is a 2D section (its picture is section.png)")
         return opts
-    for flag, direction, chosen in (("--inlines", "inline", opts.inlines), ("--crosslines", "crossline",
-                                                                             opts.crosslines)):
+    for direction, chosen in (("inline", opts.inlines), ("crossline", opts.crosslines)):
         numbers = source.numbers(direction)
         for n in chosen:
             if n not in numbers:
-                raise UserError(f"{flag} {n}: {source.path} has {direction}s {numbers[0]} .. {numbers[-1]}")
+                raise UserError(f"--{direction}s {n}: {source.path} has {direction}s {numbers[0]} .. {numbers[-1]}")
     for k in opts.time_slices:
         if not 0 <= k < source.samples:
             raise UserError(f"--time-slices {k}: {source.path} has samples 0 .. {source.samples - 1}")

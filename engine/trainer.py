@@ -45,7 +45,7 @@ from engine.saver import CheckpointSaver
 from tgs import metric, runtime
 from tgs.errors import UserError, few
 from tgs.inputs import InputSpec
-from tgs.io import FolderLock, atomic_open, input_hit, require_file
+from tgs.io import FolderLock, atomic_open, check_output, input_hit, require_file
 
 KINDS = {"metric": operator.gt, "loss": operator.lt, "accuracy": operator.gt}  # "better than the best so far"
 
@@ -223,7 +223,7 @@ def announce(ctx: Context, n_valid: int, resumed: bool) -> None:
               f"{f'; resuming after epoch {ctx.state.epoch}' if resumed else ''}")
     if pseudo is not None:
         epochs = f"{p.pseudo_epochs} epoch{'s' if p.pseudo_epochs != 1 else ''}"
-        _, real, k = ctx.sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
+        _, real, k = ctx.train_sampler.shape(0)  # a fold smaller than a batch: the batch it fills, the share kept
         how = (f"{k} of every batch of {real + k}, weight {p.pseudo_weight:g}" if p.pseudo_schedule == "mix"
                else f"alone for {epochs}, then the real images alone")
         logs.info(f"pseudo-labels: {len(pseudo)} test images from {pseudo.path}, {how}")
@@ -309,6 +309,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Context:
         torch.backends.cudnn.benchmark = True
     if cfg.model.sync_bn and info.device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    check_output(cfg.run.log_dir, "--log-dir", run_inputs(cfg), [cfg.data.data_dir])
     layout = RunLayout(Path(cfg.run.log_dir), cfg.data.data_fold)
     spec = input_spec(cfg)
     criterion = build_criterion(cfg)

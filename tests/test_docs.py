@@ -13,7 +13,7 @@ from cli import reference
 ROOT = Path(__file__).resolve().parent.parent
 USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 HISTORY = ("this round", "this session", "last session", "earlier set", "lent to the sessions", "so far no",
-           "used to be", "we changed", "previous commit")
+           "used to be", "we changed", "previous commit", "previous matcher", "the old code")
 
 
 def test_readme_is_a_front_door():

@@ -92,8 +92,8 @@ def test_one_command_then_skip_then_resume(tiny_data, tmp_path, calls, capsys):
                               ("swa", "resize/fold1"), ("predict", "oof/fold0"), ("predict", "oof/fold1"),
                               ("predict", "oof"), ("search", "search"), ("predict", "test"), ("check", "check")]
     cfg = calls[0][1]
-    assert (cfg.data.data_dir, cfg.data.data_fold, cfg.run.log_dir, cfg.data.input_size, cfg.data.resize) == (
-        str(tiny_data), "fold0", str(run / "resize" / "fold0"), 32, True)
+    assert (cfg.data.data_dir, cfg.data.data_fold, cfg.run.log_dir, cfg.data.input_size, cfg.data.mode) == (
+        str(tiny_data), "fold0", str(run / "resize" / "fold0"), 32, "resize")
     assert cfg.optim.max_epochs == 1 and cfg.model.basenet == "unet"  # the pass-through options
     assert cfg.run.resume is None
     for fold in ("fold0", "fold1"):
@@ -653,8 +653,8 @@ def test_a_pseudo_round_with_fold_labels_is_honest_and_resumable(tiny_data, tmp_
     for r, folder in ((0, run), (1, run / "round1")):  # the default setting's score, then the nested estimate
         default, nested = map(float, re.search(rf"round {r}: (\d\.\d+)  (\d\.\d+)", out).groups())
         info = json.loads((folder / "postprocess.json").read_text())
-        assert nested == pytest.approx(info.default_score + info.chosen_held_out_gain, abs=2e-6)
-        assert default == pytest.approx(info.default_score, abs=2e-6)  # the search scored the same images
+        assert nested == pytest.approx(info["default_score"] + info["chosen_held_out_gain"], abs=2e-6)
+        assert default == pytest.approx(info["default_score"], abs=2e-6)  # the search scored the same images
     # a rerun resumes inside the rounds: every fold of both rounds is finished and skipped, and so is what was made
     # from them (predictions, search, submission, labels)
     labels = {f: (run / "pseudo" / f"{f}-labels.npz").read_bytes() for f in ("fold0", "fold1")}

@@ -19,7 +19,7 @@ STEP = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); ti
 
 def _hold(folder: str) -> None:
     """A job function: one step (a real subprocess) that writes its pid and sleeps."""
-    jobs.run_step(jobs.Step("train", (), ("-c", STEP, str(Path(folder) / "step.pid"))), "fold0",
+    jobs.run_step(jobs.Step("train", folder, ("-c", STEP, str(Path(folder) / "step.pid"))), "fold0",
                   Path(folder) / "fold0.log", None, False)
 
 

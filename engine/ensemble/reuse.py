@@ -7,7 +7,7 @@ mosaics, the predictions it was chosen from) and of the options that change its 
 every output exists and the record equals the one of what is asked now; otherwise it is made again. A fold's
 trained models are the one output that remaking would lose: their own checkpoints record the data, the folds file,
 the pseudo-labels and the options (:class:`FoldReuse`), and a fold made from other ones stops the run with one line
-unless ``overwrite``. docs/promises-reuse.md lists the digests.
+unless ``overwrite``. docs/promises.md lists the digests.
 """
 from __future__ import annotations
 
