@@ -58,8 +58,9 @@ pseudo-labels) records the digests of what made it and is made again when they d
 that fails is submitted again (resuming from the fold's last checkpoint) up to --max-retries times, unless a step
 refused its input (exit code 2); a job pre-empted or stopped at its time limit is requeued by submitit (failures
 and time limits share the --max-retries budget: a fold starts at most --max-retries + 1 times). A fold that fails
-for good, Ctrl-C or a SIGTERM stops every running fold (each resumes next time). On a terminal a progress bar shows folds done, each running fold's step and the time left;
-elsewhere one status line is printed per finished fold. Job files (submitit's pickles and logs) go to RUN/jobs/.
+for good, Ctrl-C or a SIGTERM stops every running fold (each resumes next time). On a terminal a progress bar
+shows folds done, each running fold's step and the time left; elsewhere one status line is printed per finished
+fold. Job files (submitit's pickles and logs) go to RUN/jobs/.
 
 Self-training (--pseudo-rounds K, the 1st place's rounds): after a round has predicted the test set, pseudo-labels
 are chosen from its confident test predictions (pseudo.py's rule: --pseudo-confidence, --pseudo-lo/--pseudo-hi,
