@@ -205,10 +205,8 @@ def build_parser() -> ArgumentParser:
     j.add_argument("--mosaic-folds", action="store_true",
                    help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
                         "so no validation tile has a training neighbour")
-    from cli.pseudo import cap, share
-    from tgs.pseudo import Rule
+    from cli.pseudo import add_rule
 
-    d = Rule()
     s = p.add_argument_group("self-training (pseudo-labels from the test predictions, the 1st place's rounds)")
     s.add_argument("--pseudo-rounds", type=integer(0, MAX_ROUNDS), default=0,
                    help=f"rounds after the first (at most {MAX_ROUNDS}): each trains every fold again with "
@@ -218,12 +216,7 @@ def build_parser() -> ArgumentParser:
                    help="fold (default): fold k's next labels come from fold k's own models only, so its "
                         "out-of-fold score stays honest; ensemble: from the whole ensemble (the 1st place's way; "
                         "the out-of-fold score is then optimistic, and the summary says so)")
-    s.add_argument("--pseudo-confidence", type=share, default=d.min_confidence,
-                   help=f"keep test images with at least this share of sure pixels (default {d.min_confidence:g})")
-    s.add_argument("--pseudo-lo", type=share, default=d.lo, help=f"sure background below this (default {d.lo:g})")
-    s.add_argument("--pseudo-hi", type=share, default=d.hi, help=f"sure salt above this (default {d.hi:g})")
-    s.add_argument("--pseudo-cap", type=cap, action="append", default=[], metavar="BIN=SHARE",
-                   help="keep at most SHARE of the kept images of a predicted-coverage bin (e.g. empty=0.5)")
+    add_rule(s, "pseudo-")  # pseudo.py's rule, declared once (cli/pseudo.py)
     for name in ("fraction", "weight", "schedule", "epochs"):
         s.add_argument(f"--pseudo-{name}", help=f"train.py's --pseudo-{name} in the rounds that train with "
                                                 "pseudo-labels (default: train.py's)")
@@ -372,7 +365,7 @@ def parse(argv=None):
     predict, post_config, post = test_options(shlex.split(a.test_args))
     swa = swa_options(shlex.split(a.swa_args))
     slurm = slurm_settings(a, shared.get("device"))
-    from tgs.pseudo import Rule
+    from cli.pseudo import rule_of
 
     opts = EnsembleOptions(
         data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, train=train, modes=modes, folds_file=a.folds_file,
@@ -380,7 +373,7 @@ def parse(argv=None):
         post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
         overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
         mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
-        pseudo_rule=Rule(a.pseudo_lo, a.pseudo_hi, a.pseudo_confidence, tuple(a.pseudo_cap)),
+        pseudo_rule=rule_of(a, "pseudo-"),
         pseudo_train=pseudo_train(a))
     if a.mosaic_folds and not a.mosaics:
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")

@@ -38,10 +38,36 @@ def cap(text: str) -> tuple[str, float]:
     return name, share(value)
 
 
-def build_parser() -> ArgumentParser:
+def add_rule(group, prefix: str = "") -> None:
+    """The pseudo-label rule's options (tgs.pseudo.Rule), declared once: pseudo.py takes them as they are,
+    ensemble.py with the prefix ``pseudo-`` (``--pseudo-lo``; its ``--pseudo-confidence`` is
+    ``--pseudo-min-confidence``). Each lands in ``args.<prefix>NAME`` with ``-`` as ``_``."""
     from tgs.pseudo import Rule
 
     d = Rule()
+
+    def add(name: str, *aliases: str, **kw) -> None:
+        flags = [f"--{prefix}{name}", *(f"--{prefix}{a}" for a in aliases)]
+        group.add_argument(*flags, dest=f"{prefix}{name}".replace("-", "_"), **kw)
+
+    add("lo", type=share, default=d.lo, help=f"a pixel is sure background below this (default {d.lo:g})")
+    add("hi", type=share, default=d.hi, help=f"a pixel is sure salt above this (default {d.hi:g})")
+    add("min-confidence", *(("confidence",) if prefix else ()), type=share, default=d.min_confidence,
+        help=f"keep images with at least this share of sure pixels (default {d.min_confidence:g})")
+    add("cap", type=cap, action="append", default=[], metavar="BIN=SHARE",
+        help="keep at most SHARE of the kept images of a predicted-coverage bin, the most confident (e.g. "
+             "empty=0.5; repeat for several bins)")
+
+
+def rule_of(a: argparse.Namespace, prefix: str = ""):
+    """The tgs.pseudo.Rule the options of :func:`add_rule` give."""
+    from tgs.pseudo import Rule
+
+    get = lambda name: getattr(a, f"{prefix}{name}".replace("-", "_"))  # noqa: E731
+    return Rule(get("lo"), get("hi"), get("min-confidence"), tuple(get("cap")))
+
+
+def build_parser() -> ArgumentParser:
     description, epilog = doc_parts(DOC)
     p = ArgumentParser(prog="pseudo.py", description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,14 +76,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", default="data", help="the dataset in Kaggle's layout (default: data)")
     p.add_argument("--out", required=True, metavar="NPZ", help="the pseudo-labels file to write (e.g. "
                                                                "RUN/pseudo-labels.npz)")
-    r = p.add_argument_group("the rule")
-    r.add_argument("--lo", type=share, default=d.lo, help=f"a pixel is sure background below this (default {d.lo:g})")
-    r.add_argument("--hi", type=share, default=d.hi, help=f"a pixel is sure salt above this (default {d.hi:g})")
-    r.add_argument("--min-confidence", type=share, default=d.min_confidence,
-                   help=f"keep images with at least this share of sure pixels (default {d.min_confidence:g})")
-    r.add_argument("--cap", type=cap, action="append", default=[], metavar="BIN=SHARE",
-                   help="keep at most SHARE of the kept images of a predicted-coverage bin, the most confident "
-                        "(e.g. empty=0.5; repeat for several bins)")
+    add_rule(p.add_argument_group("the rule"))
     add_decoding(p)
     add_postprocessing(p)
     p.add_argument("--mosaics", metavar="CSV",
@@ -68,8 +87,6 @@ def build_parser() -> ArgumentParser:
 def parse(argv=None) -> dict:
     from pathlib import Path
 
-    from tgs.pseudo import Rule
-
     args = build_parser().parse_args(argv)
     if not Path(args.probabilities).is_file():
         raise UserError(f"--probabilities {args.probabilities} does not exist")
@@ -78,7 +95,7 @@ def parse(argv=None) -> dict:
     check_output(args.out, "--out", {"--probabilities": args.probabilities, "--mosaics": args.mosaics,
                                      "--post-config": args.post_config}, [args.data_dir])
     post, source = post_setting(args)
-    rule = Rule(args.lo, args.hi, args.min_confidence, tuple(args.cap))
+    rule = rule_of(args)
     return dict(probabilities=args.probabilities, data_dir=args.data_dir, out=args.out, post=post, rule=rule,
                 post_source=source, cache=not args.no_cache, workers=args.decode_threads or None,
                 mosaics=args.mosaics)
