@@ -36,7 +36,6 @@ FORMAT_NAMES = {1: "IBM float", 2: "int32", 3: "int16", 4: "fixed point with gai
                 6: "IEEE double", 7: "int24", 8: "int8", 9: "int64", 10: "uint32", 11: "uint16", 12: "uint64",
                 15: "uint24", 16: "uint8"}
 IEEE_FLOAT = 5
-DIRECTIONS = ("inline", "crossline")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,16 @@ def synthetic_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny synthetic dataset (40 train, 8 test tiles) for tests that train, shared read-only by the session."""
+    from datasets.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("tinydata")
+    write_dataset(root, n_train=40, n_test=8, seed=3)
+    return root
+
+
 @pytest.fixture
 def data_copy(synthetic_root, tmp_path):
     """A private, writable copy of the synthetic dataset (for tests that damage it)."""

@@ -31,15 +31,6 @@ from tgs import postprocess, pseudo
 from tgs import probabilities as P
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from datasets.synthetic import write_dataset
-
-    root = tmp_path_factory.mktemp("ensdata")
-    write_dataset(root, n_train=40, n_test=8, seed=5)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()

@@ -24,13 +24,9 @@ from tgs.io import atomic_paths
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from datasets.synthetic import write_dataset
-
-    root = tmp_path_factory.mktemp("faultdata")
-    write_dataset(root, n_train=40, n_test=8, seed=4)
-    return root
+@pytest.fixture
+def data(tiny_data):
+    return tiny_data
 
 
 def limited(limit_bytes: int):

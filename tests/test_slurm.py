@@ -105,11 +105,12 @@ def _main():
     from cli import ensemble as ensemble_cli
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    from engine.ensemble import options, training
+    from engine.ensemble import options, steps, training
 
     training.RUNNER = _stand_in
+    steps.run_here = lambda step, label, log, dry=False: None  # the ensemble's own steps: not what is tested here
     options.POLL_S["slurm"] = 1.0
-    sys.exit(ensemble_cli.main(sys.argv[1:]))
+    sys.exit(ensemble_cli.main(["--default-post", *sys.argv[1:]]))  # no search ran: the defaults
 
 
 # -- the harness -----------------------------------------------------------------------------------------------------

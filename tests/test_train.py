@@ -21,15 +21,6 @@ from tgs.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from datasets.synthetic import write_dataset
-
-    root = tmp_path_factory.mktemp("tinydata")
-    write_dataset(root, n_train=40, n_test=8, seed=3)
-    return root
-
-
 def run_train(data, log_dir, *extra):
     return train_cli.main(["--data-dir", str(data), "--log-dir", str(log_dir), *TINY, *extra])
 
@@ -210,13 +201,13 @@ def test_synthetic_data_is_learnable(tmp_path):
     assert train_cli.main(["--data-dir", str(data), "--log-dir", str(log), "--basenet", "unet", "--encoder-width", "8",
                        "--decoder-channels", "16", "--center-channels", "32", "--input-upsample", "1", "--oc", "center",
                        "--resize", "--input-size", "64", "--batch-size", "16", "--learning-rate", "3e-3",
-                       "--warmup-epochs", "2", "--max-epochs", "6", "--dataload-workers-nums", "0",
+                       "--warmup-epochs", "2", "--max-epochs", "10", "--dataload-workers-nums", "0",
                        "--device", "cpu", "--data-fold", "fold01"]) == 0
     cfg = train_cli.parse(["--data-dir", str(data), "--data-fold", "fold01"])
     train_set, _, va = trainer.load_split(cfg)
     baseline = (~train_set.masks[va].any(axis=(1, 2))).mean()  # the all-empty prediction's score
     best = pd.read_csv(log / "metrics.csv")["val_metric"].max()
-    assert best > baseline + 0.1, (best, baseline)  # the sections of this round are harder: 0.13..0.15 above
+    assert best > baseline + 0.1, (best, baseline)  # the harder sections: about 0.08 above after 6 epochs
 
 
 # fp16 is emulated on CPUs: slow
