@@ -72,26 +72,16 @@ def child(args) -> int:
     import io
     from contextlib import redirect_stdout
 
-    import models
-    from bench.bench_test import TimedModel
+    from bench.bench_test import timed_models
     from engine import section
 
-    timed = []
-    real_load = models.load
-
-    def load(path, device="cpu"):
-        loaded = real_load(path, device)
-        loaded.model = TimedModel(loaded.model)
-        timed.append(loaded.model)
-        return loaded
-
-    models.load = load
     opts = section.SectionOptions(models=(args.child[0],), input=args.child[1], out=args.child[2], device="cpu",
                                   threads=args.threads, batch_size=args.batch_size)
-    t0 = time.perf_counter()
-    with redirect_stdout(io.StringIO()):
-        section.run(opts)
-    seconds = time.perf_counter() - t0
+    with timed_models() as timed:
+        t0 = time.perf_counter()
+        with redirect_stdout(io.StringIO()):
+            section.run(opts)
+        seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "model_seconds": sum(m.seconds for m in timed),
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return 0

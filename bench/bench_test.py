@@ -24,6 +24,7 @@ Targets: overhead at most 15%; peak memory with many models at most 1.2x the one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -132,16 +133,13 @@ class TimedModel(torch.nn.Module):
         return out
 
 
-def in_process(model_paths, data: Path, prefix: Path, args) -> tuple[float, float]:
-    """(total seconds of test.py's main(), seconds spent in the model's forward calls) from one run."""
-    import io
-    from contextlib import redirect_stdout
-
+@contextlib.contextmanager
+def timed_models():
+    """While inside: every ``models.load`` wraps its model in :class:`TimedModel`; yields the list of them (their
+    ``seconds`` summed is the time spent in the models' forward calls)."""
     import models
-    from cli import test as script
 
-    timed = []
-    real_load = models.load
+    timed, real_load = [], models.load
 
     def load(path, device="cpu"):
         loaded = real_load(path, device)
@@ -151,14 +149,25 @@ def in_process(model_paths, data: Path, prefix: Path, args) -> tuple[float, floa
 
     models.load = load
     try:
+        yield timed
+    finally:
+        models.load = real_load
+
+
+def in_process(model_paths, data: Path, prefix: Path, args) -> tuple[float, float]:
+    """(total seconds of test.py's main(), seconds spent in the model's forward calls) from one run."""
+    import io
+    from contextlib import redirect_stdout
+
+    from cli import test as script
+
+    with timed_models() as timed:
         argv = ["--tta", *map(str, model_paths), "--data-dir", str(data), "--output-prefix", str(prefix),
                 "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
         t0 = time.perf_counter()
         with redirect_stdout(io.StringIO()):
             code = script.main(argv)
         total = time.perf_counter() - t0
-    finally:
-        models.load = real_load
     if code != 0:
         sys.exit("test.py failed in-process")
     return total, sum(m.seconds for m in timed)
