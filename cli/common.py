@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from tgs import TILE
-from tgs.cliargs import ArgumentParser, integer, probability  # noqa: F401  (re-exported for the cli modules)
+from tgs.cliargs import ArgumentParser, integer, number, probability, share  # noqa: F401  (re-exported for the cli modules)
 from tgs.errors import UserError
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, add_decoding, add_postprocessing, doc_parts, post_setting
+from cli.common import ArgumentParser, add_decoding, add_postprocessing, doc_parts, post_setting, share
 from tgs.errors import UserError, cli
 
 DOC = """Choose pseudo-labels among the test images from saved test predictions, and write them for train.py.
@@ -17,17 +17,6 @@ is not flat (one value everywhere); --cap BIN=SHARE keeps at most that share of 
 coverage is in BIN (empty, <1%, 1-10%, 10-50%, >50%), the most confident first. The labels are the
 post-processed masks (tgs/postprocess.py; the same flags as test.py). The file (tgs/pseudo.py) holds the ids,
 masks, confidences and where they came from."""
-
-
-def share(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
-    return value
 
 
 def cap(text: str) -> tuple[str, float]:

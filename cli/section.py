@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from cli.common import (
@@ -13,6 +12,7 @@ from cli.common import (
     add_threads,
     doc_parts,
     integer,
+    number,
     post_setting,
 )
 from tgs import TILE
@@ -40,34 +40,8 @@ its middle inline). The pictures show the probability in red over the grey ampli
 yellow."""
 
 
-def positive_float(low: float, high: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and low < value <= high):
-            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}], got {text}")
-        return value
-
-    return parse
-
-
-def finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def percentile(text: str) -> float:
-    value = finite(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100], got {text}")
-    return value
+finite = number()  # any finite number (an amplitude)
+percentile = number(0.0, 100.0)
 
 
 def build_parser() -> ArgumentParser:
@@ -88,7 +62,7 @@ def build_parser() -> ArgumentParser:
                    help="percentiles of the sampled amplitudes that become 0 and 255 (default 1 99)")
     g.add_argument("--clip-traces", type=integer(1, 100_000), default=500,
                    help="traces sampled (evenly over the file) for the percentiles (default 500)")
-    g.add_argument("--scale", type=positive_float(0.0, 16.0), default=1.0,
+    g.add_argument("--scale", type=number(0.0, 16.0, open_low=True), default=1.0,
                    help="resample the section by this factor before tiling (e.g. 0.5 halves it; default 1)")
     g.add_argument("--overlap", type=integer(0, TILE - 1), default=TILE // 2,
                    help=f"pixels shared by neighbouring windows (default {TILE // 2}, half a tile)")

@@ -3,6 +3,7 @@ types. (The options several scripts share are in ``cli/common.py``.)"""
 from __future__ import annotations
 
 import argparse
+import math
 
 from tgs.errors import UserError, excerpt
 
@@ -34,12 +35,26 @@ def integer(low: int | None = None, high: int | None = None):
     return parse
 
 
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
-    return value
+def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False):
+    """An argparse type: a finite number within ``low`` .. ``high`` (inclusive unless ``open_low``/``open_high``);
+    a value outside is said with the range as ``[0, 1)`` or ``(0, 16]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        below = low is not None and (value < low or (open_low and value == low))
+        above = high is not None and (value > high or (open_high and value == high))
+        if below or above:
+            left, right = "(" if open_low else "[", ")" if open_high else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {value:g}")
+        return value
+
+    return parse
+
+
+probability = number(0.0, 1.0, open_high=True)  # [0, 1): a threshold
+share = number(0.0, 1.0)  # [0, 1]: a share of pixels or images
