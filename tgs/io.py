@@ -339,7 +339,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
-class Declared:
+class NpyHeader:
     """What a ``.npy`` member of an archive says it holds (read from its header, nothing decompressed)."""
 
     shape: tuple
@@ -354,7 +354,7 @@ MAX_TILES = 2_000_000  # tiles of one data set at most: datasets.synthetic makes
 MAX_CHARS = 4096  # characters of one string of a saved file (an id, a model's path, a provenance record)
 
 
-def check_strings(path, name: str, declared: "Declared", ndim: int, most: int = MAX_TILES) -> int:
+def check_strings(path, name: str, declared: "NpyHeader", ndim: int, most: int = MAX_TILES) -> int:
     """A declared string array (``ndim`` 1) or string (0): the right kind, at most ``most`` strings of at most
     :data:`MAX_CHARS` characters; returns how many. A DataError naming the file and the array otherwise."""
     from tgs.errors import DataError
@@ -369,7 +369,7 @@ def check_strings(path, name: str, declared: "Declared", ndim: int, most: int = 
     return count
 
 
-def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, Declared]:
+def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, NpyHeader]:
     """The declared shape and dtype of the arrays ``names`` of the ``.npz`` ``path``, from each member's ``.npy``
     header alone; a member whose size in the archive's directory disagrees with its header (a lie that would make
     numpy allocate the header's size first), an object array (a pickle), a missing array or a damaged header is
@@ -394,7 +394,7 @@ def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, Decla
             if dtype.hasobject:
                 raise DataError(f"{path} holds an object array (pickled data), refused: {what}s hold plain arrays "
                                 "only")
-            out[name] = Declared(tuple(shape), dtype)
+            out[name] = NpyHeader(tuple(shape), dtype)
             if info.file_size != header + out[name].nbytes:
                 raise DataError(f"{path} is not a readable .npz {what}: corrupt ({name!r} declares {dtype} "
                                 f"{tuple(shape)} but its member holds {info.file_size} bytes)")
@@ -402,7 +402,7 @@ def npz_declared(path: Path, names: Sequence[str], what: str) -> dict[str, Decla
 
 
 def read_npz(path: str | os.PathLike, names: Sequence[str], what: str,
-             check: Callable[[dict[str, Declared]], None] | None = None) -> dict:
+             check: Callable[[dict[str, NpyHeader]], None] | None = None) -> dict:
     """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle (``allow_pickle=False``).
 
     Nothing is decompressed before every member's declared shape and dtype (:func:`npz_declared`) passed
