@@ -230,14 +230,15 @@ class PseudoOptions:
     pseudo_labels: str | None = opt(None, "path", "a pseudo-labels.npz (pseudo.py) of this data set's test images "
                                                   "to train on as well", optional=True, resumable=True)
     pseudo_fraction: float = opt(0.25, "float", "mix: the share F of each batch drawn from the pseudo-labels "
-                                                "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True)
+                                                "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True,
+                                 used_with=("pseudo_schedule", ("mix",)))
     pseudo_weight: float = opt(1.0, "float", "mix: weight W of a pseudo-labelled image in the batch's loss (a real "
-                                             "image weighs 1)", low=0.0)
+                                             "image weighs 1)", low=0.0, used_with=("pseudo_schedule", ("mix",)))
     pseudo_schedule: str = opt("mix", "choice", "mix: every batch carries the share; pretrain: --pseudo-epochs on "
                                                 "the pseudo-labels alone, then the real images alone",
                                choices=PSEUDO_SCHEDULES)
     pseudo_epochs: int = opt(0, "int", "pretrain: epochs N on the pseudo-labels alone (counted in --max-epochs)",
-                             low=0)
+                             low=0, used_with=("pseudo_schedule", ("pretrain",)))
 
     def per_batch(self, batch_size: int) -> int:
         """Pseudo images in a mixed batch of ``batch_size``: ``F x batch_size`` rounded half up."""
@@ -350,8 +351,8 @@ def _used_only_with() -> dict[str, tuple[str, tuple[str, ...]]]:
                           ("lr_scheduler", schedulers.SCHEDULES)):
         for d in _gathered(registry):
             out[d.name] = (key, tuple(e.name for e in registry.entries() if d in e.options))
-    out.update({"pseudo_fraction": ("pseudo_schedule", ("mix",)), "pseudo_weight": ("pseudo_schedule", ("mix",)),
-                "pseudo_epochs": ("pseudo_schedule", ("pretrain",))})
+    out.update({name: f.metadata["option"].used_with for name, (_, f) in options().items()
+                if f.metadata["option"].used_with})
     return out
 
 

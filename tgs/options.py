@@ -32,6 +32,7 @@ class Option:
     run_only: bool = False
     resumable: bool = False
     repeated: bool = True
+    used_with: tuple = ()  # (the deciding option, the values that use this one); registry entries' are derived
 
 
 @dataclass(frozen=True)
