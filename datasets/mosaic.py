@@ -46,44 +46,46 @@ FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) i
 EXTRAPOLATE = 1.0  # each side's edge line is carried this many lines across the seam along its last step
 NEIGHBOURS = 4  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.002  # the ratio threshold lets through this share of the null queries (edges without a partner)
-RATIO_RANGE = (0.5, 0.75)  # the calibrated threshold is clipped to this range (small sets give few null queries)
+RATIO_RANGE = (0.5, 0.8)  # the calibrated threshold is clipped to this range (small sets give few null queries)
 NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
-NULL_QUERIES = 8000  # at most this many null queries per seam direction (evenly spaced over the edges)
+NULL_QUERIES = 2000  # null queries per cut and seam direction: at most this many tiles, evenly spaced
+# the null queries' cut positions, lines in from the edge; not half way: some Kaggle tiles overlap by half a tile,
+# and a cut there would find them
+NULL_CUTS = (20, 30, 40, 60, 70, 80)
 FIT_RANK = 4  # tiles side by side without a pair must be among each other's FIT_RANK nearest candidates
 GROW_ROUNDS = 30  # growing stops earlier when a round places nothing
 
 
 @dataclass(frozen=True)
 class Seam:
-    """One seam direction: tile a's side ``first`` touches tile b's side ``second`` (LR: a's right, b's left), and
-    the smoothness conditions across it.
-
-    A condition has six coefficients over the lines in space order: a's three lines ending at the seam, then b's
-    three lines starting at it (for LR: a's columns 98, 99, 100, b's columns 0, 1, 2)."""
+    """One seam direction: tile a's side ``first`` touches tile b's side ``second`` (LR: a's right, b's left);
+    ``axis`` is the image axis that crosses the seam (2: columns for LR, 1: rows for TB)."""
 
     rel: str
     first: str  # a's side: "right" or "bottom"
     second: str  # b's side: "left" or "top"
-    conditions: tuple[tuple[float, ...], ...]
+    axis: int
 
 
-SMOOTH = 1.0  # Gaussian sigma (pixels) along the edge for the smoothness conditions (not for the extrapolation)
-SEAMS = {  # LR: a third difference (sediment varies slowly sideways); TB: two fourth differences (layers vary fast)
-    "LR": Seam("LR", "right", "left", ((0, -1, 3, -3, 1, 0),)),
-    "TB": Seam("TB", "bottom", "top", ((1, -4, 6, -4, 1, 0), (0, 1, -4, 6, -4, 1))),
-}
+SEAMS = {"LR": Seam("LR", "right", "left", 2), "TB": Seam("TB", "bottom", "top", 1)}
+LINES = 4  # lines of each side that the seam filters read, from the edge inward
+TAPS = 5  # pixels along the edge that one filter response reads
+FILTERS = 3  # seam filters kept per direction (the most selective ones)
+LEARN_TILES = 4000  # at most this many tiles (evenly spaced) are cut in half to learn the filters
+CUT = 50  # the tiles are cut in half after this many lines
+STRIDE = 2  # responses kept every STRIDE pixels along the edge (neighbouring responses share most of their taps)
 
 
 def edge_lines(images: np.ndarray, side: str, offsets=(0, 1)) -> np.ndarray:
-    """Lines of each image parallel to a side, at ``offsets`` from the edge inward: (N, len(offsets), 101) float32."""
+    """Lines of each image parallel to a side, at ``offsets`` from the edge inward: (N, len(offsets), width)
+    float32."""
     o = np.asarray(offsets)
-    last = images.shape[1] - 1
     if side == "right":
-        lines = images[:, :, last - o].transpose(0, 2, 1)
+        lines = images[:, :, images.shape[2] - 1 - o].transpose(0, 2, 1)
     elif side == "left":
         lines = images[:, :, o].transpose(0, 2, 1)
     elif side == "bottom":
-        lines = images[:, last - o, :]
+        lines = images[:, images.shape[1] - 1 - o, :]
     elif side == "top":
         lines = images[:, o, :]
     else:
@@ -96,45 +98,86 @@ def flat_edges(images: np.ndarray, side: str) -> np.ndarray:
     return edge_lines(images, side, (0,))[:, 0].std(axis=1) < FLAT_STD
 
 
-def side_descriptors(images: np.ndarray, side: str) -> np.ndarray:
-    """(N, 101) float32 unit vectors: each tile's edge line at ``side`` extrapolated EXTRAPOLATE lines outward from
-    its last two lines, centred and scaled to unit length, with no smoothing.
+def normalised_lines(images: np.ndarray, side: str) -> np.ndarray:
+    """(N, LINES, width) float32: a side's LINES lines, minus the edge line's mean and over its standard deviation.
 
-    Two tiles that continue each other across a seam predict the same line there from both sides. Centring and
-    scaling undo each tile's own brightness and contrast (on the real data neighbours differ in both)."""
-    lines = edge_lines(images, side, (0, 1))
-    return _unit(lines[:, 0] + EXTRAPOLATE * (lines[:, 0] - lines[:, 1]))
-
-
-def condition_descriptors(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
-    """Unit descriptors of the smoothness conditions across a seam: finite differences over three lines each side
-    that vanish for a smooth field, each split into a's part and b's part (lines smoothed along the edge)."""
-    from scipy import ndimage
-
-    smooth = lambda x: ndimage.gaussian_filter1d(x, SMOOTH, axis=2, mode="nearest")  # noqa: E731
-    a = smooth(edge_lines(images, seam.first, (0, 1, 2)))
-    b = smooth(edge_lines(images, seam.second, (0, 1, 2)))
-    first_parts, second_parts = [], []
-    for c in seam.conditions:
-        c = np.asarray(c, np.float32) / np.linalg.norm(c)
-        # a's lines from the seam outward are space positions 2, 1, 0; b's are 3, 4, 5
-        first_parts.append(np.einsum("k,nkx->nx", c[2::-1], a))
-        second_parts.append(-np.einsum("k,nkx->nx", c[3:], b))
-    return _unit(np.concatenate(first_parts, axis=1)), _unit(np.concatenate(second_parts, axis=1))
+    Each Kaggle tile is stretched to the full grey range on its own, so neighbours differ in brightness and
+    contrast by a factor of their own; the edge line's statistics undo it for both tiles of a seam alike."""
+    lines = edge_lines(images, side, tuple(range(LINES)))
+    edge = lines[:, 0]
+    return (lines - edge.mean(axis=1)[:, None, None]) / np.maximum(edge.std(axis=1), 1.0)[:, None, None]
 
 
-def descriptors(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
-    """The unit descriptors of every tile's ``seam.first`` and ``seam.second`` sides: the extrapolated line
-    (:func:`side_descriptors`) and the smoothness conditions (:func:`condition_descriptors`) side by side, each
-    weighted 1/sqrt(2), so that the squared distance is the mean of the two scores' squared distances.
+@dataclass(frozen=True)
+class SeamFilters:
+    """Linear filters across one seam direction: each reads LINES lines on either side and TAPS pixels along the
+    edge; its response is small where a continues into b and large where it does not. ``first`` and ``second``
+    (FILTERS, LINES, TAPS) are the a-side and b-side coefficients, ``weight`` each filter's weight in the score."""
 
-    Measured on the real data, the extrapolation ranks true partners first far more often (2290 against 1673
-    closed 2x2 squares among mutual best matches); on the synthetic sections the conditions do better; together
-    they beat either on both."""
-    cond_a, cond_b = condition_descriptors(images, seam)
-    scale = np.float32(np.sqrt(0.5))
-    return (np.hstack([side_descriptors(images, seam.first), cond_a]) * scale,
-            np.hstack([side_descriptors(images, seam.second), cond_b]) * scale)
+    first: np.ndarray
+    second: np.ndarray
+    weight: np.ndarray
+
+
+def _patches(lines: np.ndarray) -> np.ndarray:
+    """(N * positions, LINES * TAPS) float64: every TAPS-wide window along the edge of every tile's lines."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    windows = sliding_window_view(lines, TAPS, axis=2)  # (N, LINES, positions, TAPS), a view
+    return windows.transpose(0, 2, 1, 3).reshape(-1, LINES * TAPS).astype(np.float64)
+
+
+def halves(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
+    """Each image cut across ``seam`` after CUT lines: (a halves, b halves), views of true neighbour pairs. Each
+    half's brightness and contrast need no stretching of their own: :func:`normalised_lines` undoes them."""
+    cut = (slice(None),) * seam.axis
+    return images[cut + (slice(0, CUT),)], images[cut + (slice(CUT, None),)]
+
+
+def learn_filters(images: np.ndarray, seam: Seam) -> SeamFilters | None:
+    """The seam filters of this set, learnt from the set itself: its tiles cut in half across the seam are true
+    neighbours (:func:`halves`); the same halves paired at random are not. The filters are the generalised
+    eigenvectors that make the responses of true pairs smallest relative to random ones (a Fisher criterion,
+    scipy.linalg.eigh); each is weighted by one over the square root of its ratio. Learning on the set itself
+    calibrates the score to its texture, resolution and noise: no tuning on other data. None when fewer than two
+    tiles have a textured line at the cut: such a set has nothing to match either."""
+    from scipy import linalg
+
+    pick = np.unique(np.linspace(0, len(images) - 1, min(LEARN_TILES, len(images))).astype(np.int64))
+    a, b = halves(images[pick], seam)
+    ok = np.flatnonzero(~flat_edges(a, seam.first) & ~flat_edges(b, seam.second))
+    size = 2 * LINES * TAPS
+    if len(ok) < 2:
+        return None
+    pa, pb = normalised_lines(a[ok], seam.first), normalised_lines(b[ok], seam.second)
+    shuffle = np.roll(np.arange(len(ok)), len(ok) // 2)  # a fixed derangement: every a half with another's b half
+    true = np.hstack([_patches(pa), _patches(pb)])
+    false = np.hstack([_patches(pa), _patches(pb[shuffle])])
+    cov = lambda x: x.T @ x / len(x) + 1e-6 * np.eye(size)  # noqa: E731
+    ratio, vectors = linalg.eigh(cov(true), cov(false))
+    keep = vectors[:, :FILTERS].T.reshape(FILTERS, 2, LINES, TAPS)
+    return SeamFilters(keep[:, 0], keep[:, 1], 1 / np.sqrt(np.maximum(ratio[:FILTERS], 1e-6)))
+
+
+def filter_responses(images: np.ndarray, side: str, coefficients: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(N, FILTERS * positions / STRIDE) float32: each filter's weighted response along the edge of ``side``."""
+    lines = normalised_lines(images, side)
+    positions = lines.shape[2] - TAPS + 1
+    out = np.zeros((len(images), len(coefficients), positions), np.float32)
+    for f, c in enumerate(coefficients):  # a loop over FILTERS x LINES x TAPS coefficients
+        for line in range(LINES):
+            for tap in range(TAPS):
+                out[:, f] += np.float32(c[line, tap] * weight[f]) * lines[:, line, tap:tap + positions]
+    kept = out[:, :, ::STRIDE]
+    return kept.reshape(len(images), kept.shape[1] * kept.shape[2])
+
+
+def descriptors(images: np.ndarray, seam: Seam, filters: SeamFilters) -> tuple[np.ndarray, np.ndarray]:
+    """Unit descriptors of every tile's ``seam.first`` and ``seam.second`` sides: a's filter responses and b's
+    responses negated, so that a true pair's descriptors nearly coincide (their sum, the seam's response, is
+    small). Scaled to unit length: a tile's own contrast along the edge does not count."""
+    return (_unit(filter_responses(images, seam.first, filters.first, filters.weight)),
+            _unit(-filter_responses(images, seam.second, filters.second, filters.weight)))
 
 
 def _unit(parts: np.ndarray) -> np.ndarray:
@@ -215,21 +258,27 @@ class EdgeTable:
     threshold: float
 
 
-def null_threshold(first: np.ndarray, ok_a: np.ndarray, second: np.ndarray, ok_b: np.ndarray) -> float:
+def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second: np.ndarray,
+                   ok_b: np.ndarray) -> float:
     """The best/second-best ratio below which a match is accepted, calibrated on this set.
 
-    Null queries are edges that have no partner by construction: each a-side descriptor reversed along the edge (a
-    texture of the same statistics that no tile continues). Their best/second-best ratios against the b sides show
-    how low a ratio chance alone reaches on this data; the threshold lets through NULL_RATE of them, clipped to
-    RATIO_RANGE. Sets too small to show that tail (fewer than NULL_TAIL / NULL_RATE edges) get the strict end of
-    the range."""
-    if len(ok_a) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:  # too few null queries to see the tail: strict
-        return RATIO_RANGE[0]
-    pick = ok_a[np.unique(np.linspace(0, len(ok_a) - 1, min(NULL_QUERIES, len(ok_a))).astype(np.int64))]
-    reversed_ = np.ascontiguousarray(first[pick][:, ::-1])
-    _, d, _, _ = nearest_both(reversed_, np.full(len(pick), -1), second[ok_b], ok_b, 2, backward=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = d[:, 0] / d[:, 1]
+    Null queries are real edges that have no partner among the candidates: lines inside the tiles (the tiles cut
+    across the seam NULL_CUTS lines in, a-side halves), whose true continuation is the rest of their own tile.
+    Their best/second-best ratios against the set's b sides show how low a ratio chance alone reaches on this
+    data's texture; the threshold lets through NULL_RATE of them, clipped to RATIO_RANGE. Sets too small to show
+    that tail (fewer than NULL_TAIL / NULL_RATE queries) get the strict end of the range."""
+    pick = np.unique(np.linspace(0, len(images) - 1, min(NULL_QUERIES, len(images))).astype(np.int64))
+    ratios_ = []
+    for cut in NULL_CUTS:  # a loop over the cut positions
+        inner = images[pick][(slice(None),) * seam.axis + (slice(0, cut),)]
+        ok = np.flatnonzero(~flat_edges(inner, seam.first))
+        if len(ok) * len(NULL_CUTS) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:
+            return RATIO_RANGE[0]  # too few null queries to see the tail: strict
+        query = _unit(filter_responses(inner[ok], seam.first, filters.first, filters.weight))
+        _, d, _, _ = nearest_both(query, np.full(len(ok), -1), second[ok_b], ok_b, 2, backward=False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios_.append(d[:, 0] / d[:, 1])
+    ratio = np.concatenate(ratios_)
     ratio = ratio[np.isfinite(ratio)]
     if ratio.size == 0:
         return RATIO_RANGE[0]
@@ -243,14 +292,18 @@ def edge_tables(images: np.ndarray, k: int = NEIGHBOURS) -> dict[str, EdgeTable]
     progress = bar(desc="mosaics: nearest edges", total=len(RELATIONS), unit="direction")
     for rel in RELATIONS:
         seam = SEAMS[rel]
-        first, second = descriptors(images, seam)
-        ok_a = np.flatnonzero(~flat_edges(images, seam.first))
-        ok_b = np.flatnonzero(~flat_edges(images, seam.second))
+        filters = learn_filters(images, seam)
         fwd, fwd_d = np.full((n, k), -1, np.int64), np.full((n, k), np.inf)
         bwd, bwd_d = fwd.copy(), fwd_d.copy()
-        fwd[ok_a], fwd_d[ok_a], bwd[ok_b], bwd_d[ok_b] = nearest_both(first[ok_a], ok_a, second[ok_b], ok_b, k)
+        threshold = RATIO_RANGE[0]
+        if filters is not None:  # else nothing matches: every edge is flat, or a single tile is textured
+            first, second = descriptors(images, seam, filters)
+            ok_a = np.flatnonzero(~flat_edges(images, seam.first))
+            ok_b = np.flatnonzero(~flat_edges(images, seam.second))
+            fwd[ok_a], fwd_d[ok_a], bwd[ok_b], bwd_d[ok_b] = nearest_both(first[ok_a], ok_a, second[ok_b], ok_b, k)
+            threshold = null_threshold(images, seam, filters, second, ok_b)
         progress.update()
-        out[rel] = EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, null_threshold(first, ok_a, second, ok_b))
+        out[rel] = EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, threshold)
     progress.close()
     return out
 
@@ -296,6 +349,76 @@ def confident_pairs(tables: dict[str, EdgeTable], ratio: float | None = None) ->
         a = np.flatnonzero(keep)
         found.append(Candidates(a, t.fwd[a, 0], np.full(len(a), rel), t.fwd_d[a, 0]))
     return Candidates.concat(found)
+
+
+LOOP_RATIO = 0.98  # a seam in a loop: its best candidate at least 2% nearer than the second (ties never count)
+LOOP_MUTUAL = 3  # of a loop's four seams, at least this many are mutual best matches
+LOOP_CONFIDENT = 2  # and at least this many pass the ratio test alone or are known (small sets close chance loops)
+
+
+def best_edges(table: EdgeTable, known: Candidates | None = None) -> pd.DataFrame:
+    """Every pair where one tile is the other's best candidate (in either direction, at least 1 / LOOP_RATIO
+    nearer than the second best), and the pairs ``known`` of this direction already: columns a, b, mutual (both
+    ways the best) and confident (mutual and below the ratio threshold, :func:`confident_pairs`); a known pair
+    is both."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fwd_ok = table.fwd_d[:, 0] < LOOP_RATIO * table.fwd_d[:, 1]
+        bwd_ok = table.bwd_d[:, 0] < LOOP_RATIO * table.bwd_d[:, 1]
+    a = np.r_[np.flatnonzero(fwd_ok), table.bwd[bwd_ok, 0]]
+    b = np.r_[table.fwd[fwd_ok, 0], np.flatnonzero(bwd_ok)]
+    df = pd.DataFrame({"a": a, "b": b})[(a >= 0) & (b >= 0)].drop_duplicates()
+    fwd_best = table.fwd[df["a"].to_numpy(), 0] == df["b"].to_numpy()
+    bwd_best = table.bwd[df["b"].to_numpy(), 0] == df["a"].to_numpy()
+    df["mutual"] = fwd_best & bwd_best
+    mutual, worst = ratios(table)
+    df["confident"] = df["mutual"] & (worst[df["a"].to_numpy()] < table.threshold)
+    if known is not None and len(known.a):
+        sel = known.rel == table.rel
+        df = pd.concat([pd.DataFrame({"a": known.a[sel], "b": known.b[sel], "mutual": True, "confident": True}), df])
+        df = df.drop_duplicates(["a", "b"])  # a known pair counts as mutual
+    return df.reset_index(drop=True)
+
+
+def loops(tables: dict[str, EdgeTable], known: Candidates | None = None, impossible: bool = False) -> pd.DataFrame:
+    """2x2 squares of tiles whose four seams are best candidates or ``known`` pairs (:func:`best_edges`), at least
+    LOOP_MUTUAL of them mutual and LOOP_CONFIDENT confident: a left of b, c left of d, a above c, b above d
+    (columns a, b, c, d). Four seams that close a square by chance are rare, so a seam too ambiguous for the
+    ratio test alone is accepted when its square closes (the loop constraint of jigsaw puzzle solvers), and known
+    pairs let mosaics grow by whole rows and columns. With ``impossible`` the same search for a geometry that
+    cannot exist (d right of c and above b): the squares that close by chance on this set, the false-loop
+    estimate the benchmark prints."""
+    cols = ["a", "b", "mutual", "confident"]
+    lr, tb = best_edges(tables["LR"], known)[cols], best_edges(tables["TB"], known)[cols]
+    seam = lambda df, i, **names: df.rename(columns={"mutual": f"m{i}", "confident": f"c{i}", **names})  # noqa: E731
+    x = seam(lr, 1).merge(seam(tb, 2, b="c"), on="a")
+    if impossible:
+        x = x.merge(seam(lr, 3, a="c", b="d"), on="c").merge(seam(tb, 4, a="d"), on=["d", "b"])
+    else:
+        x = x.merge(seam(tb, 3, a="b", b="d"), on="b").merge(seam(lr, 4, a="c", b="d"), on=["c", "d"])
+    mutual = x[["m1", "m2", "m3", "m4"]].sum(axis=1).to_numpy()
+    confident = x[["c1", "c2", "c3", "c4"]].sum(axis=1).to_numpy()
+    keep = (x["a"] != x["d"]).to_numpy() & (x["b"] != x["c"]).to_numpy()
+    keep &= (mutual >= LOOP_MUTUAL) & (confident >= LOOP_CONFIDENT)
+    return x.loc[keep, ["a", "b", "c", "d"]].reset_index(drop=True)
+
+
+def loop_pairs(tables: dict[str, EdgeTable], known: Candidates | None = None) -> Candidates:
+    """The four pairs of every closed square (:func:`loops`), each once, with its descriptor distance (the
+    nearer of the two directions' when both list it)."""
+    sq = loops(tables, known)
+    parts = []
+    for rel, first, second in (("LR", "a", "b"), ("LR", "c", "d"), ("TB", "a", "c"), ("TB", "b", "d")):
+        a, b = sq[first].to_numpy(np.int64), sq[second].to_numpy(np.int64)
+        t = tables[rel]
+        d = np.minimum(_distance(t.fwd, t.fwd_d, a, b), _distance(t.bwd, t.bwd_d, b, a))
+        parts.append(Candidates(a, b, np.full(len(a), rel), d))
+    return _without(len(tables["LR"].fwd), Candidates.concat(parts), np.zeros(0, np.int64))
+
+
+def _distance(cand: np.ndarray, dist: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The distance of b in a's candidate list (inf where b is not listed)."""
+    hit = cand[a] == b[:, None]
+    return np.where(hit.any(axis=1), np.where(hit, dist[a], np.inf).min(axis=1), np.inf)
 
 
 def match(images: np.ndarray, ratio: float | None = None) -> Candidates:
@@ -505,6 +628,14 @@ def grow(tables: dict[str, EdgeTable], place: Placement, known: np.ndarray | Non
     return out
 
 
+def _without(n: int, c: Candidates, known: np.ndarray) -> Candidates:
+    """The candidates whose pair is not in ``known`` (:func:`_pair_keys` of ``n`` tiles), each once."""
+    keys = _pair_keys(n, c.a, c.b, c.rel)
+    _, first = np.unique(keys, return_index=True)
+    first = first[~np.isin(keys[first], known)]
+    return Candidates(c.a[first], c.b[first], c.rel[first], c.distance[first])
+
+
 def _pair_keys(n: int, a, b, rel) -> np.ndarray:
     """One int64 per (a, b, relation)."""
     return (np.asarray(a, np.int64) * n + np.asarray(b, np.int64)) * 2 + (np.asarray(rel) == "TB")
@@ -528,11 +659,14 @@ def assemble(ids: np.ndarray, images: np.ndarray, ratio: float | None = None) ->
     ids = np.asarray(ids, str)
     n = len(ids)
     tables = edge_tables(images)
-    cand = confident_pairs(tables, ratio)
+    cand = Candidates.concat([confident_pairs(tables, ratio), loop_pairs(tables)])
     fits = seam_fits(tables)
     place = layout(n, cand.a, cand.b, cand.rel, cand.distance, fits)
     for _ in range(GROW_ROUNDS):
-        extra = grow(tables, place, _pair_keys(n, cand.a, cand.b, cand.rel))
+        known = _pair_keys(n, cand.a, cand.b, cand.rel)
+        kept = Candidates(*(getattr(cand, f)[place.kept] for f in ("a", "b", "rel", "distance")))
+        extra = Candidates.concat([grow(tables, place, known), loop_pairs(tables, kept)])
+        extra = _without(n, extra, known)
         if len(extra.a) == 0:
             break
         cand = Candidates.concat([cand, extra])
