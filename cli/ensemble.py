@@ -18,6 +18,7 @@ from engine.ensemble.options import MODES
 from engine.jobs import EXECUTORS
 from tgs.errors import UserError, cli, excerpt, few
 from tgs.inputs import INPUT_MODES, InputSpec
+from tgs.io import check_output, require_file
 
 DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
 
@@ -198,10 +199,11 @@ def build_parser() -> ArgumentParser:
                         "stopping the run")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
     j = p.add_argument_group("the jigsaw (mosaics rebuilt from the tiles: the 1st, 4th and 14th places' tool)")
-    j.add_argument("--mosaics", action="store_true",
-                   help="build the mosaics once (mosaic.py into RUN/mosaics, rebuilt only for other data); the "
-                        "out-of-fold search then tries the mosaic rules too, and the submission (and pseudo-labels) "
-                        "use the rules it kept")
+    j.add_argument("--mosaics", nargs="?", const=True, metavar="CSV",
+                   help="use the mosaics: alone, built once (mosaic.py into RUN/mosaics, rebuilt only for other "
+                        "data); with CSV, that mosaics.csv of mosaic.py instead (its contents' digest is an input of "
+                        "every output made from it). The out-of-fold search then tries the mosaic rules too, and the "
+                        "submission (and pseudo-labels) use the rules it kept")
     j.add_argument("--mosaic-folds", action="store_true",
                    help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
                         "so no validation tile has a training neighbour")
@@ -349,9 +351,8 @@ def parse(argv=None):
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
     a = build_parser().parse_args(argv)
-    from tgs.io import check_output
-
-    check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file}, [a.data_dir])
+    mosaics_csv = given_mosaics(a.mosaics)
+    check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file, "--mosaics": mosaics_csv}, [a.data_dir])
     folds = split_fields(a.folds, "--folds")
     modes = split_fields(a.modes, "--modes", INPUT_MODES.names())
     sizes = tuple((m, getattr(a, f"size_{m}")) for m in modes if getattr(a, f"size_{m}") is not None)
@@ -372,13 +373,16 @@ def parse(argv=None):
         sizes=sizes, swa=swa, predict=predict, post_config=post_config,
         post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
         overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
-        mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
+        mosaics=a.mosaics is not None, mosaics_csv=mosaics_csv, mosaic_folds=a.mosaic_folds,
+        pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
         pseudo_rule=rule_of(a, "pseudo-"),
         pseudo_train=pseudo_train(a))
     if a.mosaic_folds and not a.mosaics:
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
     if a.mosaic_folds and a.folds_file:
         raise UserError("--mosaic-folds makes the folds file itself (RUN/folds.csv): leave out --folds-file")
+    if a.mosaic_folds:
+        check_output(opts.layout.folds_csv, "--mosaic-folds", {"--mosaics": mosaics_csv})
     if a.folds_file is not None:
         from datasets.folds import require_folds_file
 
@@ -395,6 +399,19 @@ def parse(argv=None):
         for job in jobs_of(r_opts):
             fold_config(job, r_opts)
     return opts
+
+
+def given_mosaics(value: str | bool | None) -> str | None:
+    """``--mosaics CSV``: the mosaics.csv given (a file; its contents are checked against the data when the run
+    starts); None when --mosaics is left out or given alone (the run builds them into RUN/mosaics)."""
+    if value is None or value is True:
+        return None
+    if not value.strip():
+        raise UserError("--mosaics: an empty path; give a mosaics.csv of mosaic.py, or --mosaics alone to build them")
+    require_file(value, "--mosaics ", "mosaics.csv",
+                 missing="does not exist (python mosaic.py --data-dir DATA --out DIR writes DIR/mosaics.csv; "
+                         "or --mosaics alone builds them)")
+    return value
 
 
 def slurm_settings(a: argparse.Namespace, device: str | None = None):
