@@ -25,6 +25,16 @@ def checked(name: str):
     return parse
 
 
+def fold_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated fold names (``fold0,fold1``), checked by datasets.folds.fold_names."""
+    from datasets.folds import fold_names
+
+    try:
+        return fold_names(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_option(p, name: str, help: str | None = None, **kw) -> None:
     """Add the training option ``name`` (declared once, in engine/config.py) to another script's parser: its flag,
     default, help and checks are the declaration's; ``help`` or argparse keywords (``default``) may narrow them."""

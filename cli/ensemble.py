@@ -13,7 +13,7 @@ import threading
 from cli import swa as swa_cli
 from cli import test as test_cli
 from cli import train as train_cli
-from cli.common import ArgumentParser, doc_parts, integer
+from cli.common import ArgumentParser, doc_parts, fold_list, integer
 from engine.ensemble.options import MODES
 from engine.jobs import EXECUTORS
 from tgs.errors import UserError, cli, excerpt, few
@@ -154,7 +154,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", default="data", help="dataset in Kaggle's layout (default: data)")
     p.add_argument("--run-dir", default="runs/ensemble",
                    help="where every fold, model and submission goes (default: runs/ensemble)")
-    p.add_argument("--folds", default=ALL_FOLDS, help="comma-separated fold names (default: fold0,...,fold9)")
+    p.add_argument("--folds", type=fold_list, default=ALL_FOLDS,
+                   help="comma-separated fold names, each image out of fold once (default: fold0,...,fold9)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated input modes, of "
                    f"{', '.join(INPUT_MODES.names())} (default: {','.join(MODES)}, the recipe's)")
     p.add_argument("--folds-file", help="CSV id,fold (python -m datasets.folds) instead of the 10 chunks")
@@ -271,19 +272,6 @@ PREDICT_FIELDS = ("device", "batch_size", "amp", "channels_last", "threads", "de
 POST_FIELDS = ("threshold", "min_area", "gate", "flat")  # post-processing values --test-args may set
 
 
-def check_folds(folds: tuple) -> None:
-    """Every fold name valid, and no two validating on the same chunk (fold01 and fold1 overlap)."""
-    from datasets.folds import parse_fold
-
-    seen: dict[int, str] = {}
-    for fold in folds:
-        for chunk in parse_fold(fold):
-            if chunk in seen:
-                raise UserError(f"--folds: {seen[chunk]} and {fold} both validate on fold {chunk} (each image must be "
-                                "out of fold once)")
-            seen[chunk] = fold
-
-
 def train_options(train_args: list[str]):
     """Every fold's training configuration from the pass-through options (the ones ensemble.py sets refused), and
     the options swa and prediction share with it (those named)."""
@@ -353,7 +341,6 @@ def parse(argv=None):
     a = build_parser().parse_args(argv)
     mosaics_csv = given_mosaics(a.mosaics)
     check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file, "--mosaics": mosaics_csv}, [a.data_dir])
-    folds = split_fields(a.folds, "--folds")
     modes = split_fields(a.modes, "--modes", INPUT_MODES.names())
     sizes = tuple((m, getattr(a, f"size_{m}")) for m in modes if getattr(a, f"size_{m}") is not None)
     for mode, size in sizes:  # a size its mode cannot serve is refused before any fold trains
@@ -361,7 +348,6 @@ def parse(argv=None):
             InputSpec(mode, size)
         except UserError as exc:
             raise UserError(f"--{mode.replace('_', '-')}-size {size}: {exc}") from None
-    check_folds(folds)
     train, shared = train_options(shlex.split(a.train_args) + passthrough)
     predict, post_config, post = test_options(shlex.split(a.test_args))
     swa = swa_options(shlex.split(a.swa_args))
@@ -369,7 +355,7 @@ def parse(argv=None):
     from cli.pseudo import rule_of
 
     opts = EnsembleOptions(
-        data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, train=train, modes=modes, folds_file=a.folds_file,
+        data_dir=a.data_dir, run_dir=a.run_dir, folds=a.folds, train=train, modes=modes, folds_file=a.folds_file,
         sizes=sizes, swa=swa, predict=predict, post_config=post_config,
         post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
         overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,

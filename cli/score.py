@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, doc_parts
+from cli.common import ArgumentParser, doc_parts, fold_list
 from tgs.errors import UserError, cli
 
 DOC = """Score a submission with the competition metric, or check a test-set submission's format.
@@ -44,30 +44,13 @@ def build_parser() -> ArgumentParser:
                         "probabilities (test.py --split valid / --merge-oof) against --truth")
     p.add_argument("--save-best", metavar="JSON",
                    help="with --search: write the chosen setting here (read by test.py --post-config)")
-    p.add_argument("--oof-folds", type=fold_names, metavar="FOLDS",
+    p.add_argument("--oof-folds", type=fold_list, metavar="FOLDS",
                    help="with --search: the folds the out-of-fold file was merged from, e.g. fold0,fold1 (default: "
                         "each image's chunk of the 10-chunk split, or its fold in --folds-file)")
     p.add_argument("--folds-file", metavar="CSV", help="with --search: CSV id,fold as in train.py")
     p.add_argument("--mosaics", metavar="CSV",
                    help="with --search: mosaics.csv of mosaic.py; the mosaic rules are searched too")
     return p
-
-
-def fold_names(text: str) -> tuple[str, ...]:
-    """``fold0,fold1`` -> ('fold0', 'fold1'), each a fold name of datasets.folds."""
-    from datasets.folds import parse_fold
-
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected fold names such as fold0,fold1")
-    for name in names:
-        try:
-            parse_fold(name)
-        except UserError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace(f"--data-fold {name!r}", repr(name))) from None
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r} names a fold twice")
-    return names
 
 
 def parse(argv=None) -> argparse.Namespace:

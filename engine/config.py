@@ -45,15 +45,9 @@ PSEUDO_SCHEDULES = ("mix", "pretrain")
 
 
 def _fold_name(value: str) -> str | None:
-    from datasets.folds import parse_fold
+    from datasets.folds import fold_problem
 
-    try:
-        parse_fold(value)
-    except UserError as exc:
-        text = str(exc)
-        prefix = f"--data-fold {value!r} "
-        return text[len(prefix):] if text.startswith(prefix) else text
-    return None
+    return fold_problem(value)
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")

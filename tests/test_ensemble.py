@@ -166,7 +166,7 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
     ([], ["--log-d", "x"], "--log-dir is set by ensemble.py"),  # an abbreviation is recognised
     ([], ["--no-such-flag"], "train options: unrecognized arguments: --no-such-flag"),
     (["--modes", "pad,crop"], [], "--modes 'pad,crop'"),
-    (["--folds", "fold0,fold0"], [], "repeats an entry"),
+    (["--folds", "fold0,fold0"], [], "--folds: 'fold0,fold0' names a fold twice"),
     (["--folds", "foldx"], [], "is not a fold name"),
     (["--test-args", "--split valid"], [], "--test-args: --split is set by ensemble.py"),
     (["--swa-args", "--output x.pth"], [], "--swa-args: --output is set by ensemble.py"),
@@ -956,8 +956,8 @@ def test_overlapping_folds_are_refused_before_any_work(tiny_data, tmp_path, call
             "--", *TINY, "--max-epochs", "1"]
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
-    assert captured.err == "error: --folds: fold01 and fold1 both validate on fold 1 (each image must be out of fold " \
-                           "once)\n"
+    assert captured.err == "error: ensemble.py: argument --folds: fold01 and fold1 overlap: both validate on fold 1 " \
+                           "(each image must be out of fold once)\n"
     assert captured.out == "" and calls == [] and not (tmp_path / "r").exists()
 
 
