@@ -43,12 +43,30 @@ def add_option(p, name: str, help: str | None = None, **kw) -> None:
     title, f = C.options()[name]
     o = f.metadata["option"]
     if o.kind == "bool":
-        p.add_argument(C.flag(name), action="store_true", help=help or o.help, **kw)
-        return
-    kw.setdefault("default", f.default)
-    metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
-    p.add_argument(C.flag(name), type=checked(name), metavar=metavar,
-                   help=f"{help or o.help} (default: {kw['default']})", **kw)
+        action = p.add_argument(C.flag(name), action="store_true", help=help or o.help, **kw)
+    else:
+        kw.setdefault("default", f.default)
+        metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
+        action = p.add_argument(C.flag(name), type=checked(name), metavar=metavar,
+                                help=f"{help or o.help} (default: {kw['default']})", **kw)
+    if o.ensemble:
+        set_by_ensemble(action, o.ensemble)
+
+
+def set_by_ensemble(action: argparse.Action, how: str) -> argparse.Action:
+    """Declare that ensemble.py sets the option of ``action`` (a flag of a script whose options it passes on)
+    itself: ``how`` is the ensemble.py flag to use instead (``--run-dir``) or, not a flag, what it does (``is set
+    by ensemble.py (...)``). ensemble.py refuses such an option among the pass-through ones, saying ``how``
+    (:func:`set_by_ensemble_in` reads them back). A training option says it on its declaration (Option.ensemble)."""
+    action.set_by_ensemble = how
+    return action
+
+
+def set_by_ensemble_in(parser: argparse.ArgumentParser) -> dict[str, tuple[str, str]]:
+    """``{dest: (its flag, how)}`` of the options of ``parser`` that ensemble.py sets itself
+    (:func:`set_by_ensemble`); a positional argument's flag is its name in capitals."""
+    return {a.dest: ((a.option_strings or [a.dest.upper()])[0], a.set_by_ensemble) for a in parser._actions
+            if getattr(a, "set_by_ensemble", "")}
 
 
 def add_device(p, default: str = "auto") -> None:

@@ -161,7 +161,10 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize("extra,passthrough,fragment", [
     ([], ["--data-fold", "fold3"], "--data-fold is set by ensemble.py"),
     ([], ["--resize"], "use ensemble.py --modes"),
-    ([], ["--input-size=64"], "--pad-size / --resize-size"),
+    ([], ["--input-size=64"], "use ensemble.py --pad-size / --resize-size / --resize-pad-size"),  # every mode's
+    ([], ["--input-mode", "resize"], "--input-mode is set by ensemble.py for every fold; use ensemble.py --modes"),
+    ([], ["--pseudo-weight", "2"], "--pseudo-weight is set by ensemble.py for every fold; use ensemble.py "
+                                   "--pseudo-weight"),
     ([], ["--resume", "x.pth"], "--resume is automatic"),
     ([], ["--log-d", "x"], "--log-dir is set by ensemble.py"),  # an abbreviation is recognised
     ([], ["--no-such-flag"], "train options: unrecognized arguments: --no-such-flag"),
@@ -170,6 +173,11 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
     (["--folds", "foldx"], [], "is not a fold name"),
     (["--test-args", "--split valid"], [], "--test-args: --split is set by ensemble.py"),
     (["--swa-args", "--output x.pth"], [], "--swa-args: --output is set by ensemble.py"),
+    (["--swa-args", "--data-fold fold1"], [], "--swa-args: --data-fold is set by ensemble.py; use ensemble.py --folds"),
+    (["--test-args=--tta"], [], "--test-args: --tta is set by ensemble.py; use ensemble.py --no-tta"),
+    (["--test-args", "x.pth"], [], "--test-args: MODELS is set by ensemble.py (every fold's SWA model)"),
+    (["--test-args=--mosaic-context"], [], "--test-args: --mosaic-context is not used by ensemble.py"),
+    (["--test-args", "--mosaics m.csv"], [], "--test-args: --mosaics is set by ensemble.py; use ensemble.py --mosaics"),
     (["--executor", "pbs"], [], "--executor: invalid choice: 'pbs'"),
     (["--slurm-partition", "gpu"], [], "--slurm-partition applies to --executor slurm only (not local)"),
     (["--executor", "slurm", "--gpus", "0,1"], [], "with --executor slurm use --slurm-gpus-per-fold"),
