@@ -93,7 +93,8 @@ def doc_parts(doc: str) -> tuple[str, str]:
 
 
 def add_postprocessing(p) -> None:
-    """The post-processing flags (test.py, pseudo.py): ``--post-config JSON`` and the flags overriding its values;
+    """The post-processing flags (test.py, pseudo.py): ``--post-config JSON`` and the flags overriding its values,
+    each named as its tgs.postprocess.PostProcess field and absent from the namespace unless given;
     :func:`post_setting` resolves them."""
     from tgs import postprocess
 
@@ -101,20 +102,22 @@ def add_postprocessing(p) -> None:
     pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
     pp.add_argument("--post-config", metavar="JSON",
                     help="the setting of score.py --search --save-best JSON; the flags below override its values")
-    pp.add_argument("--threshold", type=probability, help=f"salt where probability > this (default {d.threshold:g})")
-    pp.add_argument("--min-area", type=integer(0, TILE * TILE),
+    pp.add_argument("--threshold", type=probability, default=argparse.SUPPRESS,
+                    help=f"salt where probability > this (default {d.threshold:g})")
+    pp.add_argument("--min-area", type=integer(0, TILE * TILE), default=argparse.SUPPRESS,
                     help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
     pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
                     help="empty where the image-level salt probability < this (none: off; default off)")
-    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False,
+    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False, default=argparse.SUPPRESS,
                     help="keep predictions on flat single-valued images (default: empty)")
 
 
 def post_setting(args: argparse.Namespace) -> tuple:
-    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given."""
+    """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given
+    (:func:`add_postprocessing`: a flag not given is no attribute; ``--gate none`` is a value, off)."""
+    from dataclasses import fields
+
     from tgs import postprocess
 
-    given = {k: getattr(args, k) for k in ("threshold", "min_area", "flat") if getattr(args, k) is not None}
-    if hasattr(args, "gate"):  # --gate none is a value (off), so "not given" is the attribute's absence
-        given["gate"] = args.gate
+    given = {f.name: getattr(args, f.name) for f in fields(postprocess.PostProcess) if hasattr(args, f.name)}
     return postprocess.resolve(args.post_config, given)
