@@ -49,6 +49,7 @@ def add_option(p, name: str, help: str | None = None, **kw) -> None:
         metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
         action = p.add_argument(C.flag(name), type=checked(name), metavar=metavar,
                                 help=f"{help or o.help} (default: {kw['default']})", **kw)
+    action.declared = name  # the flag is the declaration's (tests/test_one_place.py checks it)
     if o.ensemble:
         set_by_ensemble(action, o.ensemble)
 

@@ -68,7 +68,7 @@ def build_parser() -> ArgumentParser:
     add_device(g)
     add_option(g, "batch_size", default=64, help="prediction batch")
     add_amp(g)
-    g.add_argument("--channels-last", action="store_true")
+    add_option(g, "channels_last")
     add_threads(g)
     add_decoding(g)
     g.add_argument("--message", help="the -m text of the printed kaggle command")
