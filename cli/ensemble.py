@@ -266,8 +266,6 @@ def gpu_list(text: str) -> str:
     return ",".join(ids)
 
 
-
-
 def refusal(flag: str, how: str, every: str = "") -> str:
     """Why a pass-through option is refused: ensemble.py sets it (``how``: its own flag to use, or what it does)."""
     return f"{flag} is set by ensemble.py{every}; use ensemble.py {how}" if how.startswith("--") else f"{flag} {how}"
