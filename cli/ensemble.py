@@ -9,15 +9,18 @@ import shlex
 import signal
 import sys
 import threading
+from dataclasses import fields
 
 from cli import swa as swa_cli
 from cli import test as test_cli
 from cli import train as train_cli
-from cli.common import ArgumentParser, doc_parts, integer
+from cli.common import ArgumentParser, doc_parts, fold_list, integer, set_by_ensemble_in
+from engine import config
 from engine.ensemble.options import MODES
 from engine.jobs import EXECUTORS
 from tgs.errors import UserError, cli, excerpt, few
 from tgs.inputs import INPUT_MODES, InputSpec
+from tgs.io import check_output, require_file
 
 DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
 
@@ -71,21 +74,19 @@ the out-of-fold score honest: fold k's labels come from fold k's own models, whi
 --pseudo-source ensemble uses the whole ensemble (optimistic out-of-fold score, and the summary says so).
 
 Arguments after ``--`` (or in --train-args) are train.py's options for every fold; the data, fold, log dir, resume,
-input mode and size are set here. --device, --threads and --amp given there are used by SWA and prediction too.
-Each step's output is shown prefixed with its fold and kept in RUN/logs/."""
+input mode and size are set here. {shared} given there are used by SWA and prediction too.
+Each step's output is shown prefixed with its fold and kept in RUN/logs/.""".format(
+    shared=", ".join(config.flag(n) for n in config.SHARED[:-1]) + " and " + config.flag(config.SHARED[-1]))
 
 MAX_ROUNDS = 20  # self-training rounds: the 1st place used 2; more is a typing mistake, not a plan
 ALL_FOLDS = ",".join(f"fold{k}" for k in range(10))
-# train.py options that ensemble.py sets itself, and what to use instead
-TRAIN_OWNED = {"data_dir": "--data-dir", "data_fold": "--folds", "log_dir": "--run-dir", "resume": "(automatic)",
-               "resize": "--modes", "input_size": "--pad-size / --resize-size", "folds_file": "--folds-file",
-               "overwrite": "--overwrite", "pseudo_labels": "--pseudo-rounds",
-               "pseudo_fraction": "--pseudo-fraction", "pseudo_weight": "--pseudo-weight",
-               "pseudo_schedule": "--pseudo-schedule", "pseudo_epochs": "--pseudo-epochs"}
-TEST_OWNED = ("models", "from_probabilities", "merge_oof", "split", "data_dir", "data_fold", "folds_file",
-              "output_prefix", "tta", "mosaics", "mosaic_rules")  # test.py options ensemble.py sets itself
-SWA_OWNED = ("input", "output", "data_dir", "data_fold", "folds_file")
-SHARED = ("device", "threads", "amp")  # train.py options swa.py and test.py take as well
+# train.py's options that ensemble.py sets itself ({option: its flag, or what it does}) and those SWA and prediction
+# take as well, from their declarations (engine/config.py); swa.py's and test.py's from their parsers (cli/common.py
+# set_by_ensemble); the pseudo-label training options it takes under their own flag, for the rounds
+TRAIN_OWNED = config.SET_BY_ENSEMBLE
+SHARED = config.SHARED
+ROUND_OPTIONS = tuple(name for name, (title, _) in config.options().items()
+                      if title == "pseudo-labels" and config.spec(name).ensemble == config.flag(name))
 # sbatch options set from ensemble.py's own flags (or by submitit), and what to use instead
 SBATCH_OWNED = {"partition": "--slurm-partition", "time": "--slurm-time", "t": "--slurm-time",
                 "gpus-per-node": "--slurm-gpus-per-fold", "gres": "--slurm-gpus-per-fold",
@@ -95,8 +96,6 @@ SBATCH_OWNED = {"partition": "--slurm-partition", "time": "--slurm-time", "t": "
                 "array": "(one job per fold)", "chdir": "(the jobs run in ensemble.py's working directory)",
                 "D": "(the jobs run in ensemble.py's working directory)",
                 "no-requeue": "(a pre-empted or requeued fold resumes)"}
-SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_fold", "slurm_cpus_per_fold", "slurm_time", "slurm_mem",
-               "slurm_extra")
 _TIME = (re.compile(r"^()(\d+):(\d\d):(\d\d)$"), re.compile(r"^(\d+)-(\d+)(?::(\d\d)(?::(\d\d))?)?$"))
 
 
@@ -153,12 +152,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", default="data", help="dataset in Kaggle's layout (default: data)")
     p.add_argument("--run-dir", default="runs/ensemble",
                    help="where every fold, model and submission goes (default: runs/ensemble)")
-    p.add_argument("--folds", default=ALL_FOLDS, help="comma-separated fold names (default: fold0,...,fold9)")
+    p.add_argument("--folds", type=fold_list, default=ALL_FOLDS,
+                   help="comma-separated fold names, each image out of fold once (default: fold0,...,fold9)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated input modes, of "
                    f"{', '.join(INPUT_MODES.names())} (default: {','.join(MODES)}, the recipe's)")
     p.add_argument("--folds-file", help="CSV id,fold (python -m datasets.folds) instead of the 10 chunks")
     for entry in INPUT_MODES.entries():  # --pad-size, --resize-size, ...: one flag per registered input mode
-        p.add_argument(f"--{entry.name.replace('_', '-')}-size", type=integer(1, 1024), dest=f"size_{entry.name}",
+        p.add_argument(config.size_flag(entry.name), type=integer(1, 1024), dest=f"size_{entry.name}",
                        help=f"{entry.name} mode's model input size (default: {entry.default_size})")
     p.add_argument("--train-args", default="", help="options for every train.py (also: everything after --)")
     p.add_argument("--swa-args", default="", help="extra options for swa.py (e.g. '--batch-size 64')")
@@ -198,10 +198,11 @@ def build_parser() -> ArgumentParser:
                         "stopping the run")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
     j = p.add_argument_group("the jigsaw (mosaics rebuilt from the tiles: the 1st, 4th and 14th places' tool)")
-    j.add_argument("--mosaics", action="store_true",
-                   help="build the mosaics once (mosaic.py into RUN/mosaics, rebuilt only for other data); the "
-                        "out-of-fold search then tries the mosaic rules too, and the submission (and pseudo-labels) "
-                        "use the rules it kept")
+    j.add_argument("--mosaics", nargs="?", const=True, metavar="CSV",
+                   help="use the mosaics: alone, built once (mosaic.py into RUN/mosaics, rebuilt only for other "
+                        "data); with CSV, that mosaics.csv of mosaic.py instead (its contents' digest is an input of "
+                        "every output made from it). The out-of-fold search then tries the mosaic rules too, and the "
+                        "submission (and pseudo-labels) use the rules it kept")
     j.add_argument("--mosaic-folds", action="store_true",
                    help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
                         "so no validation tile has a training neighbour")
@@ -217,8 +218,8 @@ def build_parser() -> ArgumentParser:
                         "out-of-fold score stays honest; ensemble: from the whole ensemble (the 1st place's way; "
                         "the out-of-fold score is then optimistic, and the summary says so)")
     add_rule(s, "pseudo-")  # pseudo.py's rule, declared once (cli/pseudo.py)
-    for name in ("fraction", "weight", "schedule", "epochs"):
-        s.add_argument(f"--pseudo-{name}", help=f"train.py's --pseudo-{name} in the rounds that train with "
+    for name in ROUND_OPTIONS:
+        s.add_argument(config.flag(name), help=f"train.py's {config.flag(name)} in the rounds that train with "
                                                 "pseudo-labels (default: train.py's)")
     return p
 
@@ -265,35 +266,18 @@ def gpu_list(text: str) -> str:
     return ",".join(ids)
 
 
-PREDICT_FIELDS = ("device", "batch_size", "amp", "channels_last", "threads", "decode_threads", "no_cache", "message")
-POST_FIELDS = ("threshold", "min_area", "gate", "flat")  # post-processing values --test-args may set
-
-
-def check_folds(folds: tuple) -> None:
-    """Every fold name valid, and no two validating on the same chunk (fold01 and fold1 overlap)."""
-    from datasets.folds import parse_fold
-
-    seen: dict[int, str] = {}
-    for fold in folds:
-        for chunk in parse_fold(fold):
-            if chunk in seen:
-                raise UserError(f"--folds: {seen[chunk]} and {fold} both validate on fold {chunk} (each image must be "
-                                "out of fold once)")
-            seen[chunk] = fold
+def refusal(flag: str, how: str, every: str = "") -> str:
+    """Why a pass-through option is refused: ensemble.py sets it (``how``: its own flag to use, or what it does)."""
+    return f"{flag} is set by ensemble.py{every}; use ensemble.py {how}" if how.startswith("--") else f"{flag} {how}"
 
 
 def train_options(train_args: list[str]):
     """Every fold's training configuration from the pass-through options (the ones ensemble.py sets refused), and
     the options swa and prediction share with it (those named)."""
-    from engine import config
-
     given = given_options(train_cli.build_parser(), train_args, "train options")
-    for key, instead in TRAIN_OWNED.items():
+    for key, how in TRAIN_OWNED.items():
         if key in given:
-            if key == "resume":
-                raise UserError("train options: --resume is automatic (a fold with a last checkpoint resumes)")
-            raise UserError(f"train options: {config.flag(key)} is set by ensemble.py for every fold; use "
-                            f"ensemble.py {instead}")
+            raise UserError(f"train options: {refusal(config.flag(key), how, ' for every fold')}")
     flags, config_file = train_cli.given(train_args)
     from_file = config.read_yaml(config_file) if config_file else {}
     for key in TRAIN_OWNED:
@@ -305,39 +289,42 @@ def train_options(train_args: list[str]):
 
 
 def test_options(test_args: list[str]) -> tuple[dict, str | None, dict]:
-    """--test-args as (PredictOptions fields, a post-processing setting file, PostProcess fields)."""
-    test_given = given_options(test_cli.build_parser(), test_args, "--test-args")
-    for key in TEST_OWNED:
-        if key in test_given and test_given[key] not in ([], None):
-            raise UserError(f"--test-args: --{key.replace('_', '-')} is set by ensemble.py")
-    post_config = test_given.get("post_config")
-    if post_config:  # read now, not after every fold has trained
-        from tgs import postprocess
+    """--test-args as (PredictOptions fields, a post-processing setting file, PostProcess fields): every test.py
+    option that ensemble.py does not set itself (set_by_ensemble) is one of them."""
+    from tgs import postprocess
 
+    parser = test_cli.build_parser()
+    test_given = given_options(parser, test_args, "--test-args")
+    owned = set_by_ensemble_in(parser)
+    for key, (flag, how) in owned.items():
+        if test_given.get(key) not in ([], None):  # MODELS is an empty list when none is given
+            raise UserError(f"--test-args: {refusal(flag, how)}")
+    test_given = {k: v for k, v in test_given.items() if k not in owned}
+    post_config = test_given.pop("post_config", None)
+    if post_config:  # read now, not after every fold has trained
         try:
             postprocess.load_setting(post_config)
         except UserError as exc:
             raise UserError(f"--test-args: {exc}") from None
-    return ({k: test_given[k] for k in PREDICT_FIELDS if k in test_given}, post_config,
-            {k: test_given[k] for k in POST_FIELDS if k in test_given})
+    post_fields = {f.name for f in fields(postprocess.PostProcess)}
+    return ({k: v for k, v in test_given.items() if k not in post_fields}, post_config,
+            {k: v for k, v in test_given.items() if k in post_fields})
 
 
 def swa_options(swa_args: list[str]) -> dict:
     """--swa-args as SwaOptions fields."""
-    swa_given = given_options(swa_cli.build_parser(), swa_args, "--swa-args")
-    for key in SWA_OWNED:
+    parser = swa_cli.build_parser()
+    swa_given = given_options(parser, swa_args, "--swa-args")
+    for key, (flag, how) in set_by_ensemble_in(parser).items():
         if key in swa_given:
-            raise UserError(f"--swa-args: --{key.replace('_', '-')} is set by ensemble.py")
+            raise UserError(f"--swa-args: {refusal(flag, how)}")
     return swa_given
 
 
 def pseudo_train(a: argparse.Namespace) -> dict:
     """The training options of the pseudo-label rounds (--pseudo-fraction ...), checked as train.py's."""
-    from engine import config
-
-    return {f"pseudo_{name}": config.coerce(f"pseudo_{name}", getattr(a, f"pseudo_{name}"), f"--pseudo-{name}",
-                                            text=True)
-            for name in ("fraction", "weight", "schedule", "epochs") if getattr(a, f"pseudo_{name}") is not None}
+    return {name: config.coerce(name, getattr(a, name), config.flag(name), text=True)
+            for name in ROUND_OPTIONS if getattr(a, name) is not None}
 
 
 def parse(argv=None):
@@ -349,10 +336,8 @@ def parse(argv=None):
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
     a = build_parser().parse_args(argv)
-    from tgs.io import check_output
-
-    check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file}, [a.data_dir])
-    folds = split_fields(a.folds, "--folds")
+    mosaics_csv = given_mosaics(a.mosaics)
+    check_output(a.run_dir, "--run-dir", {"--folds-file": a.folds_file, "--mosaics": mosaics_csv}, [a.data_dir])
     modes = split_fields(a.modes, "--modes", INPUT_MODES.names())
     sizes = tuple((m, getattr(a, f"size_{m}")) for m in modes if getattr(a, f"size_{m}") is not None)
     for mode, size in sizes:  # a size its mode cannot serve is refused before any fold trains
@@ -360,7 +345,6 @@ def parse(argv=None):
             InputSpec(mode, size)
         except UserError as exc:
             raise UserError(f"--{mode.replace('_', '-')}-size {size}: {exc}") from None
-    check_folds(folds)
     train, shared = train_options(shlex.split(a.train_args) + passthrough)
     predict, post_config, post = test_options(shlex.split(a.test_args))
     swa = swa_options(shlex.split(a.swa_args))
@@ -368,17 +352,20 @@ def parse(argv=None):
     from cli.pseudo import rule_of
 
     opts = EnsembleOptions(
-        data_dir=a.data_dir, run_dir=a.run_dir, folds=folds, train=train, modes=modes, folds_file=a.folds_file,
+        data_dir=a.data_dir, run_dir=a.run_dir, folds=a.folds, train=train, modes=modes, folds_file=a.folds_file,
         sizes=sizes, swa=swa, predict=predict, post_config=post_config,
         post=post, shared=shared, tta=a.tta, tuned_post=a.tuned_post, gpus=a.gpus or "auto", parallel=a.parallel,
         overwrite=a.overwrite, dry_run=a.dry_run, executor=a.executor, max_retries=a.max_retries, slurm=slurm,
-        mosaics=a.mosaics, mosaic_folds=a.mosaic_folds, pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
+        mosaics=a.mosaics is not None, mosaics_csv=mosaics_csv, mosaic_folds=a.mosaic_folds,
+        pseudo_rounds=a.pseudo_rounds, pseudo_source=a.pseudo_source,
         pseudo_rule=rule_of(a, "pseudo-"),
         pseudo_train=pseudo_train(a))
     if a.mosaic_folds and not a.mosaics:
         raise UserError("--mosaic-folds needs --mosaics (the folds are made from them)")
     if a.mosaic_folds and a.folds_file:
         raise UserError("--mosaic-folds makes the folds file itself (RUN/folds.csv): leave out --folds-file")
+    if a.mosaic_folds:
+        check_output(opts.layout.folds_csv, "--mosaic-folds", {"--mosaics": mosaics_csv})
     if a.folds_file is not None:
         from datasets.folds import require_folds_file
 
@@ -397,13 +384,26 @@ def parse(argv=None):
     return opts
 
 
+def given_mosaics(value: str | bool | None) -> str | None:
+    """``--mosaics CSV``: the mosaics.csv given (a file; its contents are checked against the data when the run
+    starts); None when --mosaics is left out or given alone (the run builds them into RUN/mosaics)."""
+    if value is None or value is True:
+        return None
+    if not value.strip():
+        raise UserError("--mosaics: an empty path; give a mosaics.csv of mosaic.py, or --mosaics alone to build them")
+    require_file(value, "--mosaics ", "mosaics.csv",
+                 missing="does not exist (python mosaic.py --data-dir DATA --out DIR writes DIR/mosaics.csv; "
+                         "or --mosaics alone builds them)")
+    return value
+
+
 def slurm_settings(a: argparse.Namespace, device: str | None = None):
     """The Slurm options as SlurmSettings; refused with another executor (they would do nothing), as is --gpus on
     Slurm (the cluster chooses the GPUs) and --parallel with the debug executor (one fold at a time). A fold asks
     for no GPU when train.py's ``device`` is cpu, unless --slurm-gpus-per-fold says otherwise."""
     from engine.jobs import SlurmSettings
 
-    given = [name for name in SLURM_FLAGS if getattr(a, name) is not None]
+    given = [name for name, value in vars(a).items() if name.startswith("slurm_") and value is not None]
     if given and a.executor != "slurm":
         raise UserError(f"--{given[0].replace('_', '-')} applies to --executor slurm only (not {a.executor})")
     if a.executor == "slurm" and a.gpus is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser
+from cli.common import ArgumentParser, number
 from datasets import mosaic
 from tgs.errors import UserError, cli
 from tgs.io import check_output
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
     p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
-    p.add_argument("--ratio", type=float, default=None,
+    p.add_argument("--ratio", type=number(0, 1, open_low=True), default=None,
                    help="accept a pair alone only when its distance is below RATIO times the second best, both ways "
                         "(default: calibrated on the data, see docs/mosaics.md; lower is stricter)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the image cache in DATA/.cache")
@@ -28,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.ratio is not None and not 0 < args.ratio <= 1:
-        raise UserError(f"--ratio {args.ratio}: must be in (0, 1]")
     if not args.out.strip():
         raise UserError("--out: an empty path; give the folder for mosaics.csv and pairs.csv")
     check_output(args.out, "--out", data_dirs=[args.data_dir])

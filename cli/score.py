@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, doc_parts
+from cli.common import ArgumentParser, doc_parts, fold_list
 from tgs.errors import UserError, cli
 
 DOC = """Score a submission with the competition metric, or check a test-set submission's format.
@@ -27,6 +27,9 @@ unknown, and kept under the same rule.
 The score is the mean over images of the precision at IoU thresholds 0.50, 0.55, ..., 0.95 (see tgs/metric.py)."""
 
 
+SEARCH = "the post-processing search (--search OOF.npz --truth ...; the flags after --search go with it)"
+
+
 def build_parser() -> ArgumentParser:
     description, epilog = doc_parts(DOC)
     p = ArgumentParser(prog="score.py", description=description, epilog=epilog,
@@ -39,42 +42,27 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--per-image", metavar="FILE", help="write id,score,iou per image to this CSV")
     p.add_argument("--subset", action="store_true",
                    help="score only the truth ids the submission has (e.g. one fold's validation images)")
-    p.add_argument("--search", metavar="OOF.npz",
+    s = p.add_argument_group(SEARCH)  # the flags after --search go with it only (parse() says so)
+    s.add_argument("--search", metavar="OOF.npz",
                    help="grid-search threshold, minimum area, gating (and the flat-image rule) on out-of-fold "
                         "probabilities (test.py --split valid / --merge-oof) against --truth")
-    p.add_argument("--save-best", metavar="JSON",
-                   help="with --search: write the chosen setting here (read by test.py --post-config)")
-    p.add_argument("--oof-folds", type=fold_names, metavar="FOLDS",
-                   help="with --search: the folds the out-of-fold file was merged from, e.g. fold0,fold1 (default: "
-                        "each image's chunk of the 10-chunk split, or its fold in --folds-file)")
-    p.add_argument("--folds-file", metavar="CSV", help="with --search: CSV id,fold as in train.py")
-    p.add_argument("--mosaics", metavar="CSV",
-                   help="with --search: mosaics.csv of mosaic.py; the mosaic rules are searched too")
+    s.add_argument("--save-best", metavar="JSON",
+                   help="write the chosen setting here (read by test.py --post-config)")
+    s.add_argument("--oof-folds", type=fold_list, metavar="FOLDS",
+                   help="the folds the out-of-fold file was merged from, e.g. fold0,fold1 (default: each image's "
+                        "chunk of the 10-chunk split, or its fold in --folds-file)")
+    s.add_argument("--folds-file", metavar="CSV", help="CSV id,fold as in train.py")
+    s.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py; the mosaic rules are searched too")
     return p
 
 
-def fold_names(text: str) -> tuple[str, ...]:
-    """``fold0,fold1`` -> ('fold0', 'fold1'), each a fold name of datasets.folds."""
-    from datasets.folds import parse_fold
-
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected fold names such as fold0,fold1")
-    for name in names:
-        try:
-            parse_fold(name)
-        except UserError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace(f"--data-fold {name!r}", repr(name))) from None
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r} names a fold twice")
-    return names
-
-
 def parse(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    for flag in ("save_best", "oof_folds", "folds_file", "mosaics"):
-        if getattr(args, flag) and not args.search:
-            raise UserError(f"--{flag.replace('_', '-')} goes with --search")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    group = next(g for g in parser._action_groups if g.title == SEARCH)
+    for action in group._group_actions[1:]:
+        if getattr(args, action.dest) and not args.search:
+            raise UserError(f"{action.option_strings[0]} goes with --search")
     if args.search:
         if args.submission or not args.truth or args.per_image or args.subset:
             raise UserError("--search OOF.npz goes with --truth only (no submission, --check, --per-image, --subset)")

@@ -4,7 +4,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_option, add_threads, doc_parts
+from cli.common import (
+    ArgumentParser,
+    add_amp,
+    add_decoding,
+    add_device,
+    add_option,
+    add_threads,
+    doc_parts,
+    set_by_ensemble,
+)
 from tgs.errors import UserError, cli
 
 DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training
@@ -23,8 +32,11 @@ def build_parser() -> ArgumentParser:
     description, epilog = doc_parts(DOC)
     p = ArgumentParser(prog="swa.py", description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="model files and/or folders of them (e.g. LOG_DIR/models)")
-    p.add_argument("--output", required=True, help="the averaged checkpoint to write")
+    set_by_ensemble(p.add_argument("--input", nargs="+", required=True,
+                                   help="model files and/or folders of them (e.g. LOG_DIR/models)"),
+                    "is set by ensemble.py (each fold's models)")
+    set_by_ensemble(p.add_argument("--output", required=True, help="the averaged checkpoint to write"),
+                    "is set by ensemble.py (RUN/MODE/FOLD_swa.pth)")
     inherited = "the checkpoints'"
     add_option(p, "data_dir", default=None, help=f"dataset in Kaggle's layout; {inherited}")
     add_option(p, "data_fold", default=None, help=f"fold whose training images recompute BatchNorm; {inherited}")

@@ -15,6 +15,7 @@ from cli.common import (
     add_threads,
     doc_parts,
     post_setting,
+    set_by_ensemble,
 )
 from tgs.errors import UserError, cli
 from tgs.io import check_output, require_file
@@ -42,37 +43,48 @@ def build_parser() -> ArgumentParser:
     description, epilog = doc_parts(DOC)
     p = ArgumentParser(prog="test.py", description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", help="checkpoints (models.save_checkpoint files, e.g. swa.py outputs)")
+    set_by_ensemble(p.add_argument("models", nargs="*", help="checkpoints (models.save_checkpoint files, e.g. "
+                                                             "swa.py outputs)"),
+                    "is set by ensemble.py (every fold's SWA model)")
     src = p.add_argument_group("other sources")
-    src.add_argument("--from-probabilities", nargs="+", metavar="NPZ", help="average saved probabilities instead")
-    src.add_argument("--merge-oof", nargs="+", metavar="NPZ",
-                     help="merge per-fold out-of-fold probabilities (disjoint ids) into one file, and score it")
+    set_by_ensemble(src.add_argument("--from-probabilities", nargs="+", metavar="NPZ",
+                                     help="average saved probabilities instead"),
+                    "is not used by ensemble.py (it predicts with its folds' models)")
+    set_by_ensemble(src.add_argument("--merge-oof", nargs="+", metavar="NPZ",
+                                     help="merge per-fold out-of-fold probabilities (disjoint ids) into one file, "
+                                          "and score it"),
+                    "is set by ensemble.py (it merges its folds' out-of-fold predictions)")
     g = p.add_argument_group("prediction")
-    g.add_argument("--tta", action="store_true", help="horizontal-flip TTA")
-    g.add_argument("--output-prefix", required=True,
-                   help="writes PREFIX-submission.csv and PREFIX-probabilities.npz (e.g. runs/fold0)")
-    g.add_argument("--split", choices=("test", "valid"), default="test",
-                   help="test: the test set; valid: --data-fold's validation images (out-of-fold)")
+    set_by_ensemble(g.add_argument("--tta", action="store_true", help="horizontal-flip TTA"), "--no-tta")
+    set_by_ensemble(g.add_argument("--output-prefix", required=True,
+                                   help="writes PREFIX-submission.csv and PREFIX-probabilities.npz (e.g. runs/fold0)"),
+                    "--run-dir")
+    set_by_ensemble(g.add_argument("--split", choices=("test", "valid"), default="test",
+                                   help="test: the test set; valid: --data-fold's validation images (out-of-fold)"),
+                    "is set by ensemble.py (out of fold, then the test set)")
     add_option(g, "data_dir", default=None, help="dataset in Kaggle's layout; the first checkpoint's, else 'data'")
     add_option(g, "data_fold", default=None, help="--split valid: the fold; the checkpoints'")
     add_option(g, "folds_file", default=None, help="CSV id,fold as in train.py; the checkpoints'")
     add_device(g)
     add_option(g, "batch_size", default=64, help="prediction batch")
     add_amp(g)
-    g.add_argument("--channels-last", action="store_true")
+    add_option(g, "channels_last")
     add_threads(g)
     add_decoding(g)
     g.add_argument("--message", help="the -m text of the printed kaggle command")
     add_postprocessing(p)
     mr = p.add_argument_group("mosaic rules (tgs/mosaic_rules.py), after the post-processing above")
-    mr.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py: the layout the rules use (every "
-                                                     "train mask of --data-dir is known, but the predicted tiles')")
-    mr.add_argument("--mosaic-rules", type=rule_names, metavar="RULES",
-                    help=f"comma-separated, of {','.join(RULES)}; none: no rule (default: --post-config's rules, "
-                         "else none)")
-    mr.add_argument("--mosaic-context", action="store_true",
-                    help="predict the tiles inside a --mosaics mosaic within their whole mosaic (windows over it, "
-                         "cut back), not alone (docs/sections.md)")
+    set_by_ensemble(mr.add_argument("--mosaics", metavar="CSV",
+                                    help="mosaics.csv of mosaic.py: the layout the rules use (every train mask of "
+                                         "--data-dir is known, but the predicted tiles')"), "--mosaics")
+    set_by_ensemble(mr.add_argument("--mosaic-rules", type=rule_names, metavar="RULES",
+                                    help=f"comma-separated, of {','.join(RULES)}; none: no rule (default: "
+                                         "--post-config's rules, else none)"),
+                    "is set by ensemble.py (the rules its out-of-fold search kept, with --mosaics)")
+    set_by_ensemble(mr.add_argument("--mosaic-context", action="store_true",
+                                    help="predict the tiles inside a --mosaics mosaic within their whole mosaic "
+                                         "(windows over it, cut back), not alone (docs/sections.md)"),
+                    "is not used by ensemble.py (it predicts every tile alone)")
     return p
 
 

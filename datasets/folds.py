@@ -32,16 +32,45 @@ CHUNKS = 10
 _NAME = re.compile(r"^fold(\d+)$")
 
 
-def parse_fold(name: str) -> list[int]:
-    """``fold3`` -> [3]; ``fold01`` -> [0, 1]. Each digit is one fold (chunk) index."""
+def fold_problem(name: str) -> str | None:
+    """What is wrong with a fold name (``fold3``: chunk 3; ``fold01``: chunks 0 and 1), as text after the name, or
+    None: the one check of a fold name, for a flag, a list of them or a config file's key."""
     m = _NAME.match(name or "")
     if not m:
-        raise UserError(f"--data-fold {name!r} is not a fold name: use fold0 .. fold9, or several digits such as "
-                        "fold01 to validate on several folds")
-    digits = [int(c) for c in m.group(1)]
-    if len(set(digits)) != len(digits):
-        raise UserError(f"--data-fold {name!r} repeats a fold")
-    return digits
+        return "is not a fold name: use fold0 .. fold9, or several digits such as fold01 to validate on several folds"
+    if len(set(m.group(1))) != len(m.group(1)):
+        return "repeats a fold"
+    return None
+
+
+def parse_fold(name: str) -> list[int]:
+    """``fold3`` -> [3]; ``fold01`` -> [0, 1]. Each digit is one fold (chunk) index."""
+    problem = fold_problem(name)
+    if problem:
+        raise UserError(f"--data-fold {name!r} {problem}")
+    return [int(c) for c in name[len("fold"):]]
+
+
+def fold_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of fold names (``fold0,fold1``), each valid, none twice, and no two validating on the
+    same chunk (fold01 and fold1 overlap): each image is out of fold once. A problem is a UserError whose text
+    names the folds (the caller adds its flag)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UserError("expected fold names such as fold0,fold1")
+    seen: dict[int, str] = {}
+    for name in names:
+        problem = fold_problem(name)
+        if problem:
+            raise UserError(f"{name!r} {problem}")
+        if names.count(name) > 1:
+            raise UserError(f"{text!r} names a fold twice ({name})")
+        for chunk in parse_fold(name):
+            if chunk in seen:
+                raise UserError(f"{seen[chunk]} and {name} overlap: both validate on fold {chunk} (each image must be "
+                                "out of fold once)")
+            seen[chunk] = name
+    return names
 
 
 def chunk_of_rows(n: int, chunks: int = CHUNKS) -> np.ndarray:

@@ -45,15 +45,14 @@ PSEUDO_SCHEDULES = ("mix", "pretrain")
 
 
 def _fold_name(value: str) -> str | None:
-    from datasets.folds import parse_fold
+    from datasets.folds import fold_problem
 
-    try:
-        parse_fold(value)
-    except UserError as exc:
-        text = str(exc)
-        prefix = f"--data-fold {value!r} "
-        return text[len(prefix):] if text.startswith(prefix) else text
-    return None
+    return fold_problem(value)
+
+
+def size_flag(mode: str) -> str:
+    """ensemble.py's flag of an input mode's model input size (``--pad-size``), one per registered mode."""
+    return f"--{mode.replace('_', '-')}-size"
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -82,14 +81,16 @@ def _weights(value: str) -> str | None:
 # -- the sections -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataOptions:
-    data_dir: str = opt("data", "path", "dataset in Kaggle's layout", run_only=True)
-    data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name)
+    data_dir: str = opt("data", "path", "dataset in Kaggle's layout", run_only=True, ensemble="--data-dir")
+    data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name,
+                         ensemble="--folds")
     folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
-                                               "chunks", optional=True)
+                                               "chunks", optional=True, ensemble="--folds-file")
     input_mode: str = opt("pad", "choice", "how a 101x101 tile enters the model: "
-                          + "; ".join(INPUT_MODES.describe()), choices=INPUT_MODES.names())
-    resize: bool = opt(False, "bool", "shorthand for --input-mode resize")
-    input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1, high=1024)
+                          + "; ".join(INPUT_MODES.describe()), choices=INPUT_MODES.names(), ensemble="--modes")
+    resize: bool = opt(False, "bool", "shorthand for --input-mode resize", ensemble="--modes")
+    input_size: int = opt(128, "int", "model input side (pad or resize target)", low=1, high=1024,
+                          ensemble=" / ".join(size_flag(m) for m in INPUT_MODES.names()))
     disable_cutout: bool = opt(False, "bool", "no cutout augmentation")
     no_augment: bool = opt(False, "bool", "no augmentation at all")
     drop_mask_threshold: int = opt(0, "int", "drop training images whose mask has 1..N-1 salt pixels (tiny, "
@@ -205,19 +206,21 @@ OptimOptions = _section(
 
 @dataclass(frozen=True)
 class RunOptions:
-    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/", run_only=True)
+    log_dir: str = opt("runs/fold0", "path", "metrics, TensorBoard, checkpoints/ and models/", run_only=True,
+                       ensemble="--run-dir")
     resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True,
-                             repeated=False)
+                             repeated=False, ensemble="is automatic (a fold with a last checkpoint resumes)")
     overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)",
-                          repeated=False)
+                          repeated=False, ensemble="--overwrite")
     vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
-    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True)
-    amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True)
+    device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True, shared=True)
+    amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True, shared=True)
     channels_last: bool = opt(False, "bool", "channels-last memory format", resumable=True)
     compile: bool = opt(False, "bool", "torch.compile the model", run_only=True)
     seed: int = opt(0, "int", "random seed", low=0, high=2**32 - 1)
     comment: str = opt("", "str", "free text kept in config.yaml and checkpoints", run_only=True)
-    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024, run_only=True)
+    threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024, run_only=True,
+                       shared=True)
 
 
 @dataclass(frozen=True)
@@ -228,17 +231,19 @@ class PseudoOptions:
     for a pseudo one; pretrain: the first N epochs on the pseudo-labels alone, then the real images alone."""
 
     pseudo_labels: str | None = opt(None, "path", "a pseudo-labels.npz (pseudo.py) of this data set's test images "
-                                                  "to train on as well", optional=True, resumable=True)
+                                                  "to train on as well", optional=True, resumable=True,
+                                 ensemble="--pseudo-rounds")
     pseudo_fraction: float = opt(0.25, "float", "mix: the share F of each batch drawn from the pseudo-labels "
                                                 "(round(F x batch size) images)", low=0.0, high=1.0, open_high=True,
-                                 used_with=("pseudo_schedule", ("mix",)))
+                                 used_with=("pseudo_schedule", ("mix",)), ensemble="--pseudo-fraction")
     pseudo_weight: float = opt(1.0, "float", "mix: weight W of a pseudo-labelled image in the batch's loss (a real "
-                                             "image weighs 1)", low=0.0, used_with=("pseudo_schedule", ("mix",)))
+                                             "image weighs 1)", low=0.0, used_with=("pseudo_schedule", ("mix",)),
+                               ensemble="--pseudo-weight")
     pseudo_schedule: str = opt("mix", "choice", "mix: every batch carries the share; pretrain: --pseudo-epochs on "
                                                 "the pseudo-labels alone, then the real images alone",
-                               choices=PSEUDO_SCHEDULES)
+                               choices=PSEUDO_SCHEDULES, ensemble="--pseudo-schedule")
     pseudo_epochs: int = opt(0, "int", "pretrain: epochs N on the pseudo-labels alone (counted in --max-epochs)",
-                             low=0, used_with=("pseudo_schedule", ("pretrain",)))
+                             low=0, used_with=("pseudo_schedule", ("pretrain",)), ensemble="--pseudo-epochs")
 
     def per_batch(self, batch_size: int) -> int:
         """Pseudo images in a mixed batch of ``batch_size``: ``F x batch_size`` rounded half up."""
@@ -268,6 +273,9 @@ def _where(test) -> tuple[str, ...]:
 NOT_REPEATED = _where(lambda o: not o.repeated)  # about this invocation: not in config.yaml, not re-applied
 RUN_ONLY = _where(lambda o: o.run_only)  # where and how a run runs: a finished model made otherwise is reused
 RESUMABLE_CHANGES = _where(lambda o: o.run_only or o.resumable)  # may change when a run is resumed
+SHARED = _where(lambda o: o.shared)  # ensemble.py gives these training options to SWA and prediction as well
+SET_BY_ENSEMBLE = {name: spec.metadata["option"].ensemble for name, (_, spec) in options().items()
+                   if spec.metadata["option"].ensemble}  # ensemble.py sets them: {option: its flag, or what it does}
 
 
 def flag(name: str) -> str:

@@ -161,15 +161,23 @@ def test_a_failing_step_stops_with_one_line(tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize("extra,passthrough,fragment", [
     ([], ["--data-fold", "fold3"], "--data-fold is set by ensemble.py"),
     ([], ["--resize"], "use ensemble.py --modes"),
-    ([], ["--input-size=64"], "--pad-size / --resize-size"),
+    ([], ["--input-size=64"], "use ensemble.py --pad-size / --resize-size / --resize-pad-size"),  # every mode's
+    ([], ["--input-mode", "resize"], "--input-mode is set by ensemble.py for every fold; use ensemble.py --modes"),
+    ([], ["--pseudo-weight", "2"], "--pseudo-weight is set by ensemble.py for every fold; use ensemble.py "
+                                   "--pseudo-weight"),
     ([], ["--resume", "x.pth"], "--resume is automatic"),
     ([], ["--log-d", "x"], "--log-dir is set by ensemble.py"),  # an abbreviation is recognised
     ([], ["--no-such-flag"], "train options: unrecognized arguments: --no-such-flag"),
     (["--modes", "pad,crop"], [], "--modes 'pad,crop'"),
-    (["--folds", "fold0,fold0"], [], "repeats an entry"),
+    (["--folds", "fold0,fold0"], [], "--folds: 'fold0,fold0' names a fold twice"),
     (["--folds", "foldx"], [], "is not a fold name"),
     (["--test-args", "--split valid"], [], "--test-args: --split is set by ensemble.py"),
     (["--swa-args", "--output x.pth"], [], "--swa-args: --output is set by ensemble.py"),
+    (["--swa-args", "--data-fold fold1"], [], "--swa-args: --data-fold is set by ensemble.py; use ensemble.py --folds"),
+    (["--test-args=--tta"], [], "--test-args: --tta is set by ensemble.py; use ensemble.py --no-tta"),
+    (["--test-args", "x.pth"], [], "--test-args: MODELS is set by ensemble.py (every fold's SWA model)"),
+    (["--test-args=--mosaic-context"], [], "--test-args: --mosaic-context is not used by ensemble.py"),
+    (["--test-args", "--mosaics m.csv"], [], "--test-args: --mosaics is set by ensemble.py; use ensemble.py --mosaics"),
     (["--executor", "pbs"], [], "--executor: invalid choice: 'pbs'"),
     (["--slurm-partition", "gpu"], [], "--slurm-partition applies to --executor slurm only (not local)"),
     (["--executor", "slurm", "--gpus", "0,1"], [], "with --executor slurm use --slurm-gpus-per-fold"),
@@ -754,6 +762,91 @@ def test_bad_mosaic_options_are_refused(tiny_data, tmp_path, calls, capsys, extr
     assert calls == []
 
 
+def _write_mosaics(path: Path, ids, width: int) -> None:
+    """A hand-made layout: ``ids`` in rows of ``width`` tiles, mosaic k holding ids[k*2*width:(k+1)*2*width]."""
+    n = np.arange(len(ids))
+    pd.DataFrame({"id": ids, "mosaic": n // (2 * width), "row": n % (2 * width) // width,
+                  "col": n % width}).to_csv(path, index=False)
+
+
+def test_a_given_mosaics_csv_is_used_as_it_is_and_its_contents_decide_reuse(tiny_data, tmp_path, calls, capsys):
+    run, given = tmp_path / "given", tmp_path / "layout" / "mosaics.csv"
+    given.parent.mkdir()
+    train_ids = kaggle.load_train(tiny_data).ids
+    _write_mosaics(given, train_ids[:24], 3)  # 4 mosaics of 6 train tiles (2 rows of 3)
+    argv = command(tiny_data, run, "--mosaics", str(given), "--mosaic-folds")
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"[mosaics] {given}: 24 tiles in 4 mosaics, used as given" in out
+    assert "mosaics" not in [s for s, _ in scripts(calls)] and not (run / "mosaics").exists()  # nothing built
+    search = next(a for s, a, label, _ in calls if label == "search")
+    submit = next(a for s, a, label, _ in calls if label == "test")
+    assert search.mosaics == submit.mosaics == str(given)
+    # the mosaic folds are made from the given layout: each of its mosaics lies in one fold
+    fold_of = pd.read_csv(run / "folds.csv", dtype=str).set_index("id")["fold"]
+    for k in range(4):
+        assert fold_of[train_ids[6 * k:6 * k + 6]].nunique() == 1
+    # a rerun with the same contents reuses the folds and every output
+    calls.clear()
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "was made from these mosaics, reused" in out
+    assert [s for s, _ in scripts(calls)] == []
+    # other contents under the same name: the mosaic folds are made again from them, and the folds trained on the
+    # earlier ones are refused (one line), as for any folds file rewritten under its name
+    _write_mosaics(given, train_ids[:24], 2)  # now 6 mosaics of 4 tiles
+    calls.clear()
+    assert ensemble_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other folds than" in err and "--overwrite" in err, err
+    fold_of = pd.read_csv(run / "folds.csv", dtype=str).set_index("id")["fold"]
+    assert all(fold_of[train_ids[4 * k:4 * k + 4]].nunique() == 1 for k in range(6))
+    assert "train" not in [s for s, _ in scripts(calls)]
+
+
+def test_outputs_made_from_a_given_mosaics_csv_are_remade_when_its_contents_change(tiny_data, tmp_path, calls,
+                                                                                    capsys):
+    run, given = tmp_path / "given", tmp_path / "mosaics.csv"
+    test_ids = kaggle.read_sample_submission(tiny_data / "sample_submission.csv")
+    train_ids = kaggle.load_train(tiny_data).ids
+    _write_mosaics(given, np.concatenate([train_ids[:4], test_ids[:4]]), 2)
+    argv = command(tiny_data, run, "--mosaics", str(given))
+    assert ensemble_cli.main(argv) == 0
+    calls.clear()
+    assert ensemble_cli.main(argv) == 0  # the same contents: nothing is made again
+    assert scripts(calls) == []
+    _write_mosaics(given, np.concatenate([test_ids[:4], train_ids[:4]]), 2)  # other neighbours, the same name
+    capsys.readouterr()
+    assert ensemble_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    made = [label for _, label in scripts(calls)]
+    assert "search" in made and "test" in made, made  # the search and the submission, made again
+    assert "train" not in [s for s, _ in scripts(calls)] and out.count("exists, skipped") == 2  # the folds reused
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda d: None, "does not exist (python mosaic.py"),
+    (lambda d: d.mkdir(), "is a folder, not a mosaics.csv"),
+    (lambda d: d.write_text(""), ": not a readable CSV"),
+    (lambda d: d.write_text("id,fold\nabc,0\n"), "id,mosaic,row,col"),
+    (lambda d: d.write_text("id,mosaic,row,col\nnot-an-id,0,0,0\n"), "not-an-id"),
+])
+def test_a_bad_mosaics_csv_is_refused_with_one_line_before_anything_runs(tiny_data, tmp_path, calls, capsys, make,
+                                                                        fragment):
+    given = tmp_path / "m.csv"
+    make(given)
+    assert ensemble_cli.main(command(tiny_data, tmp_path / "r", "--mosaics", str(given))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--mosaics {given}" in err and fragment in err, err
+    assert calls == []
+
+
+def test_an_empty_mosaics_path_is_refused(tiny_data, tmp_path, calls, capsys):
+    assert ensemble_cli.main(command(tiny_data, tmp_path / "r", "--mosaics", "")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--mosaics: an empty path" in err, err
+
+
 # -- reuse decided by what an output was made from, not by its path ---------------------------------------------------
 @pytest.fixture
 def own_data(tiny_data, tmp_path):
@@ -871,8 +964,8 @@ def test_overlapping_folds_are_refused_before_any_work(tiny_data, tmp_path, call
             "--", *TINY, "--max-epochs", "1"]
     assert ensemble_cli.main(argv) == 2
     captured = capsys.readouterr()
-    assert captured.err == "error: --folds: fold01 and fold1 both validate on fold 1 (each image must be out of fold " \
-                           "once)\n"
+    assert captured.err == "error: ensemble.py: argument --folds: fold01 and fold1 overlap: both validate on fold 1 " \
+                           "(each image must be out of fold once)\n"
     assert captured.out == "" and calls == [] and not (tmp_path / "r").exists()
 
 

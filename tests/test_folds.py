@@ -36,6 +36,25 @@ def test_bad_fold_names(bad):
         folds.split(IDS, bad)
 
 
+def test_a_list_of_fold_names():
+    assert folds.fold_names(" fold0, fold1 ,fold23,") == ("fold0", "fold1", "fold23")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "expected fold names such as fold0,fold1"),
+    (" , ", "expected fold names such as fold0,fold1"),
+    ("fold0,foldx", "'foldx' is not a fold name: use fold0 .. fold9"),
+    ("fold11", "'fold11' repeats a fold"),
+    ("fold1,fold1", "'fold1,fold1' names a fold twice (fold1)"),
+    ("fold01,fold1", "fold01 and fold1 overlap: both validate on fold 1 (each image must be out of fold once)"),
+    ("fold2,fold320", "fold2 and fold320 overlap: both validate on fold 2"),
+])
+def test_a_bad_list_of_fold_names_says_what_is_wrong(text, message):
+    with pytest.raises(UserError) as exc:
+        folds.fold_names(text)
+    assert str(exc.value).startswith(message), exc.value
+
+
 def test_stratified_balance_and_seed():
     rng = np.random.default_rng(0)
     cov = rng.integers(0, 11, 1000)

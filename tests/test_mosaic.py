@@ -242,8 +242,10 @@ def test_mosaic_cli(synthetic_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--data-dir", "DATA"], "the following arguments are required: --out"),
-    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "x"], "--ratio: invalid float value"),
-    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "1.5"], "--ratio 1.5: must be in (0, 1]"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "x"], "--ratio: 'x' is not a number"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "1.5"], "--ratio: must be in (0, 1], got 1.5"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "0"], "--ratio: must be in (0, 1], got 0"),
+    (["--data-dir", "DATA", "--out", "OUT", "--ratio", "nan"], "--ratio: 'nan' is not a finite number"),
     (["--data-dir", "MISSING", "--out", "OUT"], "does not exist"),
     (["--data-dir", "DATA", "--out", ""], "--out: an empty path"),
     (["--data-dir", "DATA", "--out", "DATA/train/masks/x"], "would overwrite the dataset's train in"),

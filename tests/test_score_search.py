@@ -114,7 +114,7 @@ def test_score_py_reports_the_held_out_gain_and_saves_the_setting_that_generalis
 
 @pytest.mark.parametrize("folds, fragment", [
     ("fold0", "10 images of"),  # fold1's images are in none of the folds named
-    ("fold0,fold01", "the folds overlap"),
+    ("fold0,fold01", "--oof-folds: fold0 and fold01 overlap: both validate on fold 0"),
     ("fold0,fold0", "names a fold twice"),
     ("fold0,x", "'x' is not a fold name"),
 ])

@@ -18,7 +18,10 @@ class Option:
     ``check(value)``: a further test returning the problem as text, or None. What a value changes:
     ``run_only``: only where and how the run runs (device, threads, folders), never its result, so a finished
     model made with another value is reused; ``resumable``: may change when a run is resumed (also how long it
-    trains); ``repeated=False``: about this invocation only (not written to config.yaml, not re-applied)."""
+    trains); ``repeated=False``: about this invocation only (not written to config.yaml, not re-applied).
+    Where ensemble.py passes a script's options on (train.py's, swa.py's, test.py's): ``ensemble``: it sets this
+    option itself and refuses it, saying instead the ensemble.py flag to use (``--folds``) or, not a flag, what it
+    does (``is automatic ...``); ``shared``: a training option it also gives to the SWA and prediction steps."""
 
     kind: str
     help: str
@@ -33,6 +36,8 @@ class Option:
     resumable: bool = False
     repeated: bool = True
     used_with: tuple = ()  # (the deciding option, the values that use this one); registry entries' are derived
+    ensemble: str = ""
+    shared: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class EnsembleOptions:
     # the jigsaw: build the mosaics once (RUN/mosaics), search and submit with mosaic rules, mosaic-aware folds
     mosaics: bool = False
     mosaic_folds: bool = False
-    mosaics_csv: str | None = None  # set by the run: the file every round uses
+    mosaics_csv: str | None = None  # a mosaics.csv given (--mosaics CSV), else set by the run to the one it built
 
     def size_of(self, mode: str) -> int:
         """The model input size of ``mode``'s folds: the size given for it, else the mode's registered default."""
