@@ -161,9 +161,9 @@ def test_post_config_file_and_flags_that_override_it(ckpts, test_images, tmp_pat
     ("{not json", "not a JSON file"),
     ("[1, 2]", "expected a JSON object"),
     ('{"threshold": 0.5, "min_area": 0, "gate": null}', "missing flat"),
-    ('{"threshold": "0.5", "min_area": 0, "gate": null, "flat": true}', "threshold = '0.5' is not a valid value"),
-    ('{"threshold": 0.5, "min_area": 2.5, "gate": null, "flat": true}', "min_area = 2.5 is not a valid value"),
-    ('{"threshold": 1.5, "min_area": 0, "gate": null, "flat": true}', "--threshold 1.5: must be in [0, 1)"),
+    ('{"threshold": "0.5", "min_area": 0, "gate": null, "flat": true}', "threshold: '0.5' is not a number"),
+    ('{"threshold": 0.5, "min_area": 2.5, "gate": null, "flat": true}', "min_area: 2.5 is not an integer"),
+    ('{"threshold": 1.5, "min_area": 0, "gate": null, "flat": true}', "threshold: must be < 1, got 1.5"),
 ])
 def test_a_bad_post_config_is_one_line(ckpts, tmp_path, capsys, text, fragment):
     path = tmp_path / "post.json"
@@ -332,7 +332,7 @@ def test_bad_inputs_are_one_line_errors(ckpts, tmp_path, capsys):
         ([ckpts["a"], ckpts["a"]], "listed twice"),
         ([tmp_path / "none.pth"], "none.pth does not exist"),
         ([ckpts["a"], "--data-fold", "fold0"], "--data-fold goes with --split valid"),
-        ([ckpts["a"], "--threshold", "1.5"], "--threshold: must be in [0, 1), got 1.5"),
+        ([ckpts["a"], "--threshold", "1.5"], "--threshold: must be < 1, got 1.5"),
     ]
     for argv, fragment in cases:
         code, _, err = run([*argv, "--output-prefix", tmp_path / "j"], capsys)
