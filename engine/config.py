@@ -435,6 +435,13 @@ class TrainConfig:
         return [f"{k} {a[k]!r} -> {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
 
 
+def trained_fold(meta: Mapping) -> str | None:
+    """The fold a checkpoint's model was trained on (or an SWA model's BatchNorm recomputed on): its configuration's
+    ``data_fold``, the one place a checkpoint records it; None where the checkpoint records no configuration."""
+    fold = (meta.get("config") or {}).get("data_fold")
+    return fold if isinstance(fold, str) and fold else None
+
+
 def _did_you_mean(name: str) -> str:
     close = difflib.get_close_matches(name, sorted(options()), n=3)
     return f" (did you mean {', '.join(close)}?)" if close else ""

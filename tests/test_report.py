@@ -192,7 +192,7 @@ def test_run_report_files_and_numbers(tiny_run, tmp_path, capsys):
     train_set = kaggle.load_train(data)
     _, rows = folds.split(train_set.ids, "fold0")
     loaded = models.load(run / "models" / "best-metric-fold0.pth")
-    assert loaded.meta["fold"] == "fold0"
+    assert loaded.meta["config"]["data_fold"] == "fold0"
     q, _ = RUNS.predict_levels(loaded, train_set.images[rows], "cpu")
     truth = train_set.masks[rows]
     sweep = pd.read_csv(out / "valid-threshold-sweep.csv")

@@ -46,15 +46,20 @@ def tiny(seed: int, spec: InputSpec, images: np.ndarray) -> models.SaltUNet:
     return model
 
 
+def fold(meta: dict, name: str) -> dict:
+    """``meta`` of a model trained on fold ``name`` (a checkpoint records its fold in its configuration)."""
+    return {**meta, "config": {**meta["config"], "data_fold": name}}
+
+
 @pytest.fixture(scope="module")
 def ckpts(synthetic_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
     meta = {"config": {"data_dir": str(synthetic_root), "folds_file": None}}
     images = kaggle.load_test(synthetic_root).images[:16]
     return {
-        "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, {**meta, "fold": "fold0"}),
-        "a1": models.save_checkpoint(d / "a1.pth", tiny(1, RESIZE, images), RESIZE, {**meta, "fold": "fold1"}),
-        "b": models.save_checkpoint(d / "b.pth", tiny(2, PAD, images), PAD, {**meta, "fold": "fold0"}),
+        "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, fold(meta, "fold0")),
+        "a1": models.save_checkpoint(d / "a1.pth", tiny(1, RESIZE, images), RESIZE, fold(meta, "fold1")),
+        "b": models.save_checkpoint(d / "b.pth", tiny(2, PAD, images), PAD, fold(meta, "fold0")),
     }
 
 
