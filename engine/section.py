@@ -284,7 +284,7 @@ def _line_pass(source, opts, predictor, clip, out, state, direction: str, progre
         for k in range(state["done"] + 1, source.lines(direction)):
             prob = predict_line(clip.apply(source.line(direction, k)), predictor, opts.overlap, opts.scale)
             if direction == "crossline":
-                prob = 0.5 * (first.read("crossline", k) + prob)
+                prob = 0.5 * (first.line("crossline", k) + prob)
             writer.write(direction, k, prob)
             writer.flush()
             state["done"] = k
@@ -303,14 +303,14 @@ def _finish_volume(source, opts, clip, out, state) -> list[Path]:
     with segy.SegyWriter(source, final) as prob_file, segy.SegyWriter(source, mask_partial) as mask_file:
         for k in range(source.lines("inline")):
             grey = clip.apply(source.line("inline", k))
-            mask_file.write("inline", k, salt_mask(prob_file.read("inline", k), grey, opts.post).astype(np.float32))
+            mask_file.write("inline", k, salt_mask(prob_file.line("inline", k), grey, opts.post).astype(np.float32))
         mask_file.flush()
         for direction, numbers in (("inline", opts.inlines), ("crossline", opts.crosslines)):
             for number in numbers:
                 k = int(np.flatnonzero(source.numbers(direction) == number)[0])
                 grey = clip.apply(source.line(direction, k))
                 path = out / f"{direction}-{number}.png"
-                write_png(path, picture(grey, prob_file.read(direction, k), mask_file.read(direction, k) > 0.5))
+                write_png(path, picture(grey, prob_file.line(direction, k), mask_file.line(direction, k) > 0.5))
                 written.append(path)
         for k in opts.time_slices:
             grey = clip.apply(source.time_slice(k))
