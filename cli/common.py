@@ -67,6 +67,17 @@ def doc_parts(doc: str) -> tuple[str, str]:
     return head, rest
 
 
+def new_parser(prog: str, doc: str, **kw) -> ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description and the rest as the epilog, both
+    printed as written (:func:`doc_parts`)."""
+    description, epilog = doc_parts(doc)
+    return ArgumentParser(prog=prog, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
+MODELS_HELP = "checkpoints (models.save_checkpoint files, e.g. swa.py outputs)"  # the scripts that take models
+
+
 def add_postprocessing(p) -> None:
     """The post-processing flags (test.py, pseudo.py, section.py): ``--post-config JSON`` and a flag per value of
     :class:`tgs.postprocess.PostProcess` (its declaration gives the flag, type, range and help) overriding the

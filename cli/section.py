@@ -5,13 +5,14 @@ import argparse
 from pathlib import Path
 
 from cli.common import (
+    MODELS_HELP,
     ArgumentParser,
     add_amp,
     add_device,
     add_postprocessing,
     add_threads,
-    doc_parts,
     integer,
+    new_parser,
     number,
     post_setting,
 )
@@ -45,10 +46,8 @@ percentile = number(0.0, 100.0)
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="section.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", help="checkpoints (models.save_checkpoint files, e.g. swa.py outputs)")
+    p = new_parser("section.py", DOC)
+    p.add_argument("models", nargs="+", help=MODELS_HELP)
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", metavar="FILE", help="SEG-Y (2D or 3D), PNG or .npy section")
     src.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py (with --mosaic N and --data-dir)")

@@ -1,10 +1,9 @@
 """swa.py's command line: options -> engine.swa.SwaOptions -> engine.swa.run."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_option, add_threads, doc_parts
+from cli.common import ArgumentParser, add_amp, add_decoding, add_device, add_option, add_threads, new_parser
 from tgs.errors import UserError, cli
 
 DOC = """Stochastic weight averaging of one fold's models, BatchNorm statistics recomputed on the fold's training
@@ -20,9 +19,7 @@ file and drop-mask threshold come from the checkpoints' training config unless g
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="swa.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("swa.py", DOC)
     p.add_argument("--input", nargs="+", required=True, help="model files and/or folders of them (e.g. LOG_DIR/models)")
     p.add_argument("--output", required=True, help="the averaged checkpoint to write")
     inherited = "the checkpoints'"

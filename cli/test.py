@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cli.common import (
+    MODELS_HELP,
     ArgumentParser,
     add_amp,
     add_decoding,
@@ -13,7 +14,7 @@ from cli.common import (
     add_option,
     add_postprocessing,
     add_threads,
-    doc_parts,
+    new_parser,
     post_setting,
 )
 from tgs.errors import UserError, cli
@@ -39,10 +40,8 @@ The submission and the probabilities are written as a pair (an existing pair is 
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="test.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", help="checkpoints (models.save_checkpoint files, e.g. swa.py outputs)")
+    p = new_parser("test.py", DOC)
+    p.add_argument("models", nargs="*", help=MODELS_HELP)
     src = p.add_argument_group("other sources")
     src.add_argument("--from-probabilities", nargs="+", metavar="NPZ", help="average saved probabilities instead")
     src.add_argument("--merge-oof", nargs="+", metavar="NPZ",
