@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from datasets import kaggle, synthetic
+from bench import dataset
+from datasets import kaggle
 from tgs import metric, png, rle
 
 
@@ -35,15 +35,11 @@ def main() -> int:
     p.add_argument("--data", help="dataset folder in Kaggle's layout (default: generate 4000 + 18000 images)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
+    with dataset(args.data, 4000, 18000) as data:
+        return measure(args, data)
 
-    tmp = None
-    data = args.data
-    if data is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tgs-bench-")
-        data = tmp.name
-        t = time.perf_counter()
-        synthetic.write_dataset(data, 4000, 18000, seed=0)
-        print(f"generated a synthetic 4000 + 18000 set in {time.perf_counter() - t:.1f} s")
+
+def measure(args, data: str) -> int:
     layout = kaggle.Layout.of(data)
     train_ids = kaggle.read_train_csv(layout.train_csv)["id"].to_numpy(str)
     test_ids = kaggle.read_sample_submission(layout.sample_submission)
@@ -78,8 +74,6 @@ def main() -> int:
     print(f"\n{'operation':32s} {'items':>7s} {'seconds':>9s} {'items/s':>10s}  target   (cpu cores: {os.cpu_count()})")
     for name, n, s, rate, target in rows:
         print(f"{name:32s} {n:7d} {s:9.3f} {rate:10.0f}  {target}")
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 

@@ -121,7 +121,7 @@ def worker(spec: dict) -> dict:
     return {"rows": rows}
 
 
-def _print_table(rows: list[dict], memory_note: str) -> None:
+def print_table(rows: list[dict], memory_note: str) -> None:
     head = ["model", "encoder", "device", "dtype", "ch_last", "mode", "batch", "size", "img/s", "ms/iter",
             "peak MiB"]
     lines = [[r["model"], r["encoder"], r["device"], r["dtype"], "on" if r["channels_last"] else "off", r["mode"],
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     note = ("torch.cuda.max_memory_allocated" if device.startswith("cuda") else
             "CPU: peak RSS (VmHWM) of a fresh process minus its RSS after building the model (high-water mark: "
             "fwd+bwd includes fwd)")
-    _print_table(rows, note)
+    print_table(rows, note)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))

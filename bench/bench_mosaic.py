@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import dataset
 from datasets import kaggle, mosaic, synthetic
 from tgs.mosaic import Mosaics
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_mb() -> float:
@@ -47,18 +45,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratio", type=float, default=None)
     args = p.parse_args()
+    with dataset(args.data, args.train, args.test, args.seed) as data:
+        return measure(args, data)
 
-    tmp = None
-    data = args.data
-    if data is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tgs-bench-mosaic-")
-        data = tmp.name
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", data, "--train", str(args.train),
-                        "--test", str(args.test), "--seed", str(args.seed), "--force"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)  # a separate process: its memory is not counted below
-        print(f"generated a synthetic {args.train} + {args.test} set in {time.perf_counter() - t:.1f} s")
 
+def measure(args, data: str) -> int:
+    """Time the steps on the dataset folder ``data`` and print the table."""
     t0 = time.perf_counter()
     train = kaggle.load_train(data, cache=False)
     test = kaggle.load_test(data, cache=False)
@@ -115,8 +107,6 @@ def main() -> int:
     print(f"\n{'mosaic.py on ' + kind:50s} {'value':>34s}  target   (cpu cores: {os.cpu_count()})")
     for name, value, target in rows:
         print(f"{name:50s} {value:>34s}  {target}")
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 
-from tgs import TILE
 from tgs.cliargs import ArgumentParser, integer, number, probability, share  # noqa: F401  (re-exported for the cli modules)
 from tgs.errors import UserError
 
 
-def checked(name: str):
-    """An argparse type for the training option ``name``: the same :func:`engine.config.coerce` checks (kind,
-    choices, range, the option's own test) that train.py's flag and a config file's key pass."""
-    from engine import config as C
+def checked(name: str, option=None, flag: str | None = None):
+    """An argparse type for the option ``name``: the same :meth:`tgs.options.Option.coerce` checks (kind, choices,
+    range, the option's own test) that a config file's key or a post-config file's value pass. ``option``/``flag``:
+    its declaration and flag where it is not a training option of engine/config.py (the post-processing values)."""
+    if option is None:
+        from engine import config as C
+
+        option, flag = C.spec(name), C.flag(name)
 
     def parse(text: str):
         try:
-            return C.coerce(name, text, C.flag(name), text=True)
+            return option.coerce(text, flag, text=True)
         except UserError as exc:
             raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
 
@@ -93,32 +96,42 @@ def doc_parts(doc: str) -> tuple[str, str]:
     return head, rest
 
 
+def new_parser(prog: str, doc: str, **kw) -> ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description and the rest as the epilog, both
+    printed as written (:func:`doc_parts`)."""
+    description, epilog = doc_parts(doc)
+    return ArgumentParser(prog=prog, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
+MODELS_HELP = "checkpoints (models.save_checkpoint files, e.g. swa.py outputs)"  # the scripts that take models
+
+
 def add_postprocessing(p) -> None:
-    """The post-processing flags (test.py, pseudo.py): ``--post-config JSON`` and the flags overriding its values,
-    each named as its tgs.postprocess.PostProcess field and absent from the namespace unless given;
-    :func:`post_setting` resolves them."""
+    """The post-processing flags (test.py, pseudo.py, section.py): ``--post-config JSON`` and a flag per value of
+    :class:`tgs.postprocess.PostProcess` (its declaration gives the flag, type, range and help) overriding the
+    file's; a flag not given leaves no attribute (``--gate none`` is a value), and :func:`post_setting` resolves
+    them."""
     from tgs import postprocess
 
-    d = postprocess.DEFAULTS
     pp = p.add_argument_group("post-processing (defaults: --post-config's file, else tgs/postprocess.py's)")
     pp.add_argument("--post-config", metavar="JSON",
                     help="the setting of score.py --search --save-best JSON; the flags below override its values")
-    pp.add_argument("--threshold", type=probability, default=argparse.SUPPRESS,
-                    help=f"salt where probability > this (default {d.threshold:g})")
-    pp.add_argument("--min-area", type=integer(0, TILE * TILE), default=argparse.SUPPRESS,
-                    help=f"predictions with fewer salt pixels become empty (default {d.min_area})")
-    pp.add_argument("--gate", type=postprocess.parse_gate, default=argparse.SUPPRESS,
-                    help="empty where the image-level salt probability < this (none: off; default off)")
-    pp.add_argument("--no-flat", dest="flat", action="store_const", const=False, default=argparse.SUPPRESS,
-                    help="keep predictions on flat single-valued images (default: empty)")
+    for name, o in postprocess.VALUES.items():
+        default = getattr(postprocess.DEFAULTS, name)
+        if o.kind == "bool":
+            pp.add_argument(postprocess.flag(name), dest=name, action="store_const", const=not default,
+                            default=argparse.SUPPRESS, help=o.help)
+            continue
+        shown = "none: off; default off" if default is None else f"default {default:g}"
+        pp.add_argument(postprocess.flag(name), type=checked(name, o, postprocess.flag(name)), dest=name,
+                        default=argparse.SUPPRESS, metavar=name.upper(), help=f"{o.help} ({shown})")
 
 
 def post_setting(args: argparse.Namespace) -> tuple:
     """(PostProcess, where it comes from): --post-config's file or the defaults, overridden by the flags given
     (:func:`add_postprocessing`: a flag not given is no attribute; ``--gate none`` is a value, off)."""
-    from dataclasses import fields
-
     from tgs import postprocess
 
-    given = {f.name: getattr(args, f.name) for f in fields(postprocess.PostProcess) if hasattr(args, f.name)}
+    given = {k: getattr(args, k) for k in postprocess.VALUES if hasattr(args, k)}
     return postprocess.resolve(args.post_config, given)

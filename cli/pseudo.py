@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, add_decoding, add_postprocessing, doc_parts, post_setting, share
+from cli.common import ArgumentParser, add_decoding, add_postprocessing, new_parser, post_setting, share
 from tgs.errors import UserError, cli
 
 DOC = """Choose pseudo-labels among the test images from saved test predictions, and write them for train.py.
@@ -57,9 +57,7 @@ def rule_of(a: argparse.Namespace, prefix: str = ""):
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="pseudo.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("pseudo.py", DOC)
     p.add_argument("--probabilities", required=True, metavar="NPZ",
                    help="test-set predictions (test.py's or the ensemble's PREFIX-probabilities.npz)")
     p.add_argument("--data-dir", default="data", help="the dataset in Kaggle's layout (default: data)")

@@ -20,7 +20,8 @@ SCRIPTS = {"train.py": "cli.train", "swa.py": "cli.swa", "test.py": "cli.test", 
 WIDTH = 118
 
 
-def _parser(module: str):
+def script_parser(module: str):
+    """The argument parser of a script's cli module; None where the module is not part of this checkout."""
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -37,7 +38,7 @@ def render() -> str:
              "Generated from each script's parser by `python -m cli.reference > docs/commands.md`; a test checks that "
              "this file is current.\n"]
     for script, module in SCRIPTS.items():
-        parser = _parser(module)
+        parser = script_parser(module)
         if parser is None:
             continue
         parser.prog = script

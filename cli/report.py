@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import ArgumentParser, add_device, doc_parts, integer, probability
+from cli.common import ArgumentParser, add_device, integer, new_parser, probability
 from cli.test import rule_names
 from tgs.cliargs import SEED_MAX
 from tgs.errors import UserError, cli
@@ -32,9 +32,7 @@ predictions (above --threshold, then the mosaic rules) in red, tiles a rule chan
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="report.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("report.py", DOC)
     p.add_argument("run", nargs="?", type=Path, help="a train.py log folder (metrics.csv, models/)")
     p.add_argument("--probabilities", type=Path, metavar="NPZ",
                    help="report on saved probabilities (out-of-fold, ensemble) instead of a run")

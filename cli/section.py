@@ -5,13 +5,14 @@ import argparse
 from pathlib import Path
 
 from cli.common import (
+    MODELS_HELP,
     ArgumentParser,
     add_amp,
     add_device,
     add_postprocessing,
     add_threads,
-    doc_parts,
     integer,
+    new_parser,
     number,
     post_setting,
 )
@@ -31,7 +32,7 @@ line when its inline or crossline numbers are constant), a PNG or a 2D .npy sect
 mosaic N of mosaic.py's mosaics.csv assembled from DATA's tiles. Amplitudes become 8-bit grey by a clip (--clip
 LO HI, else percentiles of a bounded sample of traces; printed); 8-bit PNGs and mosaics are used as they are.
 Windows of 101x101 every 101 - --overlap pixels, reflected at the borders, through every model with flip TTA (each
-with its own checkpoint's pad or resize), blended with smooth weights. Volumes go line by line; --resume continues
+with its own checkpoint's pad or resize), blended with smooth weights. Volumes go line by line; --continue continues
 a killed run from its last finished line, with the same result as an uninterrupted run.
 
 Out in DIR: probability.npy, mask.npy and section.png for a 2D section; probability.sgy and mask.sgy (float32,
@@ -45,10 +46,8 @@ percentile = number(0.0, 100.0)
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="section.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", help="checkpoints (models.save_checkpoint files, e.g. swa.py outputs)")
+    p = new_parser("section.py", DOC)
+    p.add_argument("models", nargs="+", help=MODELS_HELP)
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", metavar="FILE", help="SEG-Y (2D or 3D), PNG or .npy section")
     src.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py (with --mosaic N and --data-dir)")
@@ -72,7 +71,8 @@ def build_parser() -> ArgumentParser:
     v.add_argument("--crosslines", nargs="+", type=int, default=(), metavar="N", help="pictures of these crosslines")
     v.add_argument("--time-slices", nargs="+", type=integer(0), default=(), metavar="K",
                    help="pictures of these time slices (sample indices)")
-    v.add_argument("--resume", action="store_true", help="continue a killed run on a volume from its last line")
+    v.add_argument("--continue", dest="resume", action="store_true",
+                   help="continue a killed run on a volume from its last line")
     d = p.add_argument_group("device")
     add_device(d)
     d.add_argument("--batch-size", type=integer(1), default=64)

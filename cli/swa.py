@@ -1,7 +1,6 @@
 """swa.py's command line: options -> engine.swa.SwaOptions -> engine.swa.run."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from cli.common import (
@@ -11,7 +10,7 @@ from cli.common import (
     add_device,
     add_option,
     add_threads,
-    doc_parts,
+    new_parser,
     set_by_ensemble,
 )
 from tgs.errors import UserError, cli
@@ -29,9 +28,7 @@ file and drop-mask threshold come from the checkpoints' training config unless g
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="swa.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("swa.py", DOC)
     set_by_ensemble(p.add_argument("--input", nargs="+", required=True,
                                    help="model files and/or folders of them (e.g. LOG_DIR/models)"),
                     "is set by ensemble.py (each fold's models)")

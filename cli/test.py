@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cli.common import (
+    MODELS_HELP,
     ArgumentParser,
     add_amp,
     add_decoding,
@@ -13,7 +14,7 @@ from cli.common import (
     add_option,
     add_postprocessing,
     add_threads,
-    doc_parts,
+    new_parser,
     post_setting,
     set_by_ensemble,
 )
@@ -40,11 +41,8 @@ The submission and the probabilities are written as a pair (an existing pair is 
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="test.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    set_by_ensemble(p.add_argument("models", nargs="*", help="checkpoints (models.save_checkpoint files, e.g. "
-                                                             "swa.py outputs)"),
+    p = new_parser("test.py", DOC)
+    set_by_ensemble(p.add_argument("models", nargs="*", help=MODELS_HELP),
                     "is set by ensemble.py (every fold's SWA model)")
     src = p.add_argument_group("other sources")
     set_by_ensemble(src.add_argument("--from-probabilities", nargs="+", metavar="NPZ",

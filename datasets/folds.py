@@ -191,7 +191,7 @@ def mosaic_groups(ids: np.ndarray, mosaics: Mosaics) -> np.ndarray:
     return np.where(where >= 0, mosaics.mosaic[np.maximum(where, 0)], -1)
 
 
-def _water_fill(counts: np.ndarray, m: int, sizes: np.ndarray) -> np.ndarray:
+def water_fill(counts: np.ndarray, m: int, sizes: np.ndarray) -> np.ndarray:
     """How many of ``m`` new items each fold gets so that ``counts`` end as level as possible (ties: the folds of
     smallest ``sizes`` get the spare ones)."""
     lo, hi = int(counts.min()), int(counts.max()) + m + 1
@@ -248,7 +248,7 @@ def mosaic_folds(coverage: np.ndarray, depths: np.ndarray, groups: np.ndarray, k
         if not rows.size:
             continue
         rows = rows[np.lexsort((rng.random(rows.size), depth_class[rows]))]
-        quota = _water_fill(count[:, c], rows.size, size)
+        quota = water_fill(count[:, c], rows.size, size)
         slot_fold = np.repeat(np.arange(k), quota)
         slot_rank = np.concatenate([(np.arange(q) + 0.5) / q for q in quota if q])  # spread each fold over depths
         folds[rows] = slot_fold[np.lexsort((rng.random(slot_fold.size), slot_rank))]

@@ -89,7 +89,7 @@ def _target(name: str, split: str | None) -> PurePosixPath | None:
     return None
 
 
-class _TooBig(Exception):
+class TooBig(Exception):
     """More bytes came than the bound allowed."""
 
 
@@ -97,8 +97,8 @@ class _Unreadable(Exception):
     """The source could not be read (corrupt or truncated data); args[0] is the cause."""
 
 
-def _copy_bounded(src: IO[bytes], dest: Path, limit: int) -> int:
-    """Copy ``src`` into the new file ``dest`` in chunks; the number of bytes copied. Raises _TooBig as soon as
+def copy_bounded(src: IO[bytes], dest: Path, limit: int) -> int:
+    """Copy ``src`` into the new file ``dest`` in chunks; the number of bytes copied. Raises TooBig as soon as
     more than ``limit`` bytes come (whatever a header said), _Unreadable when reading fails; write errors
     (a full disk) propagate as OSError."""
     written = 0
@@ -112,7 +112,7 @@ def _copy_bounded(src: IO[bytes], dest: Path, limit: int) -> int:
                 return written
             written += len(chunk)
             if written > limit:
-                raise _TooBig()
+                raise TooBig()
             out.write(chunk)
 
 
@@ -182,8 +182,8 @@ class _Unpacker:
         name = excerpt(member.info.filename)
         try:
             with archive.open(member.info) as src:
-                n = _copy_bounded(src, dest, limit)
-        except _TooBig:
+                n = copy_bounded(src, dest, limit)
+        except TooBig:
             if limit < bound:
                 raise DataError(f"{label}: member {name} takes the unpacked dataset past {_size(self.limits.total)}, "
                                 "the bound for the whole dataset") from None
@@ -234,8 +234,8 @@ class _Unpacker:
         """A CSV file of a folder of downloads, bounded as an archive member is."""
         try:
             with open(path, "rb") as src:
-                self.written += _copy_bounded(src, self.root / path.name, self.limits.csv)
-        except _TooBig:
+                self.written += copy_bounded(src, self.root / path.name, self.limits.csv)
+        except TooBig:
             raise DataError(f"{path} is larger than {_size(self.limits.csv)}, the bound for a CSV") from None
         except _Unreadable as exc:
             raise DataError(f"cannot read {path}: {exc.args[0]}") from None

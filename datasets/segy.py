@@ -92,7 +92,43 @@ def _check_size(path: Path, header: Header) -> int:
     return body // trace_bytes
 
 
-class SegyVolume:
+class _OpenSegy:
+    """What a SEG-Y file open for reading (:class:`SegyVolume`) and one open for writing (:class:`SegyWriter`)
+    share: segyio's handle ``f``, lines and time slices read through it, closing, and the ``with`` statement.
+    ``geometry`` is the :class:`SegyVolume` whose kind (2D or 3D) and line numbers index the file."""
+
+    f: object
+    geometry: "SegyVolume"
+
+    def _lines(self, direction: str):
+        """segyio's lines of ``direction`` (its inlines or crosslines mode)."""
+        return self.f.iline if direction == "inline" else self.f.xline
+
+    def line(self, direction: str = "inline", k: int = 0) -> np.ndarray:
+        """Line ``k`` (an index, not a line number) as float32 (samples, traces)."""
+        if self.geometry.kind == "2d":
+            data = self.f.trace.raw[:]
+        else:
+            data = self._lines(direction)[int(self.geometry.numbers(direction)[k])]
+        return np.ascontiguousarray(np.asarray(data, np.float32).T)
+
+    def time_slice(self, k: int) -> np.ndarray:
+        """Sample ``k`` of every trace of a 3D volume as (inlines, crosslines) float32 (segyio's depth slice is
+        (slow, fast): (crosslines, inlines) in a crossline-sorted file)."""
+        data = np.asarray(self.f.depth_slice[k], np.float32)
+        return np.ascontiguousarray(data.T) if self.f.sorting == 1 else data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SegyVolume(_OpenSegy):
     """An open SEG-Y file, 2D (``kind == '2d'``: one line of traces) or 3D (``'3d'``: inlines x crosslines).
 
     ``line(direction, k)`` reads one line as float32 ``(samples, traces)``; ``sample_traces`` a bounded, evenly
@@ -100,6 +136,7 @@ class SegyVolume:
 
     def __init__(self, path: Path, header: Header, handle, kind: str):
         self.path, self.header, self.f, self.kind = path, header, handle, kind
+        self.geometry = self
 
     # -- shape ---------------------------------------------------------------------------------------------------
     @property
@@ -138,38 +175,10 @@ class SegyVolume:
         return f"3D volume of {il} inlines x {xl} crosslines x {ns} samples, {self.sorting} ({fmt})"
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def line(self, direction: str = "inline", k: int = 0) -> np.ndarray:
-        """Line ``k`` (an index, not a line number) as float32 (samples, traces)."""
-        if self.kind == "2d":
-            data = self.f.trace.raw[:]
-        else:
-            mode = self.f.iline if direction == "inline" else self.f.xline
-            data = mode[int(self.numbers(direction)[k])]
-        return np.ascontiguousarray(np.asarray(data, np.float32).T)
-
     def sample_traces(self, limit: int) -> np.ndarray:
         """At most ``limit`` traces spread evenly over the file, (n, samples) float32 (never the whole file)."""
         index = np.unique(np.linspace(0, self.traces - 1, min(limit, self.traces)).round().astype(np.int64))
         return np.stack([np.asarray(self.f.trace[int(i)], np.float32) for i in index])  # loop per sampled trace
-
-    def time_slice(self, k: int) -> np.ndarray:
-        """Sample ``k`` of every trace of a 3D volume as (inlines, crosslines) float32."""
-        return _time_slice(self.f, k)
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> "SegyVolume":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _time_slice(f, k: int) -> np.ndarray:
-    """segyio's depth slice is (slow, fast): (crosslines, inlines) in a crossline-sorted file."""
-    data = np.asarray(f.depth_slice[k], np.float32)
-    return np.ascontiguousarray(data.T) if f.sorting == 1 else data
 
 
 def _segyio_open(path: Path, header: Header, ignore_geometry: bool, mode: str = "r"):
@@ -265,45 +274,26 @@ def create_like(source: SegyVolume, path: str | os.PathLike) -> None:
             dst.trace[i] = zeros
 
 
-class SegyWriter:
+class SegyWriter(_OpenSegy):
     """A SEG-Y file made by :func:`create_like`, opened for writing lines (``write(direction, k, data)`` with
-    ``data`` (samples, traces)) and reading them back; ``flush`` makes the written lines reach the file."""
+    ``data`` (samples, traces)) and reading them back (``line``); ``flush`` makes the written lines reach the
+    file."""
 
     def __init__(self, source: SegyVolume, path: str | os.PathLike):
-        self.source = source
+        self.geometry = source
         header = Header(source.header.endian, IEEE_FLOAT, source.samples)
         self.f = _segyio_open(Path(path), header, ignore_geometry=source.f.unstructured, mode="r+")
 
     def write(self, direction: str, k: int, data: np.ndarray) -> None:
         traces = np.ascontiguousarray(np.asarray(data, np.float32).T)
-        if self.source.kind == "2d":
+        if self.geometry.kind == "2d":
             for i, trace in enumerate(traces):  # loop per trace of one line
                 self.f.trace[i] = trace
             return
-        number = int(self.source.numbers(direction)[k])
-        (self.f.iline if direction == "inline" else self.f.xline)[number] = traces
-
-    def read(self, direction: str, k: int) -> np.ndarray:
-        if self.source.kind == "2d":
-            return np.asarray(self.f.trace.raw[:], np.float32).T
-        number = int(self.source.numbers(direction)[k])
-        mode = self.f.iline if direction == "inline" else self.f.xline
-        return np.ascontiguousarray(np.asarray(mode[number], np.float32).T)
-
-    def time_slice(self, k: int) -> np.ndarray:
-        return _time_slice(self.f, k)
+        self._lines(direction)[int(self.geometry.numbers(direction)[k])] = traces
 
     def flush(self) -> None:
         self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> "SegyWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def write_array(path: str | os.PathLike, data: np.ndarray, fmt: int = IEEE_FLOAT, endian: str = "big",

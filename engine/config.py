@@ -287,68 +287,9 @@ def spec(name: str) -> Option:
 
 
 # -- checking one value -----------------------------------------------------------------------------------------
-def _number(x) -> str:
-    """A bound or a value in a message: whole numbers as integers (4294967295, not 4.29497e+09), short."""
-    if isinstance(x, int) or (float(x).is_integer() and abs(x) < 1e16):
-        return excerpt(int(x))
-    return f"{x:g}"
-
-
 def coerce(name: str, value: Any, where: str, text: bool = False) -> Any:
-    """``value`` of option ``name`` as its type, or a UserError ``{where}: {problem}``. ``text``: the value is a
-    command-line string (``"32"``), else a YAML/checkpoint value whose type must already be right (``2.5`` is no
-    batch size, ``"yes"`` no bool)."""
-    o = spec(name)
-
-    def bad(problem: str):
-        raise UserError(f"{where}: {problem}")
-
-    if value is None:
-        if o.optional:
-            return None
-        bad("a value is required")
-    value = _typed(o, value, text, bad)
-    if o.kind == "bool":
-        return value
-    if o.choices and value not in o.choices:
-        bad(f"{excerpt(value)} is not one of {', '.join(map(str, o.choices))}")
-    if o.low is not None and (value < o.low or (o.open_low and value == o.low)):
-        bad(f"must be {'>' if o.open_low else '>='} {_number(o.low)}, got {_number(value)}")
-    if o.high is not None and (value > o.high or (o.open_high and value == o.high)):
-        bad(f"must be {'<' if o.open_high else '<='} {_number(o.high)}, got {_number(value)}")
-    if o.check is not None:
-        problem = o.check(value)
-        if problem:
-            bad(f"{excerpt(value)} {problem}")
-    return value
-
-
-def _typed(o: Option, value: Any, text: bool, bad: Callable[[str], None]) -> Any:
-    """``value`` as the option's kind (a command-line string converted, a file's value as it is), or ``bad``."""
-    kind = o.kind
-    if kind == "bool":
-        if not isinstance(value, bool):
-            bad(f"{excerpt(value)} is not true or false")
-        return value
-    if kind in ("int", "float"):
-        what = "an integer" if kind == "int" else "a number"
-        if text:
-            try:
-                value = int(value) if kind == "int" else float(value)
-            except ValueError:
-                bad(f"{excerpt(value)} is not {what}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                kind == "int" and not isinstance(value, int)):
-            bad(f"{excerpt(value)} is not {what}")
-        value = int(value) if kind == "int" else float(value)
-        if kind == "float" and not math.isfinite(value):
-            bad(f"{value} is not a finite number")
-        return value
-    if not isinstance(value, str):
-        bad(f"{excerpt(value)} is not a string")
-    if kind == "path" and not value.strip():
-        bad("an empty path")
-    return value
+    """``value`` of option ``name`` as its type, or a UserError ``{where}: {problem}`` (:meth:`Option.coerce`)."""
+    return spec(name).coerce(value, where, text)
 
 
 # -- options that only some choices use: (the option) -> (the option that decides, the choices that use it) -----
@@ -500,6 +441,13 @@ class TrainConfig:
         """``name a -> b`` for each option whose value differs (``ignore``: names left out)."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k} {a[k]!r} -> {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
+
+
+def trained_fold(meta: Mapping) -> str | None:
+    """The fold a checkpoint's model was trained on (or an SWA model's BatchNorm recomputed on): its configuration's
+    ``data_fold``, the one place a checkpoint records it; None where the checkpoint records no configuration."""
+    fold = (meta.get("config") or {}).get("data_fold")
+    return fold if isinstance(fold, str) and fold else None
 
 
 def _did_you_mean(name: str) -> str:

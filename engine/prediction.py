@@ -20,7 +20,7 @@ import numpy as np
 from datasets import kaggle
 from datasets.kaggle import Layout, read_sample_submission
 from engine import distributed, inference, logs
-from engine.config import TrainConfig
+from engine.config import TrainConfig, trained_fold
 from engine.layout import Outputs
 from tgs import metric, mosaic_rules, postprocess, runtime, submission
 from tgs import probabilities as P
@@ -96,7 +96,7 @@ def models_data(opts: PredictOptions, timer: inference.Timer) -> tuple:
     data_dir = opts.data_dir or trained.data.data_dir
     t0 = time.perf_counter()
     if opts.split == "valid":
-        fold = opts.data_fold or first.get("fold")
+        fold = opts.data_fold or trained_fold(first)
         if not fold:
             raise UserError(f"{opts.models[0]} does not record its fold; give --data-fold")
         inference.check_split(opts.models[0], trained.data.folds_file, opts.folds_file)
@@ -114,7 +114,7 @@ def predict_with_models(opts: PredictOptions, data: inference.ImageSet, device, 
     """(probs, image_probs, model names) of the checkpoints on ``data``."""
 
     def check(path, loaded):
-        fold = loaded.meta.get("fold")
+        fold = trained_fold(loaded.meta)
         if data.split == "valid" and fold is not None and fold != data.fold:
             raise UserError(f"{path} was trained on {fold}, not {data.fold}: its out-of-fold images are another "
                             f"fold's (predict each fold's validation images with that fold's models)")

@@ -11,9 +11,9 @@ the links keep the state of the epoch they were made at: 2 writes an epoch inste
 
 The order is the crash guarantee. ``last`` is always written first, so after a kill at any moment every best name
 is either current or older than ``last``, never newer; and a best name that should hold ``last``'s epoch (the
-resume state records the best epochs) but does not (the kill came between the two steps) is re-linked from ``last``
-by :meth:`CheckpointSaver.restore`, which the trainer runs whenever it resumes. Left-over temporary files of a
-killed write are removed at the same time.
+resume state's history gives the best epochs) but does not (the kill came between the two steps) is re-linked from
+``last`` by :meth:`CheckpointSaver.restore`, which the trainer runs whenever it resumes. Left-over temporary files
+of a killed write are removed at the same time.
 """
 from __future__ import annotations
 

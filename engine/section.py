@@ -241,15 +241,15 @@ def save_state(out: Path, state: dict) -> None:
 
 
 def start_state(out: Path, opts: SectionOptions, clip: Clip, source) -> dict:
-    """The state to continue from: the unfinished run's with --resume (same settings, partial files there), else a
+    """The state to continue from: the unfinished run's with --continue (same settings, partial files there), else a
     fresh one (old partial files removed)."""
     key = run_key(opts, clip)
     old = read_state(out)
     if opts.resume and old is not None:
         if old.get("key") != key:
             diff = [k for k in key if old.get("key", {}).get(k) != key[k]]
-            raise UserError(f"--resume: the unfinished run in {out} used another {', '.join(diff)}; run without "
-                            "--resume to start over")
+            raise UserError(f"--continue: the unfinished run in {out} used another {', '.join(diff)}; run without "
+                            "--continue to start over")
         missing = [PARTIAL[p] for p in old["passes"] if not (out / PARTIAL[p]).is_file()]
         if not missing:
             logs.info(f"resuming: {old['pass']}s done up to line {old['done'] + 1} of {source.lines(old['pass'])}")
@@ -258,7 +258,7 @@ def start_state(out: Path, opts: SectionOptions, clip: Clip, source) -> dict:
     elif opts.resume:
         logs.info(f"note: nothing to resume in {out}; starting")
     elif old is not None:
-        logs.info(f"note: starting over (an unfinished run is in {out}; --resume continues it)")
+        logs.info(f"note: starting over (an unfinished run is in {out}; --continue continues it)")
     for name in PARTIAL.values():
         (out / name).unlink(missing_ok=True)
     segy.create_like(source, out / PARTIAL["inline"])
@@ -284,7 +284,7 @@ def _line_pass(source, opts, predictor, clip, out, state, direction: str, progre
         for k in range(state["done"] + 1, source.lines(direction)):
             prob = predict_line(clip.apply(source.line(direction, k)), predictor, opts.overlap, opts.scale)
             if direction == "crossline":
-                prob = 0.5 * (first.read("crossline", k) + prob)
+                prob = 0.5 * (first.line("crossline", k) + prob)
             writer.write(direction, k, prob)
             writer.flush()
             state["done"] = k
@@ -303,14 +303,14 @@ def _finish_volume(source, opts, clip, out, state) -> list[Path]:
     with segy.SegyWriter(source, final) as prob_file, segy.SegyWriter(source, mask_partial) as mask_file:
         for k in range(source.lines("inline")):
             grey = clip.apply(source.line("inline", k))
-            mask_file.write("inline", k, salt_mask(prob_file.read("inline", k), grey, opts.post).astype(np.float32))
+            mask_file.write("inline", k, salt_mask(prob_file.line("inline", k), grey, opts.post).astype(np.float32))
         mask_file.flush()
         for direction, numbers in (("inline", opts.inlines), ("crossline", opts.crosslines)):
             for number in numbers:
                 k = int(np.flatnonzero(source.numbers(direction) == number)[0])
                 grey = clip.apply(source.line(direction, k))
                 path = out / f"{direction}-{number}.png"
-                write_png(path, picture(grey, prob_file.read(direction, k), mask_file.read(direction, k) > 0.5))
+                write_png(path, picture(grey, prob_file.line(direction, k), mask_file.line(direction, k) > 0.5))
                 written.append(path)
         for k in opts.time_slices:
             grey = clip.apply(source.time_slice(k))
@@ -382,7 +382,7 @@ def run(opts: SectionOptions, fail_after=None) -> int:
     try:
         opts = check_pictures(source, opts)
         if opts.resume and source.kind == "2d":
-            logs.info("note: --resume applies to volumes; a 2D section is predicted in one piece")
+            logs.info("note: --continue applies to volumes; a 2D section is predicted in one piece")
         logs.info(f"input: {source.path}: {source.describe()}")
         clip = choose_clip(source, opts)
         logs.info(clip.describe())

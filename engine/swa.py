@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from datasets import folds, kaggle
 from engine import distributed, predict
-from engine.config import TrainConfig
+from engine.config import TrainConfig, trained_fold
 from tgs import runtime
 from tgs.errors import DataError, UserError
 from tgs.inputs import InputSpec
@@ -130,7 +130,7 @@ def average(paths: Sequence[Path], log: Callable[[str], None] = print, allow_mix
                                 f"({_difference(first_raw['input_spec'], raw['input_spec'])})")
             if set(raw["state_dict"]) != set(first_raw["state_dict"]):
                 raise UserError(f"cannot average {first_path} and {path}: their state dicts have different keys")
-            fold_a, fold_b = first_raw["meta"].get("fold"), raw["meta"].get("fold")
+            fold_a, fold_b = trained_fold(first_raw["meta"]), trained_fold(raw["meta"])
             if fold_a != fold_b and not allow_mixed_folds:
                 raise UserError(f"cannot average {first_path} and {path}: different folds ({fold_a} vs {fold_b}); "
                                 "average one fold's models (or name the fold for BatchNorm with --data-fold)")
@@ -151,7 +151,7 @@ def average(paths: Sequence[Path], log: Callable[[str], None] = print, allow_mix
                     total[name] = t.double().clone()
         meta = raw["meta"]
         kind = meta.get("kind") or "+".join(meta.get("names") or []) or "model"
-        sources.append(Source(Path(path), meta.get("epoch"), kind, meta.get("fold")))
+        sources.append(Source(Path(path), meta.get("epoch"), kind, trained_fold(meta)))
         log(f"average {path} (epoch {meta.get('epoch', '?')}, {kind})")
     n = len(sources)
     model = models.model_from_checkpoint(first_raw, first_path)
@@ -255,7 +255,7 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
         raise DataError(f"the average of {len(avg.sources)} models is not finite: a source's weights diverged "
                         f"({', '.join(str(s.path) for s in avg.sources[:3])})")
     trained = TrainConfig.from_checkpoint(avg.meta, paths[0])
-    fold = opts.data_fold or avg.meta.get("fold")
+    fold = opts.data_fold or trained_fold(avg.meta)
     trained_on = {s.fold for s in avg.sources} - {None}
     if opts.data_fold and len(trained_on) == 1 and opts.data_fold not in trained_on:
         raise UserError(f"--data-fold {opts.data_fold}: the models were trained on {trained_on.pop()} (the average "
@@ -277,7 +277,7 @@ def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:
     config = trained.replace(data_dir=str(data_dir), data_fold=fold, folds_file=folds_file,
                              drop_mask_threshold=drop).to_dict()
     out_meta = {
-        "kind": "swa", "fold": fold, "epoch": max((e for e in epochs if isinstance(e, int)), default=None),
+        "kind": "swa", "epoch": max((e for e in epochs if isinstance(e, int)), default=None),
         "sources": [str(s.path) for s in avg.sources], "source_epochs": epochs,
         "duplicates": [[str(a), str(b)] for a, b in avg.skipped],
         "bn_images": int(len(tr)), "bn_batch_size": batch, "bn_batches": batches,

@@ -38,7 +38,7 @@ from datasets import augment, folds, kaggle
 from datasets.torchdata import MixedBatchSampler, SaltDataset
 from engine import distributed, logs, predict, schedulers
 from engine import pseudo as pseudo_labels
-from engine.config import RESUMABLE_CHANGES, TrainConfig, save_yaml
+from engine.config import RESUMABLE_CHANGES, TrainConfig, save_yaml, trained_fold
 from engine.distributed import DistInfo
 from engine.layout import RunLayout
 from engine.saver import CheckpointSaver
@@ -56,23 +56,43 @@ class TrainingError(UserError):
 
 @dataclass
 class RunState:
-    """Everything about the run's progress that a resume must restore."""
+    """Everything about the run's progress that a resume must restore: the last finished epoch, the optimiser
+    steps, and each epoch's row (``metrics.csv``). The best values, their epochs and the epochs since the best
+    metric are read from the rows, not kept beside them."""
 
     epoch: int = -1  # last finished epoch
     step: int = 0  # optimiser steps so far
-    best: dict = field(default_factory=lambda: {"metric": -math.inf, "loss": math.inf, "accuracy": -math.inf})
-    best_epoch: dict = field(default_factory=lambda: {"metric": -1, "loss": -1, "accuracy": -1})
-    since_best_metric: int = 0
     history: list = field(default_factory=list)
 
+    def bests(self) -> dict[str, tuple[float, int]]:
+        """kind -> (best value, the first epoch reaching it; -1 before any): what :data:`KINDS` calls better."""
+        out = {kind: (-math.inf if better is operator.gt else math.inf, -1) for kind, better in KINDS.items()}
+        for row in self.history:
+            for kind, better in KINDS.items():
+                if better(row[f"val_{kind}"], out[kind][0]):
+                    out[kind] = (row[f"val_{kind}"], row["epoch"])
+        return out
+
+    @property
+    def best(self) -> dict[str, float]:
+        return {kind: value for kind, (value, _) in self.bests().items()}
+
+    @property
+    def best_epoch(self) -> dict[str, int]:
+        return {kind: epoch for kind, (_, epoch) in self.bests().items()}
+
+    @property
+    def since_best_metric(self) -> int:
+        """Epochs after the best metric's (all of them when none was better than nothing, e.g. all NaN)."""
+        best = self.best_epoch["metric"]
+        return sum(1 for row in self.history if row["epoch"] > best)
+
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "best": dict(self.best), "best_epoch": dict(self.best_epoch),
-                "since_best_metric": self.since_best_metric, "history": list(self.history)}
+        return {"epoch": self.epoch, "step": self.step, "history": list(self.history)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
-        return cls(int(d["epoch"]), int(d["step"]), dict(d["best"]), dict(d["best_epoch"]),
-                   int(d["since_best_metric"]), list(d["history"]))
+        return cls(int(d["epoch"]), int(d["step"]), list(d["history"]))  # best values: read from the history
 
 
 @dataclass
@@ -140,7 +160,7 @@ def read_resume(cfg: TrainConfig) -> dict | None:
     if raw.get("extra") is None:
         raise UserError(f"--resume {path} is a model file without training state; resume from a "
                         "checkpoints/*-checkpoint-*.pth file")
-    fold = raw["meta"].get("fold")
+    fold = trained_fold(raw["meta"])
     if fold not in (None, cfg.data.data_fold):
         raise UserError(f"--resume {path} is from {fold}, not --data-fold {cfg.data.data_fold}")
     return raw
@@ -544,7 +564,7 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 
 def save_epoch(ctx: Context, epoch: int, row: dict, improved: list[str]) -> None:
-    meta = {"fold": ctx.fold, "epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
+    meta = {"epoch": epoch, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
             "config": ctx.cfg.to_dict(), "data_fingerprint": ctx.data_fingerprint,
             "folds_digest": ctx.folds_digest}
     if ctx.pseudo is not None:
@@ -587,16 +607,10 @@ def fit(ctx: Context) -> RunState:
         if not distributed.all_true(weights_finite(ctx.core), info):
             raise _diverged("model's weights", "non-finite", ctx, f"epoch {epoch}")
         row["time_s"] = time.time() - t0
-        improved = []
-        for kind, better in KINDS.items():
-            value = row[f"val_{kind}"]
-            if better(value, state.best[kind]):
-                state.best[kind], state.best_epoch[kind] = value, epoch
-                improved.append(kind)
-        state.since_best_metric = 0 if "metric" in improved else state.since_best_metric + 1
         schedulers.step(ctx.scheduler, row["val_metric"])
         state.epoch = epoch
         state.history.append(row)
+        improved = [kind for kind, best in state.best_epoch.items() if best == epoch]
         if info.is_main:
             save_epoch(ctx, epoch, row, improved)
             write_metrics(ctx)

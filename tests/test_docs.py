@@ -68,7 +68,7 @@ def test_every_flag_the_readme_gives_a_script_exists():
     seen = 0
     for script, flags in _readme_commands():
         module = reference.SCRIPTS[script]
-        parser = reference._parser(module)
+        parser = reference.script_parser(module)
         known = {s for a in parser._actions for s in a.option_strings}
         for f in flags:
             assert f.split("=")[0] in known, f"README: {script} has no flag {f}"

@@ -489,7 +489,7 @@ def test_cpu_folds_in_parallel_with_real_subprocesses(tiny_data, tmp_path, capsy
     assert f"running 2 folds at a time: process 1 ({threads} thread" in out
     for fold in ("fold0", "fold1", "fold2"):
         loaded = models.load(run / "resize" / f"{fold}_swa.pth")
-        assert loaded.meta["fold"] == fold and loaded.input_spec.mode == "resize"
+        assert loaded.meta["config"]["data_fold"] == fold and loaded.input_spec.mode == "resize"
         log = (run / "logs" / f"resize-{fold}.log").read_text()
         commands = [line for line in log.splitlines() if line.startswith("$ ")]
         assert len(commands) == 2 and all("-m engine.fold_job" in c for c in commands)  # train, swa
@@ -545,7 +545,7 @@ def test_sigterm_stops_every_running_fold(tiny_data, tmp_path):
     assert "stopping resize/fold0" in out and "stopping resize/fold1" in out
     assert not _processes_mentioning(str(run))  # no orphan keeps training
     for fold, c in zip(("fold0", "fold1"), checkpoints):
-        assert models.read_checkpoint(c)["meta"]["fold"] == fold  # a good checkpoint to resume from
+        assert models.read_checkpoint(c)["meta"]["config"]["data_fold"] == fold  # a good checkpoint to resume from
     assert not list(run.rglob("*_swa.pth"))
 
 

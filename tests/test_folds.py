@@ -141,9 +141,9 @@ def test_mosaic_folds_with_big_mosaics_stay_within_one_mosaic_of_even():
 
 
 def test_water_fill():
-    q = folds._water_fill(np.array([5, 0, 2, 9]), 8, sizes=np.array([0, 0, 1, 0]))
+    q = folds.water_fill(np.array([5, 0, 2, 9]), 8, sizes=np.array([0, 0, 1, 0]))
     assert list(q) == [0, 5, 3, 0] and q.sum() == 8  # levels 5, 5, 5, 9
-    q = folds._water_fill(np.array([3, 3, 3]), 2, sizes=np.array([10, 0, 5]))
+    q = folds.water_fill(np.array([3, 3, 3]), 2, sizes=np.array([10, 0, 5]))
     assert list(q) == [0, 1, 1]  # the spare items go to the smallest folds
 
 

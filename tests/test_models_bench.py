@@ -17,6 +17,6 @@ def test_worker_measures_both_modes(bench, capsys):
     rows = bench.worker(spec)["rows"]
     assert [r["mode"] for r in rows] == ["fwd", "fwd+bwd"]
     assert all(r["images_s"] > 0 and r["encoder"] == "resnet18" and r["peak_mib"] >= 0 for r in rows)
-    bench._print_table(rows, "test")
+    bench.print_table(rows, "test")
     out = capsys.readouterr().out
     assert "img/s" in out and "fwd+bwd" in out

@@ -13,7 +13,7 @@ import pytest
 
 from cli import ensemble as ensemble_cli
 from cli.common import set_by_ensemble_in
-from cli.reference import SCRIPTS, _parser
+from cli.reference import SCRIPTS, script_parser
 from engine import config, jobs, optimizers, schedulers
 from losses import LOSSES
 from models.encoders import ENCODERS
@@ -27,7 +27,7 @@ CLI = Path(__file__).resolve().parents[1] / "cli"
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    return {script: p for script, p in ((s, _parser(m)) for s, m in SCRIPTS.items()) if p is not None}
+    return {script: p for script, p in ((s, script_parser(m)) for s, m in SCRIPTS.items()) if p is not None}
 
 
 def actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -95,10 +95,7 @@ def _takes_value(a: argparse.Action) -> bool:
 SHARED_FLAGS = sorted(f for f, where in flags_by_script().items() if len(where) > 1 and f.startswith("--"))
 
 
-@pytest.mark.parametrize("flag", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="section.py --resume is a switch, train.py's a "
-                                                               "checkpoint path: one of them is to be renamed"))
-    if f == "--resume" else f for f in SHARED_FLAGS])
+@pytest.mark.parametrize("flag", SHARED_FLAGS)
 def test_a_flag_takes_a_value_in_every_script_or_in_none(flag):
     where = flags_by_script()[flag]
     kinds = {script: "a value" if _takes_value(a) else "a switch" for script, a in where.items()}

@@ -1,4 +1,6 @@
 """tgs/postprocess.py: the post-processing steps by hand, against a per-image reference, and the OOF search."""
+import re
+
 import numpy as np
 import pytest
 
@@ -43,9 +45,6 @@ def test_gating_by_the_image_head():
     assert gated.any(axis=(1, 2)).tolist() == [False, False, True, True]  # NaN: unknown, never gated
     off = postprocess.apply(probs, image_probs, params=PostProcess(gate=None))
     assert off.any(axis=(1, 2)).all()
-    assert postprocess.parse_gate("none") is None and postprocess.parse_gate("0.4") == 0.4
-    with pytest.raises(UserError, match="--gate 'x'"):
-        postprocess.parse_gate("x")
 
 
 def test_flat_images_get_empty_masks():
@@ -59,6 +58,28 @@ def test_flat_images_get_empty_masks():
     kept = postprocess.apply(probs, images=images, params=PostProcess(flat=False))
     assert kept.all()
     assert postprocess.apply(probs).all()  # no images: the rule cannot apply
+
+
+def post_flags(argv):
+    from cli.common import ArgumentParser, add_postprocessing, post_setting
+
+    p = ArgumentParser(prog="t")
+    add_postprocessing(p)
+    return post_setting(p.parse_args(argv))[0]
+
+
+def test_the_flags_come_from_the_declarations():
+    assert post_flags([]) == postprocess.DEFAULTS
+    given = post_flags(["--threshold", "0.4", "--min-area", "7", "--gate", "0.25", "--no-flat"])
+    assert given == PostProcess(0.4, 7, 0.25, False)
+    assert post_flags(["--gate", "none"]).gate is None and post_flags(["--gate", "off"]).gate is None
+    assert post_flags(given.flags().split()) == given  # flags() writes what the flags read
+    for argv, fragment in [(["--gate", "x"], "--gate: 'x' is not a number"),
+                           (["--threshold", "1"], "--threshold: must be < 1, got 1"),
+                           (["--min-area", "2.5"], "--min-area: '2.5' is not an integer"),
+                           (["--min-area", "10202"], "--min-area: must be <= 10201, got 10202")]:
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            post_flags(argv)
 
 
 def test_bad_settings_are_user_errors():

@@ -208,10 +208,10 @@ def test_copy_is_bounded_whatever_the_stream_gives(tmp_path):
     """The bound is enforced on the bytes that come, not on a header: a stream longer than the limit stops
     after at most limit + 1 bytes read and limit bytes written."""
     src = io.BytesIO(bytes(10 * 2 ** 20))
-    with pytest.raises(prepare._TooBig):
-        prepare._copy_bounded(src, tmp_path / "x", 1000)
+    with pytest.raises(prepare.TooBig):
+        prepare.copy_bounded(src, tmp_path / "x", 1000)
     assert src.tell() <= 1001 and (tmp_path / "x").stat().st_size <= 1000
-    assert prepare._copy_bounded(io.BytesIO(b"abc"), tmp_path / "y", 3) == 3
+    assert prepare.copy_bounded(io.BytesIO(b"abc"), tmp_path / "y", 3) == 3
     assert (tmp_path / "y").read_bytes() == b"abc"
 
 
@@ -292,7 +292,7 @@ def test_out_empty_folder_is_used(synthetic_root, tmp_path, workdir):
 def test_ctrl_c_half_way_leaves_nothing(synthetic_root, tmp_path, workdir, capsys, monkeypatch):
     z = tmp_path / "c.zip"
     make_competition_zip(synthetic_root, z)
-    copy, calls = prepare._copy_bounded, []
+    copy, calls = prepare.copy_bounded, []
 
     def interrupted_on_the_tenth(src, dest, limit):
         calls.append(dest)
@@ -300,7 +300,7 @@ def test_ctrl_c_half_way_leaves_nothing(synthetic_root, tmp_path, workdir, capsy
             raise KeyboardInterrupt
         return copy(src, dest, limit)
 
-    monkeypatch.setattr(prepare, "_copy_bounded", interrupted_on_the_tenth)
+    monkeypatch.setattr(prepare, "copy_bounded", interrupted_on_the_tenth)
     assert prepare.main([str(z), "--out", str(workdir / "data")]) == 130
     assert len(calls) == 10 and list(workdir.iterdir()) == []
 

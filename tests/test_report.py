@@ -101,12 +101,7 @@ def test_pixel_curves_equal_brute_force_counts():
 def test_perfect_and_blocked_histograms_agree():
     q, truth = random_set(n=30, size=5, seed=4)
     whole = R.image_histograms(q, truth)
-    old = probabilities._HIST_BLOCK
-    probabilities._HIST_BLOCK = 7  # several blocks, the last one partial
-    try:
-        blocked = R.image_histograms(q, truth)
-    finally:
-        probabilities._HIST_BLOCK = old
+    blocked = probabilities.level_histograms(q, truth, block=7)  # several blocks, the last one partial
     for a, b in zip(whole, blocked):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole[0].sum(axis=1), 25)
@@ -192,7 +187,7 @@ def test_run_report_files_and_numbers(tiny_run, tmp_path, capsys):
     train_set = kaggle.load_train(data)
     _, rows = folds.split(train_set.ids, "fold0")
     loaded = models.load(run / "models" / "best-metric-fold0.pth")
-    assert loaded.meta["fold"] == "fold0"
+    assert loaded.meta["config"]["data_fold"] == "fold0"
     q, _ = RUNS.predict_levels(loaded, train_set.images[rows], "cpu")
     truth = train_set.masks[rows]
     sweep = pd.read_csv(out / "valid-threshold-sweep.csv")

@@ -68,7 +68,7 @@ def test_setup_cpu_sets_threads(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    monkeypatch.setattr(runtime, "_applied", False)  # keep this test process's malloc as it is
+    monkeypatch.setattr(runtime, "keep_heap", lambda: False)  # keep this test process's malloc as it is
     runtime.setup_cpu(3)
     runtime.setup_cpu(0)  # 0: torch's default, untouched
     assert calls == [3]

@@ -26,7 +26,7 @@ def model_path(tmp_path_factory):
     model = models.build_model(encoder="unet", encoder_width=4, decoder_channels=8, center_channels=16,
                                input_upsample=1, oc_decoder=False, fuse_channels=8, image_channels=8)
     return models.save_checkpoint(tmp_path_factory.mktemp("model") / "m.pth", model.eval(), InputSpec("resize", 32),
-                                  {"fold": "fold0"})
+                                  {"config": {"data_fold": "fold0"}})
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ def tiny(seed: int, **kw) -> models.SaltUNet:
 
 
 def save(path, model, fold="fold0", data=None, spec=SPEC, epoch=0, kind="last"):
-    meta = {"fold": fold, "epoch": epoch, "kind": kind,
-            "config": {"data_dir": str(data), "folds_file": None, "drop_mask_threshold": 0, "batch_size": 16}}
+    meta = {"epoch": epoch, "kind": kind, "config": {"data_dir": str(data), "data_fold": fold, "folds_file": None,
+                                                     "drop_mask_threshold": 0, "batch_size": 16}}
     return models.save_checkpoint(path, model, spec, meta)
 
 
@@ -109,7 +109,7 @@ def test_average_is_exact_and_bn_is_recomputed_by_images(pair, fold_images, tmp_
         # and they really changed: not the sources' statistics nor their average
         assert not torch.allclose(got[f"{name}.running_var"], avg[f"{name}.running_var"], rtol=1e-3)
     loaded = models.load(out)
-    assert loaded.meta["kind"] == "swa" and loaded.meta["fold"] == "fold0"
+    assert loaded.meta["kind"] == "swa" and loaded.meta["config"]["data_fold"] == "fold0"
     assert loaded.meta["sources"] == [str(a), str(b)] and loaded.meta["source_epochs"] == [3, 5]
     assert loaded.meta["bn_images"] == len(fold_images) and loaded.input_spec == SPEC
     assert [p.name for p in tmp_path.iterdir()] == ["fold0_swa.pth"]  # written atomically, nothing else left
@@ -163,7 +163,7 @@ def test_mismatched_models_are_refused_with_one_line(pair, synthetic_root, tmp_p
     # an explicit --data-fold allows models of several folds (BN on that fold's training images)
     code, _, err = run(["--input", a, other_fold, "--output", tmp_path / "x.pth", "--data-fold", "fold2"], capsys)
     assert code == 0, err
-    assert models.read_checkpoint(tmp_path / "x.pth")["meta"]["fold"] == "fold2"
+    assert models.read_checkpoint(tmp_path / "x.pth")["meta"]["config"]["data_fold"] == "fold2"
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")
     code, _, err = run(["--input", junk, "--output", tmp_path / "y.pth"], capsys)

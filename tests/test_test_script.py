@@ -46,15 +46,20 @@ def tiny(seed: int, spec: InputSpec, images: np.ndarray) -> models.SaltUNet:
     return model
 
 
+def fold(meta: dict, name: str) -> dict:
+    """``meta`` of a model trained on fold ``name`` (a checkpoint records its fold in its configuration)."""
+    return {**meta, "config": {**meta["config"], "data_fold": name}}
+
+
 @pytest.fixture(scope="module")
 def ckpts(synthetic_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
     meta = {"config": {"data_dir": str(synthetic_root), "folds_file": None}}
     images = kaggle.load_test(synthetic_root).images[:16]
     return {
-        "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, {**meta, "fold": "fold0"}),
-        "a1": models.save_checkpoint(d / "a1.pth", tiny(1, RESIZE, images), RESIZE, {**meta, "fold": "fold1"}),
-        "b": models.save_checkpoint(d / "b.pth", tiny(2, PAD, images), PAD, {**meta, "fold": "fold0"}),
+        "a": models.save_checkpoint(d / "a.pth", tiny(0, RESIZE, images), RESIZE, fold(meta, "fold0")),
+        "a1": models.save_checkpoint(d / "a1.pth", tiny(1, RESIZE, images), RESIZE, fold(meta, "fold1")),
+        "b": models.save_checkpoint(d / "b.pth", tiny(2, PAD, images), PAD, fold(meta, "fold0")),
     }
 
 
@@ -161,9 +166,9 @@ def test_post_config_file_and_flags_that_override_it(ckpts, test_images, tmp_pat
     ("{not json", "not a JSON file"),
     ("[1, 2]", "expected a JSON object"),
     ('{"threshold": 0.5, "min_area": 0, "gate": null}', "missing flat"),
-    ('{"threshold": "0.5", "min_area": 0, "gate": null, "flat": true}', "threshold = '0.5' is not a valid value"),
-    ('{"threshold": 0.5, "min_area": 2.5, "gate": null, "flat": true}', "min_area = 2.5 is not a valid value"),
-    ('{"threshold": 1.5, "min_area": 0, "gate": null, "flat": true}', "--threshold 1.5: must be in [0, 1)"),
+    ('{"threshold": "0.5", "min_area": 0, "gate": null, "flat": true}', "threshold: '0.5' is not a number"),
+    ('{"threshold": 0.5, "min_area": 2.5, "gate": null, "flat": true}', "min_area: 2.5 is not an integer"),
+    ('{"threshold": 1.5, "min_area": 0, "gate": null, "flat": true}', "threshold: must be < 1, got 1.5"),
 ])
 def test_a_bad_post_config_is_one_line(ckpts, tmp_path, capsys, text, fragment):
     path = tmp_path / "post.json"
@@ -332,7 +337,7 @@ def test_bad_inputs_are_one_line_errors(ckpts, tmp_path, capsys):
         ([ckpts["a"], ckpts["a"]], "listed twice"),
         ([tmp_path / "none.pth"], "none.pth does not exist"),
         ([ckpts["a"], "--data-fold", "fold0"], "--data-fold goes with --split valid"),
-        ([ckpts["a"], "--threshold", "1.5"], "--threshold: must be in [0, 1), got 1.5"),
+        ([ckpts["a"], "--threshold", "1.5"], "--threshold: must be < 1, got 1.5"),
     ]
     for argv, fragment in cases:
         code, _, err = run([*argv, "--output-prefix", tmp_path / "j"], capsys)

@@ -39,7 +39,7 @@ def test_files_and_config_round_trip(tiny_data, tmp_path, capsys):
     assert list(log.glob("events.out.tfevents.*"))
     loaded = models.load(log / "models" / "last-fold0.pth")
     assert loaded.input_spec.mode == "resize" and loaded.input_spec.size == 32
-    assert loaded.meta["fold"] == "fold0" and loaded.meta["epoch"] == 1
+    assert loaded.meta["config"]["data_fold"] == "fold0" and loaded.meta["epoch"] == 1
     assert TrainConfig.from_checkpoint(loaded.meta).run.comment == "hello"
     assert loaded.extra is None
     cfg = yaml.safe_load((log / "config.yaml").read_text())
@@ -65,6 +65,44 @@ def test_resume_is_exact(tiny_data, tmp_path):
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv").drop(columns="time_s"),
                                   pd.read_csv(split / "metrics.csv").drop(columns="time_s"))
+
+
+def test_a_checkpoint_with_its_best_epochs_and_fold_beside_the_history_resumes_exactly(tiny_data, tmp_path):
+    """Checkpoints written before the best values and the fold were read from the history and the configuration
+    held them as well (extra state ``best``, ``best_epoch``, ``since_best_metric``; meta ``fold``)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_train(tiny_data, straight, "--max-epochs", "2") == 0
+    assert run_train(tiny_data, split, "--max-epochs", "1") == 0
+    ck = split / "checkpoints" / "last-checkpoint-fold0.pth"
+    raw = torch.load(ck, weights_only=True)
+    raw["meta"]["fold"] = "fold0"
+    raw["extra"]["state"].update(best={"metric": 2.0, "loss": -1.0, "accuracy": 2.0},
+                                 best_epoch={"metric": 7, "loss": 7, "accuracy": 7}, since_best_metric=99)
+    torch.save(raw, ck)
+    assert run_train(tiny_data, split, "--max-epochs", "2", "--resume", str(ck)) == 0
+    a = torch.load(straight / "checkpoints" / "last-checkpoint-fold0.pth", weights_only=True)
+    b = torch.load(ck, weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert sorted(b["extra"]["state"]) == ["epoch", "history", "step"] and "fold" not in b["meta"]
+    assert a["meta"]["names"] == b["meta"]["names"] != ["last"]  # what improved at epoch 1, from the history
+
+
+def test_the_best_epochs_are_read_from_the_history():
+    rows = [dict(epoch=0, val_metric=0.5, val_loss=0.9, val_accuracy=float("nan")),
+            dict(epoch=1, val_metric=0.7, val_loss=0.8, val_accuracy=0.6),
+            dict(epoch=2, val_metric=0.7, val_loss=0.95, val_accuracy=0.6),  # ties: the first epoch stays best
+            dict(epoch=3, val_metric=float("nan"), val_loss=0.7, val_accuracy=0.5)]
+    state = trainer.RunState(epoch=3, step=40, history=rows)
+    assert state.best_epoch == {"metric": 1, "loss": 3, "accuracy": 1}
+    assert state.best == {"metric": 0.7, "loss": 0.7, "accuracy": 0.6}
+    assert state.since_best_metric == 2
+    assert trainer.RunState(history=rows[:1]).since_best_metric == 0
+    never = trainer.RunState(history=[dict(epoch=e, val_metric=float("nan"), val_loss=1.0, val_accuracy=0.0)
+                                      for e in range(3)])
+    assert never.best_epoch["metric"] == -1 and never.since_best_metric == 3
+    assert trainer.RunState().best_epoch == {"metric": -1, "loss": -1, "accuracy": -1}
+    assert trainer.RunState.from_dict(state.to_dict()) == state
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch, capsys):
@@ -378,15 +416,15 @@ def test_a_kill_between_last_and_the_best_names_is_mended_on_resume(tiny_data, t
     (ck / ".last-checkpoint-fold0.pth.abc123.tmp").write_bytes(b"half")  # what a real kill leaves
     last = models.read_checkpoint(ck / "last-checkpoint-fold0.pth")
     assert last["meta"]["epoch"] == 0
-    state = last["extra"]["state"]
+    best_epoch = trainer.RunState.from_dict(last["extra"]["state"]).best_epoch  # read from the history
     def agrees(kind):
         best = ck / f"best-{kind}-checkpoint-fold0.pth"
         return best.exists() and os.path.samefile(ck / "last-checkpoint-fold0.pth", best)
 
-    assert not all(agrees(k) for k, e in state["best_epoch"].items() if e == 0)  # the kill left the set broken
+    assert not all(agrees(k) for k, e in best_epoch.items() if e == 0)  # the kill left the set broken
     monkeypatch.setattr(saver, "link", real_link)
     assert run_train(tiny_data, log, "--max-epochs", "1", "--resume", str(ck / "last-checkpoint-fold0.pth")) == 0
-    for kind, epoch in state["best_epoch"].items():  # every promised file exists and agrees with last
+    for kind, epoch in best_epoch.items():  # every promised file exists and agrees with last
         for path in (ck / f"best-{kind}-checkpoint-fold0.pth", log / "models" / f"best-{kind}-fold0.pth"):
             assert models.read_checkpoint(path)["meta"]["epoch"] == epoch
     assert not list(ck.glob(".*.tmp"))

@@ -2,13 +2,19 @@
 
 A training option is a field of one of ``engine.config``'s sections (``opt(default, kind, help, ...)``); an option
 that belongs to one registered thing (a loss's weight, a schedule's period) is declared on that thing's registry
-entry with the same :class:`Option`, and the configuration gathers it from there. ``engine.config.coerce`` checks
-every value against its :class:`Option`, from a flag, a config file or a checkpoint.
+entry with the same :class:`Option`, and the configuration gathers it from there. :meth:`Option.coerce` checks
+every value against its declaration, from a flag, a config file or a checkpoint (``engine.config.coerce`` by the
+option's name); the post-processing setting (``tgs.postprocess.PostProcess``) declares its values the same way.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from tgs.errors import UserError, excerpt
+
+NONE_WORDS = ("none", "off")  # an optional number given on the command line as one of these is None
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,73 @@ class Option:
     used_with: tuple = ()  # (the deciding option, the values that use this one); registry entries' are derived
     ensemble: str = ""
     shared: bool = False
+
+    def coerce(self, value: Any, where: str, text: bool = False) -> Any:
+        """``value`` as this option's type, or a UserError ``{where}: {problem}``. ``text``: the value is a
+        command-line string (``"32"``; ``none``/``off`` for an optional number), else a YAML/JSON/checkpoint value
+        whose type must already be right (``2.5`` is no batch size, ``"yes"`` no bool)."""
+
+        def bad(problem: str):
+            raise UserError(f"{where}: {problem}")
+
+        if text and self.optional and self.kind in ("int", "float") and str(value).lower() in NONE_WORDS:
+            value = None
+        if value is None:
+            if self.optional:
+                return None
+            bad("a value is required")
+        value = self._typed(value, text, bad)
+        if self.kind == "bool":
+            return value
+        if self.choices and value not in self.choices:
+            bad(f"{excerpt(value)} is not one of {', '.join(map(str, self.choices))}")
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            bad(f"must be {'>' if self.open_low else '>='} {_number(self.low)}, got {_number(value)}")
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            bad(f"must be {'<' if self.open_high else '<='} {_number(self.high)}, got {_number(value)}")
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                bad(f"{excerpt(value)} {problem}")
+        return value
+
+    def _typed(self, value: Any, text: bool, bad: Callable[[str], None]) -> Any:
+        """``value`` as the kind (a command-line string converted, a file's value as it is), or ``bad``."""
+        kind = self.kind
+        if kind == "bool":
+            if not isinstance(value, bool):
+                bad(f"{excerpt(value)} is not true or false")
+            return value
+        if kind in ("int", "float"):
+            return _typed_number(kind, value, text, bad)
+        if not isinstance(value, str):
+            bad(f"{excerpt(value)} is not a string")
+        if kind == "path" and not value.strip():
+            bad("an empty path")
+        return value
+
+
+def _typed_number(kind: str, value: Any, text: bool, bad: Callable[[str], None]) -> int | float:
+    what = "an integer" if kind == "int" else "a number"
+    if text:
+        try:
+            value = int(value) if kind == "int" else float(value)
+        except ValueError:
+            bad(f"{excerpt(value)} is not {what}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind == "int" and not isinstance(value, int)):
+        bad(f"{excerpt(value)} is not {what}")
+    value = int(value) if kind == "int" else float(value)
+    if kind == "float" and not math.isfinite(value):
+        bad(f"{value} is not a finite number")
+    return value
+
+
+def _number(x) -> str:
+    """A bound or a value in a message: whole numbers as integers (4294967295, not 4.29497e+09), short."""
+    if isinstance(x, int) or (float(x).is_integer() and abs(x) < 1e16):
+        return excerpt(int(x))
+    return f"{x:g}"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -34,8 +34,18 @@ from tgs.credibility import Verdict
 from tgs.errors import UserError, excerpt
 from tgs.io import read_config_text, require_file
 from tgs.mosaic_rules import parse_rules
+from tgs.options import Option
 
 _CHUNK = 512  # images per block in apply(): bounds the temporaries
+
+
+def _value(default, kind: str, help: str, **kw):
+    """A post-processing value: a field declaring its :class:`~tgs.options.Option` (kind, bounds, help). The
+    command-line flags (``cli.common.add_postprocessing``), the checks of a setting built in code or read from a
+    post-config file, and :meth:`PostProcess.flags` are derived from it: the flag is ``--NAME`` with ``-`` for
+    ``_``, a bool that defaults to true is turned off by ``--no-NAME`` (its help says what that flag does), and an
+    optional number is off as ``none``."""
+    return field(default=default, metadata={"option": Option(kind, help, **kw)})
 
 
 @dataclass(frozen=True)
@@ -43,20 +53,19 @@ class PostProcess:
     """One post-processing setting: the steps of :func:`apply` and the mosaic rules (:mod:`tgs.mosaic_rules`,
     names in the order of :data:`tgs.mosaic_rules.RULES`) that run after it where a layout is known."""
 
-    threshold: float = 0.5
-    min_area: int = 0
-    gate: float | None = None
-    flat: bool = True
+    threshold: float = _value(0.5, "float", "salt where probability > this", low=0.0, high=1.0, open_high=True)
+    min_area: int = _value(0, "int", "predictions with fewer salt pixels become empty", low=0, high=TILE * TILE)
+    gate: float | None = _value(None, "float", "empty where the image-level salt probability < this",
+                                low=0.0, high=1.0, optional=True)
+    flat: bool = _value(True, "bool", "keep predictions on flat single-valued images (default: empty)")
     rules: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "rules", parse_rules(self.rules, "mosaic rules"))
-        if not 0.0 <= self.threshold < 1.0:
-            raise UserError(f"--threshold {self.threshold}: must be in [0, 1)")
-        if not 0 <= self.min_area <= TILE * TILE:
-            raise UserError(f"--min-area {self.min_area}: must be in 0..{TILE * TILE} (the pixels of a tile)")
-        if self.gate is not None and not 0.0 <= self.gate <= 1.0:
-            raise UserError(f"--gate {self.gate}: must be in [0, 1] (or none)")
+        for name, o in VALUES.items():
+            value = getattr(self, name)
+            value = value.item() if isinstance(value, np.generic) else value
+            object.__setattr__(self, name, o.coerce(value, flag(name)))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "rules": list(self.rules)}
@@ -69,23 +78,27 @@ class PostProcess:
 
     def flags(self) -> str:
         """The test.py flags that select this setting (rules also need ``--mosaics DIR/mosaics.csv``)."""
-        gate = "none" if self.gate is None else f"{self.gate:g}"
-        return (f"--threshold {self.threshold:g} --min-area {self.min_area} --gate {gate}"
-                + ("" if self.flat else " --no-flat") + (f" --mosaic-rules {','.join(self.rules)}" if self.rules
-                                                          else ""))
+        words = []
+        for name, o in VALUES.items():
+            value = getattr(self, name)
+            if o.kind == "bool":
+                words += [] if value else [flag(name)]
+            else:
+                words += [flag(name), "none" if value is None else f"{value:g}"]
+        return " ".join(words + ([f"--mosaic-rules {','.join(self.rules)}"] if self.rules else []))
+
+
+VALUES = {f.name: f.metadata["option"] for f in fields(PostProcess) if "option" in f.metadata}  # name -> Option
+FIELDS = (*VALUES, "rules")  # the keys of a setting in a post-config file
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the post-processing value ``name`` (``--no-flat``, ``--min-area``)."""
+    negated = VALUES[name].kind == "bool" and PostProcess.__dataclass_fields__[name].default is True
+    return ("--no-" if negated else "--") + name.replace("_", "-")
 
 
 DEFAULTS = PostProcess()
-
-
-def parse_gate(text: str) -> float | None:
-    """``none``/``off`` -> None, else a float (argparse type for ``--gate``)."""
-    if str(text).lower() in ("none", "off", ""):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"--gate {text!r}: expected a probability in [0, 1] or none") from None
 
 
 # -- the post-config file (postprocess.json) ------------------------------------------------------------------------
@@ -140,7 +153,7 @@ class Record:
     def from_json(cls, data, where: str) -> "Record":
         """The record of a parsed JSON file; ``where`` names it in the one-line errors."""
         if not isinstance(data, dict):
-            raise UserError(f"{where}: expected a JSON object with threshold, min_area, gate, flat")
+            raise UserError(f"{where}: expected a JSON object with {', '.join(VALUES)}")
         known = (*FIELDS, *(f.name for f in fields(cls)[1:]))
         for key in data:
             if key not in known:
@@ -152,7 +165,6 @@ class Record:
         return cls(_setting_of(data, where), **values)
 
 
-FIELDS = ("threshold", "min_area", "gate", "flat", "rules")  # the keys of a setting in a post-config file
 _NUMBER = (int, float)
 
 
@@ -165,23 +177,17 @@ def _is_int(value) -> bool:
 
 
 def _setting_of(data: dict, where: str) -> PostProcess:
-    """The setting of a JSON object (the file's top level, or its ``in_sample_best``)."""
-    missing = [k for k in FIELDS[:4] if k not in data]
+    """The setting of a JSON object (the file's top level, or its ``in_sample_best``): each value checked by its
+    declaration (:data:`VALUES`), the error naming the key."""
+    missing = [k for k in VALUES if k not in data]
     if missing:
         raise UserError(f"{where}: missing {', '.join(missing)}")
+    values = {k: o.coerce(data[k], f"{where}: {k}") for k, o in VALUES.items()}
     rules = data.get("rules", [])  # a hand-written setting may leave the rules out
-    checks = {"threshold": _is_number(data["threshold"]), "min_area": _is_int(data["min_area"]),
-              "gate": data["gate"] is None or _is_number(data["gate"]), "flat": isinstance(data["flat"], bool),
-              "rules": isinstance(rules, list) and all(isinstance(r, str) for r in rules)}
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        value = rules if bad[0] == "rules" else data[bad[0]]
-        raise UserError(f"{where}: {bad[0]} = {excerpt(value)} is not a valid value"
-                        + (" (a list of rule names)" if bad[0] == "rules" else ""))
+    if not (isinstance(rules, list) and all(isinstance(r, str) for r in rules)):
+        raise UserError(f"{where}: rules = {excerpt(rules)} is not a valid value (a list of rule names)")
     try:
-        return PostProcess(float(data["threshold"]), data["min_area"],
-                           None if data["gate"] is None else float(data["gate"]), data["flat"],
-                           parse_rules(rules, "rules"))
+        return PostProcess(**values, rules=parse_rules(rules, "rules"))
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 

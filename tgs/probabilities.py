@@ -74,16 +74,16 @@ def level_of(threshold: float) -> int:
     return int(np.count_nonzero(~(values > np.float32(threshold))))
 
 
-def level_histograms(q: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def level_histograms(q: np.ndarray, truth: np.ndarray, block: int = _HIST_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the counts of each level over all pixels and over true salt pixels: (N, 256) int64 each, from
-    uint8 levels (N, H, W) and bool masks (N, H, W). One ``bincount`` per block of images over
-    ``image * 256 + q`` (no loop per image or pixel)."""
+    uint8 levels (N, H, W) and bool masks (N, H, W). One ``bincount`` per ``block`` images over
+    ``image * 256 + q`` (no loop per image or pixel); the block size bounds the memory, not the result."""
     n = len(q)
     flat_q, flat_t = q.reshape(n, -1), truth.reshape(n, -1)
     all_hist = np.zeros((n, LEVELS), np.int64)
     salt_hist = np.zeros((n, LEVELS), np.int64)
-    for s in range(0, n, _HIST_BLOCK):
-        e = min(n, s + _HIST_BLOCK)
+    for s in range(0, n, block):
+        e = min(n, s + block)
         index = (np.arange(e - s, dtype=np.int64)[:, None] * LEVELS + flat_q[s:e]).ravel()
         size = (e - s) * LEVELS
         all_hist[s:e] = np.bincount(index, minlength=size).reshape(e - s, LEVELS)

@@ -113,8 +113,10 @@ def _join_runs(row: np.ndarray, start: np.ndarray, length: np.ndarray, n: int, h
     return out.tolist()
 
 
-def decode(rles: Sequence[str], ids: Sequence[str] | None = None, shape: tuple[int, int] = SHAPE) -> np.ndarray:
-    """Decode N RLE strings to a bool array (N, H, W), validating every string.
+def decode(rles: Sequence[str], ids: Sequence[str] | None = None, shape: tuple[int, int] = SHAPE,
+           block: int = _BLOCK) -> np.ndarray:
+    """Decode N RLE strings to a bool array (N, H, W), validating every string, in blocks of whole strings of
+    about ``block`` characters (the block size bounds the memory, not the result).
 
     ``ids`` (same length) name the offending entry in errors; without them the row number is used. ``None``
     stands for an empty mask. Raises :class:`RLEError` for: a string longer than any valid RLE of ``shape``
@@ -137,9 +139,9 @@ def decode(rles: Sequence[str], ids: Sequence[str] | None = None, shape: tuple[i
                        f"(at most {longest(shape)} characters)")
     if n == 0:
         return np.zeros((0, h, w), dtype=bool)
-    # Blocks of whole strings of about _BLOCK characters each (one string is at most longest(shape) characters).
+    # Blocks of whole strings of about ``block`` characters each (one string is at most longest(shape) characters).
     ends = np.cumsum(lengths)
-    cuts = np.unique(np.concatenate([[0], np.searchsorted(ends, np.arange(_BLOCK, ends[-1], _BLOCK)) + 1, [n]]))
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(ends, np.arange(block, ends[-1], block)) + 1, [n]]))
     blocks = zip(cuts[:-1].tolist(), cuts[1:].tolist())
     parts = [_tokenise(rles[a:b], lengths[a:b], a, name, shape) for a, b in blocks]
     values = np.concatenate([p[0] for p in parts])

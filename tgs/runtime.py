@@ -15,6 +15,7 @@ It does nothing where malloc is not glibc's, when ``TGS_MALLOC=default`` is set,
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 # glibc's mallopt parameters (malloc.h)
@@ -24,8 +25,6 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
 # mallopt takes an int: INT_MAX (2 GiB of free heap top before a trim) is the largest value it can be given
 TRIM_THRESHOLD = 2**31 - 1
-
-_applied: bool | None = None
 
 
 def _mallopt():
@@ -38,25 +37,19 @@ def _mallopt():
         return None
 
 
+@functools.cache
 def keep_heap() -> bool:
     """Apply the settings above once per process; True when they are in force (now or already)."""
-    global _applied
-    if _applied is not None:
-        return _applied
     if os.environ.get("TGS_MALLOC", "").lower() == "default" or any(
             k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        _applied = False
         return False
     mallopt = _mallopt()
     if mallopt is None:
-        _applied = False
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
-    _applied = ok
-    return ok
+    return mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
 
 
 def setup_cpu(threads: int = 0) -> None:

@@ -417,7 +417,7 @@ def predicted_validation(src: RunSources, inp: RunInputs, train, folds_file: Pat
                          batch_size: int, notes: list[str]) -> Validation:
     """The fold's validation images predicted by the run's model, as train.py validated them (its fold, its TTA)."""
     meta, cfg = inp.loaded.meta, inp.cfg
-    fold = meta.get("fold") or cfg.data.data_fold
+    fold = cfg.data.data_fold
     check_split(src.model, cfg.data.folds_file, folds_file)
     kaggle.check_fingerprint(src.model, meta.get("data_fingerprint"), train.fingerprint(), inp.data, UNSEEN)
     _, rows = folds.split(train.ids, fold, folds_file or cfg.data.folds_file)
