@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import dataset
-from datasets import kaggle, mosaic, synthetic
+from datasets import folds, kaggle, mosaic, synthetic
 from tgs.mosaic import Mosaics
 
 
@@ -47,6 +47,17 @@ def main() -> int:
     args = p.parse_args()
     with dataset(args.data, args.train, args.test, args.seed) as data:
         return measure(args, data)
+
+
+FOLDS = 10  # datasets.folds' default
+
+
+def mosaic_fold_split(train, found: Mosaics, truth: Mosaics) -> tuple[int, int]:
+    """Mosaic folds made from the ``found`` mosaics (datasets.folds, as ensemble.py --mosaic-folds makes them):
+    how many of the true train-train neighbour pairs they split between training and validation, of how many."""
+    groups = folds.mosaic_groups(train.ids, found)
+    fold_of = folds.mosaic_folds(folds.coverage_class(train.masks), train.depths, groups, FOLDS)
+    return folds.crossing_pairs(train.ids, fold_of, truth)
 
 
 def measure(args, data: str) -> int:
@@ -79,6 +90,8 @@ def measure(args, data: str) -> int:
         ("mosaics / tiles placed", f"{result.mosaics.sizes().size} / {len(result.mosaics)}", ""),
         ("adjacent pairs in the mosaics", f"{len(result.mosaics.adjacent_ids())}", ""),
         ("2x2 squares that close", f"{free['squares']}", ""),
+        ("squares that close by chance (an impossible geometry)",
+         f"{len(mosaic.loops(result.tables, impossible=True))}" if result.tables else "-", ""),
         ("train-train pairs / masks disagree across the seam",
          f"{free['train_train_pairs']} / {free['mask_disagree']} ({free['mask_disagree_share']:.1%})", ""),
         ("  of which salt on a whole edge against none", f"{free['mask_disagree_whole_edges']}", ""),
@@ -93,6 +106,7 @@ def measure(args, data: str) -> int:
         quality = mosaic.evaluate(result.mosaics, truth, ids, images)
         true_shares = mosaic.neighbour_shares(truth, train.ids, test.ids)
         found_shares = mosaic.neighbour_shares(result.mosaics, train.ids, test.ids)
+        split, pairs = mosaic_fold_split(train, result.mosaics, truth)
         rows += [
             ("adjacent pairs found / correct", f"{quality['found_pairs']} / {quality['correct']}", ""),
             ("precision", f"{quality['precision']:.5f}", ">= 0.999"),
@@ -102,6 +116,8 @@ def measure(args, data: str) -> int:
              f"{true_shares['with_neighbour_share']:.1%} / {found_shares['with_neighbour_share']:.1%}", ""),
             ("test tiles next to a train tile: true / found",
              f"{true_shares['test_next_to_train_share']:.1%} / {found_shares['test_next_to_train_share']:.1%}", ""),
+            (f"mosaic folds (k={FOLDS}): true train-train pairs split",
+             f"{split} / {pairs} ({split / max(pairs, 1):.1%})", "<= 10%"),
         ]
     kind = "synthetic sections" if (Path(data) / synthetic.LAYOUT_FILE).is_file() else "a dataset (no true layout)"
     print(f"\n{'mosaic.py on ' + kind:50s} {'value':>34s}  target   (cpu cores: {os.cpu_count()})")

@@ -2,28 +2,29 @@
 
 Train and test tiles are matched together:
 
-1. edges: each tile's side is described by two unit vectors side by side: its edge line extrapolated one line
-   outward along its last step (``2 * edge - next``, no smoothing), and the tile's part of smoothness conditions
-   across the seam (finite differences over three lines each side, smoothed along the edge). Two tiles that
-   continue each other predict the same line across their seam and satisfy the conditions, so the distance between
-   a's descriptor and b's scores the seam. Each part is centred and scaled, which undoes a tile's brightness and
-   contrast (on the real data neighbours differ in both). Flat or near-constant edges get no descriptor and never
-   match;
+1. seam filters (:func:`learn_filters`): linear filters over a few lines on either side of a seam whose response is
+   small where one tile continues into the other. They are learnt from the set itself: its tiles cut in half are
+   true neighbours, the same halves paired at random are not, and the filters that separate the two best are
+   generalised eigenvectors (a Fisher criterion). Each side of each tile is described by its filter responses
+   along the edge, scaled to unit length: the distance between a's and b's descriptors scores the seam. Flat or
+   near-constant edges get no descriptor and never match;
 2. candidates: the NEIGHBOURS nearest opposite sides of every side, both ways, by brute force in float32 matrix
    products over chunks of tiles (memory stays bounded for 22000 tiles);
 3. confident pairs: b is a's best match and a is b's (mutual), and the best distance is clearly below the second
    best in both directions. The ratio threshold is calibrated on the set itself (:func:`null_threshold`): null
-   queries, sides reversed along the edge, have no partner by construction, and the threshold lets through only
-   NULL_RATE of them;
-4. layout: accepted pairs form a graph; its minimum spanning forest (by distance) places the tiles on integer
+   queries, lines inside the tiles, have no partner among the edges, and the threshold lets through only NULL_RATE
+   of them;
+4. loops (:func:`loops`): 2x2 squares whose four seams are all best candidates close rarely by chance, so their
+   seams are accepted even where the ratio test alone is unsure;
+5. layout: accepted pairs form a graph; its minimum spanning forest (by distance) places the tiles on integer
    (row, col) positions. A pair that does not close its cycle is dropped (it is the weakest of that cycle); when
    tiles claim one cell, the pair on most of the paths between the clashing tiles is dropped (the weakest of them;
    with a single clash simply the weakest pair on its path), and the layout is redone: a conflict never drops a
    whole mosaic. Tiles that the layout puts side by side without a pair between them must fit there too (each
    among the other's FIT_RANK nearest candidates); one that does not is a clash as well;
-5. growing (:func:`grow`): an empty cell next to two or more placed tiles is filled when every seam around it
-   names the same tile as its best candidate; the layout is redone and growing repeats until nothing changes.
-   A seam too ambiguous alone is accepted when the seams around its cell agree.
+6. growing (:func:`grow`, and loops through the pairs placed): an empty cell next to two or more placed tiles is
+   filled when every seam around it names the same tile as its best candidate, and squares that close through
+   placed pairs add whole rows and columns; the layout is redone and growing repeats until nothing changes.
 """
 from __future__ import annotations
 
