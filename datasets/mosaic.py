@@ -49,7 +49,7 @@ NEIGHBOURS = 4  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.002  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.8)  # the calibrated threshold is clipped to this range (small sets give few null queries)
 NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
-NULL_QUERIES = 2000  # null queries per cut and seam direction: at most this many tiles, evenly spaced
+NULL_QUERIES = 1000  # null queries per cut and seam direction: at most this many tiles, evenly spaced
 # the null queries' cut positions, lines in from the edge; not half way: some Kaggle tiles overlap by half a tile,
 # and a cut there would find them
 NULL_CUTS = (20, 30, 40, 60, 70, 80)
@@ -72,7 +72,7 @@ SEAMS = {"LR": Seam("LR", "right", "left", 2), "TB": Seam("TB", "bottom", "top",
 LINES = 4  # lines of each side that the seam filters read, from the edge inward
 TAPS = 5  # pixels along the edge that one filter response reads
 FILTERS = 3  # seam filters kept per direction (the most selective ones)
-LEARN_TILES = 4000  # at most this many tiles (evenly spaced) are cut in half to learn the filters
+LEARN_TILES = 3000  # at most this many tiles (evenly spaced) are cut in half to learn the filters
 CUT = 50  # the tiles are cut in half after this many lines
 STRIDE = 2  # responses kept every STRIDE pixels along the edge (neighbouring responses share most of their taps)
 
@@ -121,10 +121,11 @@ class SeamFilters:
 
 
 def _patches(lines: np.ndarray) -> np.ndarray:
-    """(N * positions, LINES * TAPS) float64: every TAPS-wide window along the edge of every tile's lines."""
+    """(N * positions, LINES * TAPS) float64: the TAPS-wide windows along the edge of every tile's lines, every
+    STRIDE pixels."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    windows = sliding_window_view(lines, TAPS, axis=2)  # (N, LINES, positions, TAPS), a view
+    windows = sliding_window_view(lines, TAPS, axis=2)[:, :, ::STRIDE]  # (N, LINES, positions, TAPS), a view
     return windows.transpose(0, 2, 1, 3).reshape(-1, LINES * TAPS).astype(np.float64)
 
 
@@ -513,7 +514,7 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
         key = np.minimum(a, b) * n + np.maximum(a, b)
         order = np.lexsort((cost, key))
         kept[order[np.r_[True, key[order][1:] != key[order][:-1]]]] = True
-    while True:  # each round drops the pairs that break cycles and at most one pair behind clashes
+    while True:  # each round drops the pairs that break cycles and at most one pair behind each mosaic's clashes
         live = np.flatnonzero(kept)
         component, row, col, parent, depth, parent_pair = _spanning_layout(
             n, a[live], b[live], dr[live], dc[live], cost[live])
@@ -529,7 +530,10 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
         if clash.size == 0:
             component = np.where(in_pair, component, -1)
             return Placement(component, np.where(in_pair, row, 0), np.where(in_pair, col, 0), kept)
-        kept[live[_culprit(clash, tiles, parent, depth, parent_pair, cost[live])]] = False
+        clash_component = component[tiles[clash[:, 0]]]
+        for c in np.unique(clash_component):  # a loop per mosaic with clashes: they are independent of each other
+            mine = clash[clash_component == c]
+            kept[live[_culprit(mine, tiles, parent, depth, parent_pair, cost[live])]] = False
 
 
 def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, seam_fits) -> np.ndarray:
