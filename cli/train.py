@@ -19,10 +19,11 @@ def build_parser() -> ArgumentParser:
         default = "none" if f.default is None else f.default
         help_text = f"{o.help} (default: {default})" if o.kind != "bool" else o.help
         if o.kind == "bool":
-            groups[title].add_argument(C.flag(name), action="store_true", help=help_text)
+            action = groups[title].add_argument(C.flag(name), action="store_true", help=help_text)
         else:
             metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
-            groups[title].add_argument(C.flag(name), metavar=metavar, help=help_text)
+            action = groups[title].add_argument(C.flag(name), metavar=metavar, help=help_text)
+        action.declared = o  # its value is checked by the declaration (engine.config.combine), as in other scripts
     return p
 
 
