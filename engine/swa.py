@@ -35,6 +35,8 @@ import torch.nn as nn
 from datasets import folds, kaggle
 from engine import distributed, predict
 from engine.config import TrainConfig, trained_fold
+from engine.config import options as train_options
+from engine.config import spec as train_option
 from tgs import runtime
 from tgs.errors import DataError, UserError
 from tgs.inputs import InputSpec
@@ -252,9 +254,7 @@ def _changes_nothing(f) -> bool:
     training option's, or the field's own ``option``)."""
     if "run_only" in f.metadata:
         return True
-    from engine import config
-
-    option = f.metadata.get("option") or (config.spec(f.name) if f.name in config.options() else None)
+    option = f.metadata.get("option") or (train_option(f.name) if f.name in train_options() else None)
     return bool(option and option.run_only)
 
 

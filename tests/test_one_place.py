@@ -1,6 +1,7 @@
 """Each idea in one place (issue #19), read from the registries and every script's parser: a choice list is a
-registry's names or an option declaration's (or a list of one flag of one script), a flag means the same kind of
-thing in every script, the training options that swa.py and test.py take come from their declarations, ensemble.py
+registry's names or an option declaration's (or a list of one flag of one script), a flag has one type (one
+declaration), choice list and kind of action in every script (DIFFERENT_ON_PURPOSE names the few that differ, and
+why), the training options that swa.py and test.py take come from their declarations, ensemble.py
 refuses or passes on every option of the scripts it drives (its sets of them derived, not written by hand), and no
 hand-kept list of option names is left in cli/."""
 from __future__ import annotations
