@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from tgs.cliargs import ArgumentParser, integer, number, probability, share  # noqa: F401  (re-exported for the cli modules)
+from tgs.cliargs import (  # noqa: F401  (re-exported for the cli modules)
+    ArgumentParser,
+    add_mosaics,
+    integer,
+    number,
+    probability,
+    share,
+)
 from tgs.errors import UserError
 
 
@@ -38,23 +45,42 @@ def fold_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_option(p, name: str, help: str | None = None, **kw) -> None:
+def add_declared(p, flag: str, option, default=None, note: str | None = None, **kw) -> argparse.Action:
+    """Add ``flag`` to ``p`` from its declaration ``option`` (:class:`tgs.options.Option`): the type that checks
+    it, the metavar and the help are the declaration's, so every script that takes the flag takes the same thing
+    (tests/test_one_place.py compares them). ``note``: the script's own use, after the declared help; ``default``
+    is shown unless it is None (the note then says what stands in) or the flag is required."""
+    text = f"{option.help}; {note}" if note else option.help
+    name = flag[2:].replace("-", "_")
+    if option.kind == "bool":
+        action = p.add_argument(flag, action="store_true", help=text, **kw)
+    else:
+        metavar = "{" + ",".join(map(str, option.choices)) + "}" if option.choices else name.upper()
+        shown = "" if default is None or kw.get("required") else f" (default: {default})"
+        action = p.add_argument(flag, type=checked(name, option, flag), metavar=metavar, default=default,
+                                help=text + shown, **kw)
+    action.declared = option  # the flag is this declaration's (tests/test_one_place.py checks it)
+    return action
+
+
+_GIVEN = object()
+
+
+def add_option(p, name: str, note: str | None = None, default=_GIVEN, passed_on: bool = True,
+               **kw) -> argparse.Action:
     """Add the training option ``name`` (declared once, in engine/config.py) to another script's parser: its flag,
-    default, help and checks are the declaration's; ``help`` or argparse keywords (``default``) may narrow them."""
+    type, metavar, checks and help are the declaration's (:func:`add_declared`); ``note`` adds the script's own use
+    to the help, ``default`` replaces the declared one. ``passed_on=False``: the parser is ensemble.py's own, whose
+    flag sets the option for every fold (else the flag is marked as one ensemble.py refuses among the options it
+    passes on, :func:`set_by_ensemble`, where the declaration says so)."""
     from engine import config as C
 
-    title, f = C.options()[name]
+    f = C.options()[name][1]
     o = f.metadata["option"]
-    if o.kind == "bool":
-        action = p.add_argument(C.flag(name), action="store_true", help=help or o.help, **kw)
-    else:
-        kw.setdefault("default", f.default)
-        metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
-        action = p.add_argument(C.flag(name), type=checked(name), metavar=metavar,
-                                help=f"{help or o.help} (default: {kw['default']})", **kw)
-    action.declared = name  # the flag is the declaration's (tests/test_one_place.py checks it)
-    if o.ensemble:
+    action = add_declared(p, C.flag(name), o, f.default if default is _GIVEN else default, note, **kw)
+    if o.ensemble and passed_on:
         set_by_ensemble(action, o.ensemble)
+    return action
 
 
 def set_by_ensemble(action: argparse.Action, how: str) -> argparse.Action:
@@ -86,7 +112,10 @@ def add_threads(p) -> None:
 
 
 def add_decoding(p) -> None:
-    p.add_argument("--decode-threads", type=integer(0, 1024), default=0, help="PNG decoding threads (0: automatic)")
+    """``--decode-threads`` (declared in tgs/png.py) and ``--no-cache``."""
+    from tgs.png import DECODE_THREADS
+
+    add_declared(p, "--decode-threads", DECODE_THREADS, 0)
     add_option(p, "no_cache")
 
 
@@ -121,11 +150,11 @@ def add_postprocessing(p) -> None:
         default = getattr(postprocess.DEFAULTS, name)
         if o.kind == "bool":
             pp.add_argument(postprocess.flag(name), dest=name, action="store_const", const=not default,
-                            default=argparse.SUPPRESS, help=o.help)
+                            default=argparse.SUPPRESS, help=o.help).declared = o
             continue
         shown = "none: off; default off" if default is None else f"default {default:g}"
         pp.add_argument(postprocess.flag(name), type=checked(name, o, postprocess.flag(name)), dest=name,
-                        default=argparse.SUPPRESS, metavar=name.upper(), help=f"{o.help} ({shown})")
+                        default=argparse.SUPPRESS, metavar=name.upper(), help=f"{o.help} ({shown})").declared = o
 
 
 def post_setting(args: argparse.Namespace) -> tuple:

@@ -14,13 +14,21 @@ from dataclasses import fields
 from cli import swa as swa_cli
 from cli import test as test_cli
 from cli import train as train_cli
-from cli.common import ArgumentParser, doc_parts, fold_list, integer, set_by_ensemble_in
+from cli.common import (
+    ArgumentParser,
+    add_mosaics,
+    add_option,
+    fold_list,
+    integer,
+    new_parser,
+    set_by_ensemble_in,
+)
 from engine import config
 from engine.ensemble.options import MODES
 from engine.jobs import EXECUTORS
 from tgs.errors import UserError, cli, excerpt, few
 from tgs.inputs import INPUT_MODES, InputSpec
-from tgs.io import check_output, require_file
+from tgs.io import check_output
 
 DOC = """Train, average and ensemble every fold in one command: the 9th place's 20-model ensemble.
 
@@ -146,17 +154,15 @@ def sbatch_option(text: str) -> tuple:
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="ensemble.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="dataset in Kaggle's layout (default: data)")
+    p = new_parser("ensemble.py", DOC)
+    add_option(p, "data_dir", passed_on=False)
     p.add_argument("--run-dir", default="runs/ensemble",
                    help="where every fold, model and submission goes (default: runs/ensemble)")
     p.add_argument("--folds", type=fold_list, default=ALL_FOLDS,
                    help="comma-separated fold names, each image out of fold once (default: fold0,...,fold9)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated input modes, of "
                    f"{', '.join(INPUT_MODES.names())} (default: {','.join(MODES)}, the recipe's)")
-    p.add_argument("--folds-file", help="CSV id,fold (python -m datasets.folds) instead of the 10 chunks")
+    add_option(p, "folds_file", "every fold's", default=None, passed_on=False)
     for entry in INPUT_MODES.entries():  # --pad-size, --resize-size, ...: one flag per registered input mode
         p.add_argument(config.size_flag(entry.name), type=integer(1, 1024), dest=f"size_{entry.name}",
                        help=f"{entry.name} mode's model input size (default: {entry.default_size})")
@@ -193,16 +199,14 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--slurm-mem", type=memory, default=None, help="memory per fold, e.g. 64G (default: the cluster's)")
     g.add_argument("--slurm-extra", nargs="+", type=sbatch_option, action="extend", default=None, metavar="KEY=VALUE",
                    help="further sbatch options, e.g. account=proj qos=high exclusive (KEY alone: a flag)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="a fold made from other data or options is trained afresh (its files removed) instead of "
-                        "stopping the run")
+    add_option(p, "overwrite", "a fold made from other data or options is trained afresh instead of stopping the "
+                               "run", passed_on=False)
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
     j = p.add_argument_group("the jigsaw (mosaics rebuilt from the tiles: the 1st, 4th and 14th places' tool)")
-    j.add_argument("--mosaics", nargs="?", const=True, metavar="CSV",
-                   help="use the mosaics: alone, built once (mosaic.py into RUN/mosaics, rebuilt only for other "
-                        "data); with CSV, that mosaics.csv of mosaic.py instead (its contents' digest is an input of "
-                        "every output made from it). The out-of-fold search then tries the mosaic rules too, and the "
-                        "submission (and pseudo-labels) use the rules it kept")
+    add_mosaics(j, "its contents' digest is an input of every output made from it; or, given alone, the mosaics "
+                   "are built once (mosaic.py into RUN/mosaics, rebuilt only for other data). With either, the "
+                   "out-of-fold search also tries the mosaic rules, and the submission (and pseudo-labels) use the "
+                   "rules it kept", nargs="?", const=True)
     j.add_argument("--mosaic-folds", action="store_true",
                    help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
                         "so no validation tile has a training neighbour")
@@ -219,8 +223,8 @@ def build_parser() -> ArgumentParser:
                         "the out-of-fold score is then optimistic, and the summary says so)")
     add_rule(s, "pseudo-")  # pseudo.py's rule, declared once (cli/pseudo.py)
     for name in ROUND_OPTIONS:
-        s.add_argument(config.flag(name), help=f"train.py's {config.flag(name)} in the rounds that train with "
-                                                "pseudo-labels (default: train.py's)")
+        add_option(s, name, "in the rounds that train with pseudo-labels; default: train.py's", default=None,
+                   passed_on=False)
     return p
 
 
@@ -229,6 +233,8 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str], what: str) -
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
+        if getattr(action, "set_by_ensemble", ""):
+            action.type = None  # refused whatever its value (test_options, swa_options): not checked first
         if action.dest == "models":
             action.nargs = "*"
 
@@ -322,9 +328,9 @@ def swa_options(swa_args: list[str]) -> dict:
 
 
 def pseudo_train(a: argparse.Namespace) -> dict:
-    """The training options of the pseudo-label rounds (--pseudo-fraction ...), checked as train.py's."""
-    return {name: config.coerce(name, getattr(a, name), config.flag(name), text=True)
-            for name in ROUND_OPTIONS if getattr(a, name) is not None}
+    """The training options of the pseudo-label rounds given (--pseudo-fraction ...), checked as train.py's by
+    their declarations' types."""
+    return {name: getattr(a, name) for name in ROUND_OPTIONS if getattr(a, name) is not None}
 
 
 def parse(argv=None):
@@ -385,16 +391,10 @@ def parse(argv=None):
 
 
 def given_mosaics(value: str | bool | None) -> str | None:
-    """``--mosaics CSV``: the mosaics.csv given (a file; its contents are checked against the data when the run
-    starts); None when --mosaics is left out or given alone (the run builds them into RUN/mosaics)."""
-    if value is None or value is True:
-        return None
-    if not value.strip():
-        raise UserError("--mosaics: an empty path; give a mosaics.csv of mosaic.py, or --mosaics alone to build them")
-    require_file(value, "--mosaics ", "mosaics.csv",
-                 missing="does not exist (python mosaic.py --data-dir DATA --out DIR writes DIR/mosaics.csv; "
-                         "or --mosaics alone builds them)")
-    return value
+    """``--mosaics CSV``: the mosaics.csv given (a file, checked by the flag's type; its contents are checked
+    against the data when the run starts); None when --mosaics is left out or given alone (the run builds them
+    into RUN/mosaics)."""
+    return None if value is None or value is True else value
 
 
 def slurm_settings(a: argparse.Namespace, device: str | None = None):

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, number
+from cli.common import add_option, new_parser, number
 from datasets import mosaic
 from tgs.errors import UserError, cli
 from tgs.io import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="mosaic.py", description=__doc__.split("\n\n")[0].strip("`"),
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout (train and test images are used)")
+    p = new_parser("mosaic.py", __doc__.strip("`"))
+    add_option(p, "data_dir", "its train and test images are used", required=True, passed_on=False)
     p.add_argument("--out", required=True, help="folder for mosaics.csv and pairs.csv (created if missing)")
     p.add_argument("--ratio", type=number(0, 1, open_low=True), default=None,
                    help="accept a pair alone only when its distance is below RATIO times the second best, both ways "
                         "(default: calibrated on the data, see docs/mosaics.md; lower is stricter)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the image cache in DATA/.cache")
+    add_option(p, "no_cache")
     return p
 
 

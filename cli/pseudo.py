@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, add_decoding, add_postprocessing, new_parser, post_setting, share
+from cli.common import (
+    ArgumentParser,
+    add_decoding,
+    add_mosaics,
+    add_option,
+    add_postprocessing,
+    new_parser,
+    post_setting,
+    share,
+)
 from tgs.errors import UserError, cli
 
 DOC = """Choose pseudo-labels among the test images from saved test predictions, and write them for train.py.
@@ -60,14 +69,13 @@ def build_parser() -> ArgumentParser:
     p = new_parser("pseudo.py", DOC)
     p.add_argument("--probabilities", required=True, metavar="NPZ",
                    help="test-set predictions (test.py's or the ensemble's PREFIX-probabilities.npz)")
-    p.add_argument("--data-dir", default="data", help="the dataset in Kaggle's layout (default: data)")
+    add_option(p, "data_dir")
     p.add_argument("--out", required=True, metavar="NPZ", help="the pseudo-labels file to write (e.g. "
                                                                "RUN/pseudo-labels.npz)")
     add_rule(p.add_argument_group("the rule"))
     add_decoding(p)
     add_postprocessing(p)
-    p.add_argument("--mosaics", metavar="CSV",
-                   help="mosaics.csv (mosaic.py) for the setting's mosaic rules, every train mask known")
+    add_mosaics(p, "for the setting's mosaic rules, every train mask known")
     return p
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import ArgumentParser, add_device, integer, new_parser, probability
+from cli.common import ArgumentParser, add_declared, add_device, add_mosaics, add_option, integer, new_parser
 from cli.test import rule_names
-from tgs.cliargs import SEED_MAX
+from tgs import postprocess
 from tgs.errors import UserError, cli
 from tgs.mosaic_rules import RULES
 
@@ -34,13 +34,12 @@ predictions (above --threshold, then the mosaic rules) in red, tiles a rule chan
 def build_parser() -> ArgumentParser:
     p = new_parser("report.py", DOC)
     p.add_argument("run", nargs="?", type=Path, help="a train.py log folder (metrics.csv, models/)")
-    p.add_argument("--probabilities", type=Path, metavar="NPZ",
+    p.add_argument("--probabilities", metavar="NPZ",
                    help="report on saved probabilities (out-of-fold, ensemble) instead of a run")
-    p.add_argument("--truth", type=Path, help="with --probabilities: train.csv or a folder of true mask PNGs")
-    p.add_argument("--data-dir", type=Path,
-                   help="dataset in Kaggle's layout (default: the one the run was trained on; with "
-                        "--probabilities: truth and images from DATA/train.csv and DATA/train/images)")
-    p.add_argument("--out", type=Path, metavar="DIR",
+    p.add_argument("--truth", help="with --probabilities: train.csv or a folder of true mask PNGs")
+    add_option(p, "data_dir", "default: the one the run was trained on; with --probabilities: truth and images "
+                              "from DATA_DIR/train.csv and DATA_DIR/train/images", default=None)
+    p.add_argument("--out", metavar="DIR",
                    help="folder for the files (default: the run folder, or the folder of the .npz)")
     g = p.add_argument_group("run folders")
     g.add_argument("--source", choices=("auto", "model", "npz"), default="auto",
@@ -49,25 +48,28 @@ def build_parser() -> ArgumentParser:
                         "when it is newer than the model, else the model")
     g.add_argument("--checkpoint", type=Path, help="model to predict with (default models/best-metric-FOLD.pth, "
                                                    "else models/last-FOLD.pth)")
-    g.add_argument("--folds-file", type=Path, help="folds CSV (default: the run's)")
+    add_option(g, "folds_file", "default: the run's", default=None)
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal-flip TTA (default: as the run validated, its --vtf)")
     add_device(g)
-    g.add_argument("--batch-size", type=integer(1), default=32)
+    add_option(g, "batch_size", "prediction with the run's model", default=32)
     g = p.add_argument_group("report")
-    g.add_argument("--threshold", type=probability, default=0.5,
-                   help="probability threshold of the masks (default 0.5)")
+    add_declared(g, "--threshold", postprocess.VALUES["threshold"], postprocess.DEFAULTS.threshold,
+                 "of the masks drawn")
     g.add_argument("--samples", type=integer(0), default=6, help="worst, best and random images shown (6 each)")
-    g.add_argument("--seed", type=integer(0, SEED_MAX), default=0, help="seed of the random sample")
+    add_option(g, "seed", "the sample's")
     g = p.add_argument_group("mosaics")
-    g.add_argument("--mosaics", type=Path, metavar="CSV",
-                   help="mosaics.csv of mosaic.py: also draw the largest mosaics as assembled sections, train masks "
-                        "and predictions outlined, the tiles the mosaic rules change framed (PREFIX-mosaic-1.png ...)")
+    add_mosaics(g, "also draw the largest mosaics as assembled sections, train masks and predictions outlined, "
+                   "the tiles the mosaic rules change framed (PREFIX-mosaic-1.png ...)")
     g.add_argument("--mosaic-count", type=integer(1), default=3, help="how many mosaics, largest first (default 3)")
     g.add_argument("--mosaic-rules", type=rule_names, default=RULES, metavar="RULES",
                    help=f"the rules applied to the predictions in the pictures (default all: {','.join(RULES)}; "
                         "none: no rule)")
     return p
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)  # engine.report takes Paths
 
 
 @cli
@@ -80,17 +82,19 @@ def main(argv=None) -> int:
     check_output(args.out, "--out", {"--probabilities": args.probabilities, "--truth": args.truth,
                                      "--checkpoint": args.checkpoint, "--folds-file": args.folds_file,
                                      "--mosaics": args.mosaics}, [args.data_dir])
-    common = dict(out_dir=args.out, threshold=args.threshold, samples=args.samples, seed=args.seed,
-                  mosaics=args.mosaics, mosaic_count=args.mosaic_count, mosaic_rules=args.mosaic_rules)
+    common = dict(out_dir=_path(args.out), threshold=args.threshold, samples=args.samples, seed=args.seed,
+                  mosaics=_path(args.mosaics), mosaic_count=args.mosaic_count, mosaic_rules=args.mosaic_rules)
     if args.probabilities is not None:
         if args.run is not None:
             raise UserError("give either a run folder or --probabilities, not both")
-        outcome = report.report_probabilities(args.probabilities, args.truth, args.data_dir, **common)
+        outcome = report.report_probabilities(_path(args.probabilities), _path(args.truth), _path(args.data_dir),
+                                             **common)
     elif args.run is not None:
         if args.truth is not None:
             raise UserError("--truth goes with --probabilities; a run's truth comes from its data (or --data-dir)")
-        outcome = report.report_run(args.run, args.source, args.checkpoint, args.data_dir, args.folds_file,
-                                    device=args.device, tta=args.tta, batch_size=args.batch_size, **common)
+        outcome = report.report_run(args.run, args.source, args.checkpoint, _path(args.data_dir),
+                                    _path(args.folds_file), device=args.device, tta=args.tta,
+                                    batch_size=args.batch_size, **common)
     else:
         raise UserError("give a run folder (python report.py runs/fold0) or --probabilities FILE.npz --truth "
                         "DATA/train.csv")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser, doc_parts, fold_list
+from cli.common import ArgumentParser, add_mosaics, add_option, fold_list, new_parser
 from tgs.errors import UserError, cli
 
 DOC = """Score a submission with the competition metric, or check a test-set submission's format.
@@ -31,9 +31,7 @@ SEARCH = "the post-processing search (--search OOF.npz --truth ...; the flags af
 
 
 def build_parser() -> ArgumentParser:
-    description, epilog = doc_parts(DOC)
-    p = ArgumentParser(prog="score.py", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("score.py", DOC)
     p.add_argument("submission", nargs="?", help="CSV with header id,rle_mask")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--truth", help="train.csv (id,rle_mask) or a folder of true mask PNGs")
@@ -51,8 +49,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--oof-folds", type=fold_list, metavar="FOLDS",
                    help="the folds the out-of-fold file was merged from, e.g. fold0,fold1 (default: each image's "
                         "chunk of the 10-chunk split, or its fold in --folds-file)")
-    s.add_argument("--folds-file", metavar="CSV", help="CSV id,fold as in train.py")
-    s.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py; the mosaic rules are searched too")
+    add_option(s, "folds_file", "the folds of the out-of-fold file", default=None, passed_on=False)
+    add_mosaics(s, "the mosaic rules are searched too")
     return p
 
 

@@ -9,6 +9,8 @@ from cli.common import (
     ArgumentParser,
     add_amp,
     add_device,
+    add_mosaics,
+    add_option,
     add_postprocessing,
     add_threads,
     integer,
@@ -50,9 +52,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("models", nargs="+", help=MODELS_HELP)
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", metavar="FILE", help="SEG-Y (2D or 3D), PNG or .npy section")
-    src.add_argument("--mosaics", metavar="CSV", help="mosaics.csv of mosaic.py (with --mosaic N and --data-dir)")
+    add_mosaics(src, "assemble mosaic --mosaic N of it from --data-dir's tiles")
     src.add_argument("--mosaic", type=integer(0), metavar="N", help="the mosaic number in --mosaics")
-    src.add_argument("--data-dir", help="--mosaics: the dataset whose tiles are assembled (default: data)")
+    add_option(src, "data_dir", "--mosaics: the dataset whose tiles are assembled; default: data", default=None)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g = p.add_argument_group("amplitudes and windows")
     g.add_argument("--clip", nargs=2, type=finite, metavar=("LO", "HI"),
@@ -75,9 +77,9 @@ def build_parser() -> ArgumentParser:
                    help="continue a killed run on a volume from its last line")
     d = p.add_argument_group("device")
     add_device(d)
-    d.add_argument("--batch-size", type=integer(1), default=64)
+    add_option(d, "batch_size", "prediction", default=64)
     add_amp(d)
-    d.add_argument("--channels-last", action="store_true")
+    add_option(d, "channels_last")
     add_threads(d)
     add_postprocessing(p)
     return p
@@ -102,8 +104,6 @@ def check_inputs(args: argparse.Namespace) -> None:
         require_file(x, "")
     if args.input:
         require_file(args.input, "--input ")
-    if args.mosaics:
-        require_file(args.mosaics, "--mosaics ")
     out = Path(args.out)
     inputs = {"MODELS": args.models, "--input": args.input, "--mosaics": args.mosaics,
               "--post-config": args.post_config}

@@ -34,12 +34,12 @@ def build_parser() -> ArgumentParser:
                     "is set by ensemble.py (each fold's models)")
     set_by_ensemble(p.add_argument("--output", required=True, help="the averaged checkpoint to write"),
                     "is set by ensemble.py (RUN/MODE/FOLD_swa.pth)")
-    inherited = "the checkpoints'"
-    add_option(p, "data_dir", default=None, help=f"dataset in Kaggle's layout; {inherited}")
-    add_option(p, "data_fold", default=None, help=f"fold whose training images recompute BatchNorm; {inherited}")
-    add_option(p, "folds_file", default=None, help=f"CSV id,fold as in train.py; {inherited}")
-    add_option(p, "drop_mask_threshold", default=None, help=f"as in train.py; {inherited}")
-    add_option(p, "batch_size", default=None, help="BatchNorm recompute batch; the run's --batch-size")
+    inherited = "default: the checkpoints'"
+    add_option(p, "data_dir", inherited, default=None)
+    add_option(p, "data_fold", f"the fold whose training images recompute BatchNorm; {inherited}", default=None)
+    add_option(p, "folds_file", inherited, default=None)
+    add_option(p, "drop_mask_threshold", inherited, default=None)
+    add_option(p, "batch_size", "the BatchNorm recompute; default: the run's", default=None)
     add_device(p)
     add_amp(p)
     add_threads(p)

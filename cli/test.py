@@ -11,6 +11,7 @@ from cli.common import (
     add_amp,
     add_decoding,
     add_device,
+    add_mosaics,
     add_option,
     add_postprocessing,
     add_threads,
@@ -60,11 +61,11 @@ def build_parser() -> ArgumentParser:
     set_by_ensemble(g.add_argument("--split", choices=("test", "valid"), default="test",
                                    help="test: the test set; valid: --data-fold's validation images (out-of-fold)"),
                     "is set by ensemble.py (out of fold, then the test set)")
-    add_option(g, "data_dir", default=None, help="dataset in Kaggle's layout; the first checkpoint's, else 'data'")
-    add_option(g, "data_fold", default=None, help="--split valid: the fold; the checkpoints'")
-    add_option(g, "folds_file", default=None, help="CSV id,fold as in train.py; the checkpoints'")
+    add_option(g, "data_dir", "default: the first checkpoint's, else data", default=None)
+    add_option(g, "data_fold", "with --split valid; default: the checkpoints'", default=None)
+    add_option(g, "folds_file", "default: the checkpoints'", default=None)
     add_device(g)
-    add_option(g, "batch_size", default=64, help="prediction batch")
+    add_option(g, "batch_size", "prediction", default=64)
     add_amp(g)
     add_option(g, "channels_last")
     add_threads(g)
@@ -72,9 +73,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--message", help="the -m text of the printed kaggle command")
     add_postprocessing(p)
     mr = p.add_argument_group("mosaic rules (tgs/mosaic_rules.py), after the post-processing above")
-    set_by_ensemble(mr.add_argument("--mosaics", metavar="CSV",
-                                    help="mosaics.csv of mosaic.py: the layout the rules use (every train mask of "
-                                         "--data-dir is known, but the predicted tiles')"), "--mosaics")
+    set_by_ensemble(add_mosaics(mr, "the layout the rules use (every train mask of --data-dir is known, but the "
+                                    "predicted tiles')"), "--mosaics")
     set_by_ensemble(mr.add_argument("--mosaic-rules", type=rule_names, metavar="RULES",
                                     help=f"comma-separated, of {','.join(RULES)}; none: no rule (default: "
                                          "--post-config's rules, else none)"),
@@ -108,8 +108,6 @@ def rule_setting(args: argparse.Namespace) -> tuple:
         where = "--mosaic-rules" if args.mosaic_rules else f"--post-config {args.post_config}"
         raise UserError(f"{where} asks for the mosaic rules {','.join(post.rules)}: give --mosaics DIR/mosaics.csv "
                         "(python mosaic.py --data-dir DATA --out DIR), or --mosaic-rules none")
-    if args.mosaics and not Path(args.mosaics).is_file():
-        raise UserError(f"--mosaics {args.mosaics} does not exist (python mosaic.py --data-dir DATA --out DIR)")
     return post, source
 
 

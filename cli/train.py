@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ArgumentParser
+from cli.common import ArgumentParser, new_parser
 from engine import config as C
 from tgs.errors import cli
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="train.py", description="Train one fold of the TGS salt UNet.", epilog=C.RECIPE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    p = new_parser("train.py", f"Train one fold of the TGS salt UNet.\n\n{C.RECIPE}",
+                   argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file whose keys (flag names with _ or -) override the defaults")
     groups = {title: p.add_argument_group(title) for title in C.SECTIONS}
     for name, (title, f) in C.options().items():
@@ -19,10 +19,11 @@ def build_parser() -> ArgumentParser:
         default = "none" if f.default is None else f.default
         help_text = f"{o.help} (default: {default})" if o.kind != "bool" else o.help
         if o.kind == "bool":
-            groups[title].add_argument(C.flag(name), action="store_true", help=help_text)
+            action = groups[title].add_argument(C.flag(name), action="store_true", help=help_text)
         else:
             metavar = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else name.upper()
-            groups[title].add_argument(C.flag(name), metavar=metavar, help=help_text)
+            action = groups[title].add_argument(C.flag(name), metavar=metavar, help=help_text)
+        action.declared = o  # its value is checked by the declaration (engine.config.combine), as in other scripts
     return p
 
 

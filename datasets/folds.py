@@ -271,7 +271,7 @@ def crossing_pairs(ids: np.ndarray, folds: np.ndarray, mosaics: Mosaics) -> tupl
 @cli
 def main(argv=None) -> int:
     from datasets import kaggle
-    from tgs.cliargs import SEED_MAX, ArgumentParser, integer
+    from tgs.cliargs import SEED_MAX, ArgumentParser, add_mosaics, integer
 
     p = ArgumentParser(description="Write a stratified k-fold split (by coverage class and depth).")
     p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout")
@@ -279,8 +279,8 @@ def main(argv=None) -> int:
                    help=f"folds, 2..{CHUNKS} (named fold0..fold{CHUNKS - 1}; train.py reads fold01 as folds 0 and 1)")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     p.add_argument("--out", required=True, help="CSV to write: id,fold")
-    p.add_argument("--mosaics", help="mosaics.csv from mosaic.py: every train tile of one mosaic goes to one fold, "
-                                     "and the train-train neighbour pairs crossing each kind of split are reported")
+    add_mosaics(p, "every train tile of one mosaic goes to one fold, and the train-train neighbour pairs crossing "
+                   "each kind of split are reported")
     args = p.parse_args(argv)
     from tgs.io import check_output
 

@@ -187,7 +187,7 @@ def _scheduler(self, optimizer):
 
 OptimOptions = _section(
     "OptimOptions",
-    [("batch_size", int, opt(32, "int", "per process", low=1)),
+    [("batch_size", int, opt(32, "int", "images per batch, per process", low=1)),
      ("val_batch_size", int, opt(0, "int", "0: same as --batch-size", low=0, resumable=True)),
      ("optim", str, opt("adamw", "choice", "optimiser: " + "; ".join(optimizers.OPTIMIZERS.describe()),
                         choices=optimizers.OPTIMIZERS.names())),
@@ -210,7 +210,7 @@ class RunOptions:
                        ensemble="--run-dir")
     resume: str | None = opt(None, "path", "a checkpoints/*-checkpoint-*.pth to continue exactly", optional=True,
                              repeated=False, ensemble="is automatic (a fold with a last checkpoint resumes)")
-    overwrite: bool = opt(False, "bool", "start afresh in a --log-dir that holds a run (its files are removed)",
+    overwrite: bool = opt(False, "bool", "start afresh over the files of an earlier run (they are removed)",
                           repeated=False, ensemble="--overwrite")
     vtf: bool = opt(False, "bool", "validate with horizontal-flip TTA")
     device: str = opt("auto", "str", "auto, cpu, cuda, cuda:N", check=_device, run_only=True, shared=True)

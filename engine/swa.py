@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -35,10 +35,13 @@ import torch.nn as nn
 from datasets import folds, kaggle
 from engine import distributed, predict
 from engine.config import TrainConfig, trained_fold
+from engine.config import options as train_options
+from engine.config import spec as train_option
 from tgs import runtime
 from tgs.errors import DataError, UserError
 from tgs.inputs import InputSpec
 from tgs.io import remove_stale_temporaries
+from tgs.png import DECODE_THREADS
 from tgs.progress import bar
 
 SUFFIXES = (".pth", ".pt")
@@ -222,22 +225,41 @@ def update_bn(model: nn.Module, spec, images: np.ndarray, device: torch.device, 
     return batches
 
 
+def _run_only(why: str) -> dict:
+    """The metadata of a SwaOptions field that never changes the averaged model, and ``why``."""
+    return {"run_only": why}
+
+
 @dataclass(frozen=True)
 class SwaOptions:
-    """swa.py's options; None: the averaged checkpoints' setting (their training config)."""
+    """swa.py's options; None: the averaged checkpoints' setting (their training config). A field named as a
+    training option is that option (its declaration in engine/config.py says what it changes, :data:`RUN_ONLY`)."""
 
-    inputs: tuple
-    output: str
+    inputs: tuple = field(metadata=_run_only("where the fold's models are: they are checked as its training run"))
+    output: str = field(metadata=_run_only("where the average goes"))
     data_dir: str | None = None
     data_fold: str | None = None
-    folds_file: str | None = None
+    folds_file: str | None = field(default=None, metadata=_run_only("its contents' digest is recorded instead"))
     drop_mask_threshold: int | None = None
     batch_size: int | None = None
     device: str = "auto"
     amp: str = "none"
     threads: int = 0
-    decode_threads: int = 0
+    decode_threads: int = field(default=0, metadata={"option": DECODE_THREADS})
     no_cache: bool = False
+
+
+def _changes_nothing(f) -> bool:
+    """Whether a SwaOptions field never changes the averaged model: said on the field, else on its declaration (a
+    training option's, or the field's own ``option``)."""
+    if "run_only" in f.metadata:
+        return True
+    option = f.metadata.get("option") or (train_option(f.name) if f.name in train_options() else None)
+    return bool(option and option.run_only)
+
+
+# the SWA options that never change the averaged model (a fold's SWA model made otherwise is reused)
+RUN_ONLY = tuple(f.name for f in fields(SwaOptions) if _changes_nothing(f))
 
 
 def run(opts: SwaOptions, log: Callable[[str], None] = print) -> int:

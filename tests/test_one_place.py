@@ -1,6 +1,7 @@
 """Each idea in one place (issue #19), read from the registries and every script's parser: a choice list is a
-registry's names or an option declaration's (or a list of one flag of one script), a flag means the same kind of
-thing in every script, the training options that swa.py and test.py take come from their declarations, ensemble.py
+registry's names or an option declaration's (or a list of one flag of one script), a flag has one type (one
+declaration), choice list and kind of action in every script (DIFFERENT_ON_PURPOSE names the few that differ, and
+why), the training options that swa.py and test.py take come from their declarations, ensemble.py
 refuses or passes on every option of the scripts it drives (its sets of them derived, not written by hand), and no
 hand-kept list of option names is left in cli/."""
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.encoders import ENCODERS
 from tgs.errors import UserError
 from tgs.inputs import INPUT_MODES
 from tgs.mosaic_rules import MOSAIC_RULES
+from tgs.options import Option
 
 REGISTRIES = (LOSSES, INPUT_MODES, schedulers.SCHEDULES, optimizers.OPTIMIZERS, MOSAIC_RULES, ENCODERS,
               jobs.EXECUTORS)
@@ -102,6 +104,88 @@ def test_a_flag_takes_a_value_in_every_script_or_in_none(flag):
     assert len(set(kinds.values())) == 1, f"{flag}: {kinds}"
 
 
+# -- one flag, one declaration: the same type, choices and kind of action in every script that takes it --------------
+# (flag, script, property): why that script's flag differs from the others' in that property on purpose
+DIFFERENT_ON_PURPOSE = {
+    ("--input", "section.py", "kind"): "swa.py's --input is the models to average (files and folders, nargs +), "
+                                       "section.py's the one section to predict: two things under one common word",
+    ("--tta", "report.py", "kind"): "report.py's --tta/--no-tta defaults to what the run validated with (its --vtf), "
+                                    "so it says both; test.py's --tta and ensemble.py's --no-tta each leave a fixed "
+                                    "default",
+    ("--no-tta", "report.py", "kind"): "report.py's --no-tta is the other half of its --tta/--no-tta pair",
+    ("--mosaics", "ensemble.py", "kind"): "alone (nargs ?) it builds the mosaics into RUN/mosaics; with CSV it takes "
+                                          "the same file, with the same type, as every other script",
+}
+
+
+def _type_of(a: argparse.Action):
+    """What a flag's value is: the declaration it was made from (cli.common.add_option, add_postprocessing), else
+    its argparse type (None: a string, or nothing for a switch)."""
+    return getattr(a, "declared", None) or a.type
+
+
+def _properties(a: argparse.Action) -> dict:
+    return {"type": _type_of(a), "choices": tuple(a.choices or ()), "kind": (type(a).__name__, a.nargs)}
+
+
+def _shown(value) -> str:
+    if isinstance(value, Option):
+        return f"declared {value.help!r}"
+    return getattr(value, "__qualname__", None) or repr(value)
+
+
+def flag_problems(by_script: dict[str, argparse.ArgumentParser], exempt: dict | None = None) -> list[str]:
+    """The flags present in two or more of these parsers whose type (the same callable or the same declaration),
+    choices or kind of action (class and nargs) differ between them, less those ``exempt`` (DIFFERENT_ON_PURPOSE)."""
+    exempt = DIFFERENT_ON_PURPOSE if exempt is None else exempt
+    found: dict[str, dict[str, argparse.Action]] = {}
+    for script, parser in by_script.items():
+        for a in actions(parser):
+            for flag in a.option_strings:
+                found.setdefault(flag, {})[script] = a
+    problems = []
+    for flag, where in sorted(found.items()):
+        for what in ("type", "choices", "kind"):
+            values = {s: _properties(a)[what] for s, a in where.items() if (flag, s, what) not in exempt}
+            if len({id(v) if what == "type" else v for v in values.values()}) > 1:
+                problems.append(f"{flag}: its {what} differs: "
+                                + "; ".join(f"{s} {_shown(v)}" for s, v in sorted(values.items())))
+    return problems
+
+
+def test_a_flag_has_one_type_choices_and_kind_in_every_script():
+    assert flag_problems(parsers()) == []
+
+
+def test_every_flag_different_on_purpose_exists_and_differs():
+    """An exemption that no longer names a difference goes (the list stays short and true)."""
+    found = flags_by_script()
+    for (flag, script, what), why in DIFFERENT_ON_PURPOSE.items():
+        assert script in found.get(flag, {}) and len(found[flag]) > 1, (flag, script)
+        mine = _properties(found[flag][script])[what]
+        others = [_properties(a)[what] for s, a in found[flag].items() if s != script]
+        assert all(o is not mine and o != mine for o in others), f"{flag} {script}: {what} no longer differs"
+        assert len(why) > 40
+
+
+def test_a_flag_declared_twice_by_hand_is_caught():
+    from cli.common import add_option, integer
+
+    a, b, c = (argparse.ArgumentParser() for _ in range(3))
+    add_option(a, "batch_size")
+    b.add_argument("--batch-size", type=integer(1), default=32)  # the same idea, declared by hand again
+    add_option(c, "batch_size", "prediction", default=64)  # the declaration, with a note and a default of its own
+    a.add_argument("--mosaics", metavar="CSV")
+    c.add_argument("--mosaics", action="store_true")
+    assert flag_problems({"a.py": a, "c.py": c}, {}) == [
+        "--mosaics: its kind differs: a.py ('_StoreAction', None); c.py ('_StoreTrueAction', 0)"]
+    assert flag_problems({"a.py": a, "b.py": b}, {}) == [
+        "--batch-size: its type differs: a.py declared 'images per batch, per process'; b.py integer.<locals>.parse"]
+    assert flag_problems({"a.py": a, "c.py": c}, {("--mosaics", "c.py", "kind"): "on purpose"}) == []
+    assert flag_problems({"b.py": b, "c.py": c}, {("--mosaics", "c.py", "kind"): "on purpose"}) == [
+        "--batch-size: its type differs: b.py integer.<locals>.parse; c.py declared 'images per batch, per process'"]
+
+
 @pytest.mark.parametrize("script", ["swa.py", "test.py"])
 def test_the_training_options_of_the_scripts_ensemble_drives_come_from_their_declarations(script):
     """swa.py's and test.py's --device, --data-fold ... are made by cli.common.add_option from engine/config.py's
@@ -109,7 +193,7 @@ def test_the_training_options_of_the_scripts_ensemble_drives_come_from_their_dec
     parser = parsers()[script]
     for a in actions(parser):
         if a.dest in config.options() and a.option_strings == [config.flag(a.dest)]:
-            assert getattr(a, "declared", None) == a.dest, f"{script} {a.option_strings[0]} is declared by hand"
+            assert getattr(a, "declared", None) is config.spec(a.dest), f"{script} {a.option_strings[0]} by hand"
 
 
 # -- ensemble.py refuses or passes on every option of the scripts it drives ---------------------------------------
@@ -151,6 +235,8 @@ def test_ensemble_refuses_or_passes_on_every_option_of_the_scripts_it_drives(scr
     from tgs import postprocess
 
     VALID["post_config"] = str(tmp_path / "post.json")
+    VALID["mosaics"] = str(tmp_path / "mosaics.csv")  # the flag's type wants an existing file
+    (tmp_path / "mosaics.csv").write_text("id,mosaic,row,col\n")
     postprocess.save_setting(VALID["post_config"], postprocess.DEFAULTS)
     parser = parsers()[script]
     owned = set_by_ensemble_in(parser)

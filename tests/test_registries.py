@@ -3,6 +3,7 @@ and the parsers and messages read the registries (no choice list is written twic
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -182,6 +183,19 @@ def test_the_reuse_and_resume_sets_come_from_the_declarations():
     assert set(config.RESUMABLE_CHANGES) == set(config.RUN_ONLY) | {"max_epochs", "early_stopping", "val_batch_size",
                                                                    "amp", "channels_last", "pseudo_labels"}
     assert "learning_rate" not in config.RESUMABLE_CHANGES and "focal_gamma" not in config.RESUMABLE_CHANGES
+
+
+def test_the_swa_options_that_change_nothing_come_from_the_declarations():
+    """A fold's SWA model is made again when an SWA option that changes the average differs (amp, the batch, the
+    fold), never for where or how it runs; the set is derived from the training options' declarations and the
+    SWA fields' own."""
+    from engine import swa
+    from engine.ensemble.options import SWA_RUN_ONLY
+
+    assert set(SWA_RUN_ONLY) == {"inputs", "output", "device", "threads", "decode_threads", "no_cache", "data_dir",
+                                 "folds_file"}
+    changing = {f.name for f in fields(swa.SwaOptions)} - set(SWA_RUN_ONLY)
+    assert changing == {"data_fold", "drop_mask_threshold", "batch_size", "amp"}
 
 
 # -- executors ------------------------------------------------------------------------------------------------------

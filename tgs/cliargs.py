@@ -6,6 +6,7 @@ import argparse
 import math
 
 from tgs.errors import UserError, excerpt
+from tgs.io import require_file
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
 
@@ -58,3 +59,23 @@ def number(low: float | None = None, high: float | None = None, open_low: bool =
 
 probability = number(0.0, 1.0, open_high=True)  # [0, 1): a threshold
 share = number(0.0, 1.0)  # [0, 1]: a share of pixels or images
+
+
+MOSAICS_HELP = "mosaics.csv of mosaic.py"
+MOSAICS_MISSING = "does not exist (python mosaic.py --data-dir DATA --out DIR writes DIR/mosaics.csv)"
+
+
+def mosaics_csv(text: str) -> str:
+    """The argparse type of ``--mosaics``: an existing file (its contents are read, and checked against the data,
+    by the script). A missing one is one line naming the flag and how to make it, raised as it is (not argparse's
+    ``argument --mosaics:`` form) so that every script says it alike."""
+    if not text.strip():
+        raise UserError("--mosaics: an empty path; give a mosaics.csv of mosaic.py")
+    require_file(text, "--mosaics ", "mosaics.csv", missing=MOSAICS_MISSING)
+    return text
+
+
+def add_mosaics(p, note: str, **kw) -> argparse.Action:
+    """``--mosaics CSV``, declared once for every script that reads mosaic.py's layout: its type
+    (:func:`mosaics_csv`), metavar and help; ``note`` says what the script does with it."""
+    return p.add_argument("--mosaics", type=mosaics_csv, metavar="CSV", help=f"{MOSAICS_HELP}: {note}", **kw)

@@ -21,10 +21,14 @@ import numpy as np
 
 from tgs import TILE
 from tgs.errors import DataError
+from tgs.options import Option
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 HEADER = 33  # signature (8) + the IHDR chunk (length 4, type 4, data 13, CRC 4): width and height at 16..24
+# the decoding threads of read_pngs (0: automatic), a flag of every script that reads a dataset's PNGs; how many
+# never changes what is decoded
+DECODE_THREADS = Option("int", "PNG decoding threads, 0: automatic", low=0, high=1024, run_only=True)
 MAX_BYTES = 16 << 20  # a 101x101 tile is at most ~82 KB of pixels (RGBA, 16 bit); the rest would be extra chunks
 
 try:  # OpenCV's own warnings about broken files would precede our one line

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import swa
 from engine.config import RUN_ONLY, TrainConfig  # noqa: F401  (RUN_ONLY: options that never change a fold's result)
 from engine.jobs import EXECUTORS, SlurmSettings
 from engine.layout import EnsembleLayout
 from tgs.pseudo import Rule
 
 MODES = ("pad", "resize")  # the 9th place's two input modes, the default; any of tgs.inputs.INPUT_MODES may be asked
-# SWA options that never change the averaged model's result
-SWA_RUN_ONLY = ("inputs", "output", "device", "threads", "decode_threads", "no_cache", "data_dir", "folds_file")
+SWA_RUN_ONLY = swa.RUN_ONLY  # SWA options that never change the averaged model's result, from their declarations
 POLL_S = {e.name: e.poll_s for e in EXECUTORS.entries()}  # how often running jobs and their files are looked at
 
 
