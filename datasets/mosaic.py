@@ -44,7 +44,6 @@ from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs
 from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
-EXTRAPOLATE = 1.0  # each side's edge line is carried this many lines across the seam along its last step
 NEIGHBOURS = 4  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.001  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.8)  # the calibrated threshold is clipped to this range (small sets give few null queries)

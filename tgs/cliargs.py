@@ -57,7 +57,6 @@ def number(low: float | None = None, high: float | None = None, open_low: bool =
     return parse
 
 
-probability = number(0.0, 1.0, open_high=True)  # [0, 1): a threshold
 share = number(0.0, 1.0)  # [0, 1]: a share of pixels or images
 
 
