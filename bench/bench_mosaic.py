@@ -55,7 +55,7 @@ FOLDS = 10  # datasets.folds' default
 def mosaic_fold_split(train, found: Mosaics, truth: Mosaics) -> tuple[int, int]:
     """Mosaic folds made from the ``found`` mosaics (datasets.folds, as ensemble.py --mosaic-folds makes them):
     how many of the true train-train neighbour pairs they split between training and validation, of how many."""
-    groups = folds.mosaic_groups(train.ids, found)
+    groups = folds.neighbour_groups(train.ids, found, train.images)
     fold_of = folds.mosaic_folds(folds.coverage_class(train.masks), train.depths, groups, FOLDS)
     return folds.crossing_pairs(train.ids, fold_of, truth)
 

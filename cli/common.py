@@ -10,7 +10,6 @@ from tgs.cliargs import (  # noqa: F401  (re-exported for the cli modules)
     add_mosaics,
     integer,
     number,
-    probability,
     share,
 )
 from tgs.errors import UserError

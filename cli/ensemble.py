@@ -208,8 +208,8 @@ def build_parser() -> ArgumentParser:
                    "out-of-fold search also tries the mosaic rules, and the submission (and pseudo-labels) use the "
                    "rules it kept", nargs="?", const=True)
     j.add_argument("--mosaic-folds", action="store_true",
-                   help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles in one fold, "
-                        "so no validation tile has a training neighbour")
+                   help="(with --mosaics) mosaic-aware folds, RUN/folds.csv: every mosaic's train tiles, and the "
+                        "likely neighbours among them, in one fold, so no validation tile has a training neighbour")
     from cli.pseudo import add_rule
 
     s = p.add_argument_group("self-training (pseudo-labels from the test predictions, the 1st place's rounds)")

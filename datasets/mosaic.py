@@ -422,6 +422,19 @@ def _distance(cand: np.ndarray, dist: np.ndarray, a: np.ndarray, b: np.ndarray) 
     return np.where(hit.any(axis=1), np.where(hit, dist[a], np.inf).min(axis=1), np.inf)
 
 
+def likely_pairs(images: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles that are likely neighbours among ``images``: mutual best matches whose best/second-best ratio, both
+    ways, is below ``ratio``, in either seam direction: (a, b) index arrays. Looser than the mosaics' pairs: for
+    grouping tiles (mosaic folds), where a wrong link costs a little balance and a missed one leaks a neighbour."""
+    a, b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for t in edge_tables(images).values():  # a loop over the two seam directions
+        mutual, worst = ratios(t)
+        keep = np.flatnonzero(mutual & (worst < ratio))
+        a.append(keep)
+        b.append(t.fwd[keep, 0])
+    return np.concatenate(a), np.concatenate(b)
+
+
 def match(images: np.ndarray, ratio: float | None = None) -> Candidates:
     """The unambiguous neighbour pairs among ``images`` (N, 101, 101) (:func:`confident_pairs`)."""
     return confident_pairs(edge_tables(images), ratio)

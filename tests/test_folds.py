@@ -201,3 +201,33 @@ def test_folds_cli_with_a_header_only_mosaics_file(synthetic_root, tmp_path, cap
     printed = capsys.readouterr().out
     assert [line for line in printed.splitlines() if line.startswith("mosaic (k=4")][0].split()[-3:-1] == ["0", "of"]
     assert sorted(pd.read_csv(out)["fold"].unique().tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_neighbour_groups_keep_more_true_neighbours_together_than_the_mosaics(seed):
+    """Known truth: synthetic sections. The folds' groups hold every mosaic whole and join likely neighbours, so
+    fewer true neighbour pairs lie apart than with the mosaics alone (measured: 11 -> 0 and 39 -> 17 of 143 and
+    113 pairs)."""
+    from datasets import mosaic, synthetic
+    from tgs.mosaic import Mosaics
+
+    s = synthetic.generate(400, np.random.default_rng(seed))
+    found = mosaic.assemble(s.ids, s.images).mosaics
+    by_mosaic = folds.mosaic_groups(s.ids, found)
+    groups = folds.neighbour_groups(s.ids, found, s.images)
+    for m in np.unique(by_mosaic[by_mosaic >= 0]):  # every mosaic whole, in one group
+        assert len(np.unique(groups[by_mosaic == m])) == 1 and groups[by_mosaic == m][0] >= 0
+    true = Mosaics(s.ids, s.section, s.row, s.col).adjacent_ids()
+    where = pd.Index(s.ids)
+    a, b = where.get_indexer(true["a"]), where.get_indexer(true["b"])
+    apart = lambda g: int(((g[a] != g[b]) | (g[a] < 0)).sum())  # noqa: E731
+    assert apart(groups) < apart(by_mosaic) and apart(groups) <= 0.2 * len(true)
+
+
+def test_neighbour_groups_of_flat_tiles_are_all_alone():
+    from tgs.mosaic import Mosaics
+
+    images = np.full((5, 101, 101), 77, np.uint8)
+    ids = np.array([f"t{i}" for i in range(5)])
+    groups = folds.neighbour_groups(ids, Mosaics([], [], [], []), images)
+    assert (groups == -1).all()
