@@ -1,4 +1,6 @@
-"""Each idea in one place (issue #19), read from the registries and every script's parser: a choice list is a
+"""Each idea in one place (issue #19), read from the registries and every command's parser (cli.reference.SCRIPTS:
+the top-level scripts and the module commands the documents tell users to run, python -m datasets.folds ...; not
+the benchmarks of bench/, which are no user commands, nor cli.reference itself): a choice list is a
 registry's names or an option declaration's (or a list of one flag of one script), a flag has one type (one
 declaration), choice list and kind of action in every script (DIFFERENT_ON_PURPOSE names the few that differ, and
 why), the training options that swa.py and test.py take come from their declarations, ensemble.py
