@@ -7,31 +7,14 @@ import argparse
 
 from tgs.cliargs import (  # noqa: F401  (re-exported for the cli modules)
     ArgumentParser,
+    add_declared,
     add_mosaics,
+    checked,
     integer,
     number,
     share,
 )
 from tgs.errors import UserError
-
-
-def checked(name: str, option=None, flag: str | None = None):
-    """An argparse type for the option ``name``: the same :meth:`tgs.options.Option.coerce` checks (kind, choices,
-    range, the option's own test) that a config file's key or a post-config file's value pass. ``option``/``flag``:
-    its declaration and flag where it is not a training option of engine/config.py (the post-processing values)."""
-    if option is None:
-        from engine import config as C
-
-        option, flag = C.spec(name), C.flag(name)
-
-    def parse(text: str):
-        try:
-            return option.coerce(text, flag, text=True)
-        except UserError as exc:
-            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
-
-    parse.__name__ = name  # argparse names the type in some messages
-    return parse
 
 
 def fold_list(text: str) -> tuple[str, ...]:
@@ -42,24 +25,6 @@ def fold_list(text: str) -> tuple[str, ...]:
         return fold_names(text)
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_declared(p, flag: str, option, default=None, note: str | None = None, **kw) -> argparse.Action:
-    """Add ``flag`` to ``p`` from its declaration ``option`` (:class:`tgs.options.Option`): the type that checks
-    it, the metavar and the help are the declaration's, so every script that takes the flag takes the same thing
-    (tests/test_one_place.py compares them). ``note``: the script's own use, after the declared help; ``default``
-    is shown unless it is None (the note then says what stands in) or the flag is required."""
-    text = f"{option.help}; {note}" if note else option.help
-    name = flag[2:].replace("-", "_")
-    if option.kind == "bool":
-        action = p.add_argument(flag, action="store_true", help=text, **kw)
-    else:
-        metavar = "{" + ",".join(map(str, option.choices)) + "}" if option.choices else name.upper()
-        shown = "" if default is None or kw.get("required") else f" (default: {default})"
-        action = p.add_argument(flag, type=checked(name, option, flag), metavar=metavar, default=default,
-                                help=text + shown, **kw)
-    action.declared = option  # the flag is this declaration's (tests/test_one_place.py checks it)
-    return action
 
 
 _GIVEN = object()

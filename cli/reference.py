@@ -1,9 +1,10 @@
-"""The command reference (docs/commands.md), generated from the scripts' own parsers so that it cannot drift.
+"""The command reference (docs/commands.md), generated from the commands' own parsers so that it cannot drift.
 
     python -m cli.reference > docs/commands.md     # regenerate
     python -m cli.reference --check docs/commands.md   # exit 1 when the file differs (the test suite runs this)
 
-Each script's ``--help`` text, at a fixed width, in the order a user meets the scripts.
+Each command's ``--help`` text (the scripts' and the user-facing module commands'), at a fixed width, in the order
+a user meets them.
 """
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ import os
 import sys
 from pathlib import Path
 
-# script -> its cli module (each has build_parser()); section.py's is listed only where its module exists
-SCRIPTS = {"train.py": "cli.train", "swa.py": "cli.swa", "test.py": "cli.test", "score.py": "cli.score",
-           "ensemble.py": "cli.ensemble", "mosaic.py": "cli.mosaic", "pseudo.py": "cli.pseudo",
-           "report.py": "cli.report", "section.py": "cli.section"}
+# command -> the module whose build_parser() makes its parser: the top-level scripts (their cli modules; section.py's
+# is listed only where its module exists) and the module commands the documents tell users to run. Not listed: the
+# benchmarks (bench/, not user commands), this reference itself, and engine.fold_job (ensemble.py's job runner,
+# two positional words and no parser).
+SCRIPTS = {"python -m datasets.prepare": "datasets.prepare", "python -m datasets.synthetic": "datasets.synthetic",
+           "train.py": "cli.train", "swa.py": "cli.swa", "test.py": "cli.test", "score.py": "cli.score",
+           "ensemble.py": "cli.ensemble", "mosaic.py": "cli.mosaic", "python -m datasets.folds": "datasets.folds",
+           "pseudo.py": "cli.pseudo", "report.py": "cli.report", "python -m tgs.submission": "tgs.submission",
+           "section.py": "cli.section", "python -m datasets.synthetic_sections": "datasets.synthetic_sections"}
 WIDTH = 118
 
 
@@ -35,7 +41,7 @@ def render() -> str:
     """The whole document."""
     os.environ["COLUMNS"] = str(WIDTH)  # argparse wraps to the terminal's width: fix it
     parts = ["# Command reference\n",
-             "Generated from each script's parser by `python -m cli.reference > docs/commands.md`; a test checks that "
+             "Generated from each command's parser by `python -m cli.reference > docs/commands.md`; a test checks that "
              "this file is current.\n"]
     for script, module in SCRIPTS.items():
         parser = script_parser(module)

@@ -294,20 +294,27 @@ def crossing_pairs(ids: np.ndarray, folds: np.ndarray, mosaics: Mosaics) -> tupl
     return int((folds[ia[both]] != folds[ib[both]]).sum()), int(both.sum())
 
 
-@cli
-def main(argv=None) -> int:
-    from datasets import kaggle
-    from tgs.cliargs import SEED_MAX, ArgumentParser, add_mosaics, integer
+def build_parser():
+    """The parser of ``python -m datasets.folds`` (its shared flags from their declarations, tgs/options.py)."""
+    from tgs.cliargs import ArgumentParser, add_declared, add_mosaics, integer
+    from tgs.options import DATA_DIR, SEED
 
     p = ArgumentParser(description="Write a stratified k-fold split (by coverage class and depth).")
-    p.add_argument("--data-dir", required=True, help="dataset in Kaggle's layout")
+    add_declared(p, "--data-dir", DATA_DIR, required=True)
     p.add_argument("--k", type=integer(2, CHUNKS), default=10,
                    help=f"folds, 2..{CHUNKS} (named fold0..fold{CHUNKS - 1}; train.py reads fold01 as folds 0 and 1)")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    add_declared(p, "--seed", SEED, 0, "the same seed, the same folds")
     p.add_argument("--out", required=True, help="CSV to write: id,fold")
     add_mosaics(p, "every train tile of one mosaic goes to one fold, and the train-train neighbour pairs crossing "
                    "each kind of split are reported")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    from datasets import kaggle
+
+    args = build_parser().parse_args(argv)
     from tgs.io import check_output
 
     check_output(args.out, "--out", {"--mosaics": args.mosaics}, [args.data_dir])

@@ -344,8 +344,8 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-@cli
-def main(argv=None) -> int:
+def build_parser():
+    """The parser of ``python -m datasets.prepare``."""
     from tgs.cliargs import ArgumentParser
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -354,7 +354,12 @@ def main(argv=None) -> int:
                                                 "empty, unless --force")
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out (only at the end, once everything was unpacked)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if not Path(args.source).exists():
         raise UserError(f"{args.source} does not exist")
     from tgs.io import check_output

@@ -627,8 +627,10 @@ def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int =
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from tgs.cliargs import SEED_MAX, ArgumentParser, integer
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m datasets.synthetic`` (``--seed`` from its declaration, tgs/options.py)."""
+    from tgs.cliargs import ArgumentParser, add_declared, integer
+    from tgs.options import SEED
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="dataset folder to create (Kaggle's layout)")
@@ -636,10 +638,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training images (default 4000, as in the competition)")
     p.add_argument("--test", type=integer(0, 1_000_000), default=18000,
                    help="test images (default 18000, as in the competition)")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    add_declared(p, "--seed", SEED, 0, "the same seed, the same dataset")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that already has files (an old dataset there is replaced)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @cli

@@ -98,16 +98,22 @@ def write(out: str | os.PathLike, seed: int = 0, rows: int = 4, cols: int = 8, i
     return {"section": grey.shape, "salt": float(salt.mean()), "volume": (inlines, crosslines, grey.shape[0])}
 
 
-@cli
-def main(argv=None) -> int:
-    from tgs.cliargs import SEED_MAX, ArgumentParser, integer
+def build_parser():
+    """The parser of ``python -m datasets.synthetic_sections`` (``--seed`` from its declaration, tgs/options.py)."""
+    from tgs.cliargs import ArgumentParser, add_declared, integer
+    from tgs.options import SEED
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder to write into")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
+    add_declared(p, "--seed", SEED, 0, "the same seed, the same section")
     p.add_argument("--rows", type=integer(1, 10), default=4, help="tile rows of the section (101 px each)")
     p.add_argument("--cols", type=integer(1, 12), default=8, help="tile columns of the section")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     summary = write(args.out, args.seed, args.rows, args.cols)
     print(f"wrote a section of {summary['section'][0]} x {summary['section'][1]} samples ({summary['salt']:.1%} salt) "
           f"and a volume of {' x '.join(map(str, summary['volume']))} to {args.out}")

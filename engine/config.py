@@ -28,7 +28,7 @@ from losses import LOSSES
 from tgs.errors import UserError, excerpt
 from tgs.inputs import INPUT_MODES, InputSpec
 from tgs.io import atomic_open, read_config_text, require_file
-from tgs.options import Declared, Option, opt
+from tgs.options import DATA_DIR, SEED, Declared, Option, opt
 from tgs.registry import Registry
 
 RECIPE = """the 9th-place recipe (2 GPUs):
@@ -81,7 +81,7 @@ def _weights(value: str) -> str | None:
 # -- the sections -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataOptions:
-    data_dir: str = opt("data", "path", "dataset in Kaggle's layout", run_only=True, ensemble="--data-dir")
+    data_dir: str = opt("data", DATA_DIR)
     data_fold: str = opt("fold0", "str", "fold0..fold9 (10 consecutive chunks) or e.g. fold01", check=_fold_name,
                          ensemble="--folds")
     folds_file: str | None = opt(None, "path", "CSV id,fold (python -m datasets.folds) replacing the consecutive "
@@ -217,7 +217,7 @@ class RunOptions:
     amp: str = opt("none", "choice", "mixed precision", choices=AMP, resumable=True, shared=True)
     channels_last: bool = opt(False, "bool", "channels-last memory format", resumable=True)
     compile: bool = opt(False, "bool", "torch.compile the model", run_only=True)
-    seed: int = opt(0, "int", "random seed", low=0, high=2**32 - 1)
+    seed: int = opt(0, SEED)
     comment: str = opt("", "str", "free text kept in config.yaml and checkpoints", run_only=True)
     threads: int = opt(0, "int", "torch CPU threads (0: torch's default)", low=0, high=1024, run_only=True,
                        shared=True)

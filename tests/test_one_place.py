@@ -1,4 +1,6 @@
-"""Each idea in one place (issue #19), read from the registries and every script's parser: a choice list is a
+"""Each idea in one place (issue #19), read from the registries and every command's parser (cli.reference.SCRIPTS:
+the top-level scripts and the module commands the documents tell users to run, python -m datasets.folds ...; not
+the benchmarks of bench/, which are no user commands, nor cli.reference itself): a choice list is a
 registry's names or an option declaration's (or a list of one flag of one script), a flag has one type (one
 declaration), choice list and kind of action in every script (DIFFERENT_ON_PURPOSE names the few that differ, and
 why), the training options that swa.py and test.py take come from their declarations, ensemble.py
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -25,11 +28,44 @@ from tgs.options import Option
 
 REGISTRIES = (LOSSES, INPUT_MODES, schedulers.SCHEDULES, optimizers.OPTIMIZERS, MOSAIC_RULES, ENCODERS,
               jobs.EXECUTORS)
-CLI = Path(__file__).resolve().parents[1] / "cli"
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "cli"
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     return {script: p for script, p in ((s, script_parser(m)) for s, m in SCRIPTS.items()) if p is not None}
+
+
+# module commands the documents name that are no user commands, so their parsers are not read: why
+NOT_USER_COMMANDS = {"bench": "the benchmarks print tables for developers; they are no user commands",
+                     "cli.reference": "writes docs/commands.md from the parsers read here; a tool of the docs",
+                     "engine.fold_job": "ensemble.py's job runner (JOBFOLDER STEP), run by its executors"}
+DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "scripts").glob("*.sh")))
+
+
+def documented_module_commands(texts) -> set[str]:
+    """The project's modules that ``texts`` tell users to run as ``python -m MODULE`` (``"$PY" -m`` in the shell
+    scripts), less NOT_USER_COMMANDS (a module or the package above it) and placeholders (``datasets.NAME``)."""
+    found = set()
+    for text in texts:
+        found |= set(re.findall(r'(?:python3?|"\$PY")\s+-m\s+([A-Za-z_][\w.]*\w)', text))
+    mine = {m for m in found if (ROOT / m.split(".")[0]).is_dir() and not any(w.isupper() for w in m.split("."))}
+    return {m for m in mine if not any(m == n or m.startswith(n + ".") for n in NOT_USER_COMMANDS)}
+
+
+def test_every_module_command_the_documents_give_is_read_here():
+    """A ``python -m datasets.folds`` that README.md, docs/ or scripts/ tell users to run is one of the commands
+    whose parsers these tests read (cli.reference.SCRIPTS, which also puts it in docs/commands.md)."""
+    documented = documented_module_commands(d.read_text() for d in DOCUMENTS)
+    assert {"datasets.folds", "datasets.synthetic", "tgs.submission"} <= documented
+    assert documented <= set(SCRIPTS.values())
+
+
+def test_a_documented_module_command_is_found():
+    text = 'run `python -m datasets.folds --k 3`, "$PY" -m tgs.submission --empty; python -m pytest -q;\n' \
+           "python -m bench.bench_gpu; python -m engine.fold_job J train; python3 -m datasets.prepare Z --out D.\n" \
+           "a new one: `python -m datasets.NAME`"
+    assert documented_module_commands([text]) == {"datasets.folds", "tgs.submission", "datasets.prepare"}
 
 
 def actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -1,5 +1,7 @@
-"""Command-line pieces every floor may use: a parser whose mistakes are one line (exit 2) and range-checked number
-types. (The options several scripts share are in ``cli/common.py``.)"""
+"""Command-line pieces every floor may use: a parser whose mistakes are one line (exit 2), range-checked number
+types, and a flag made from its declaration (:func:`add_declared`), so that a module command of a low floor
+(``python -m datasets.folds``) and the scripts take a shared flag from one declaration. (The options the scripts
+share are in ``cli/common.py``.)"""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +9,6 @@ import math
 
 from tgs.errors import UserError, excerpt
 from tgs.io import require_file
-
-SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -78,3 +78,36 @@ def add_mosaics(p, note: str, **kw) -> argparse.Action:
     """``--mosaics CSV``, declared once for every script that reads mosaic.py's layout: its type
     (:func:`mosaics_csv`), metavar and help; ``note`` says what the script does with it."""
     return p.add_argument("--mosaics", type=mosaics_csv, metavar="CSV", help=f"{MOSAICS_HELP}: {note}", **kw)
+
+
+def checked(name: str, option, flag: str):
+    """An argparse type for the option ``name`` declared by ``option`` (:class:`tgs.options.Option`) and given as
+    ``flag``: the same :meth:`~tgs.options.Option.coerce` checks (kind, choices, range, the option's own test) that
+    a config file's key or a post-config file's value pass."""
+
+    def parse(text: str):
+        try:
+            return option.coerce(text, flag, text=True)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def add_declared(p, flag: str, option, default=None, note: str | None = None, **kw) -> argparse.Action:
+    """Add ``flag`` to ``p`` from its declaration ``option`` (:class:`tgs.options.Option`): the type that checks
+    it, the metavar and the help are the declaration's, so every script that takes the flag takes the same thing
+    (tests/test_one_place.py compares them). ``note``: the script's own use, after the declared help; ``default``
+    is shown unless it is None (the note then says what stands in) or the flag is required."""
+    text = f"{option.help}; {note}" if note else option.help
+    name = flag[2:].replace("-", "_")
+    if option.kind == "bool":
+        action = p.add_argument(flag, action="store_true", help=text, **kw)
+    else:
+        metavar = "{" + ",".join(map(str, option.choices)) + "}" if option.choices else name.upper()
+        shown = "" if default is None or kw.get("required") else f" (default: {default})"
+        action = p.add_argument(flag, type=checked(name, option, flag), metavar=metavar, default=default,
+                                help=text + shown, **kw)
+    action.declared = option  # the flag is this declaration's (tests/test_one_place.py checks it)
+    return action

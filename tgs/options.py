@@ -128,6 +128,15 @@ class Declared:
         return self.name, type(self.default), field(default=self.default, metadata={"option": self.option})
 
 
-def opt(default, kind: str, help: str, **kw):
-    """A dataclass field that declares an option (``engine.config``'s sections)."""
-    return field(default=default, metadata={"option": Option(kind, help, **kw)})
+def opt(default, kind: str | Option, help: str = "", **kw):
+    """A dataclass field that declares an option (``engine.config``'s sections); ``kind`` may be a whole
+    :class:`Option` declared elsewhere (one that module commands of a lower floor take too)."""
+    option = kind if isinstance(kind, Option) else Option(kind, help, **kw)
+    return field(default=default, metadata={"option": option})
+
+
+# Options that the scripts (as training options of engine.config) and the module commands of datasets/
+# (python -m datasets.folds, datasets.synthetic ...) both take: declared here, on the lowest floor, once.
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
+SEED = Option("int", "random seed", low=0, high=SEED_MAX)
+DATA_DIR = Option("path", "dataset in Kaggle's layout", run_only=True, ensemble="--data-dir")

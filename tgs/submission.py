@@ -157,8 +157,8 @@ def images_beside(truth: str | Path) -> Path:
     return truth.parent / "images" if truth.is_dir() else truth.parent / "train" / "images"
 
 
-@cli
-def main(argv=None) -> int:
+def build_parser():
+    """The parser of ``python -m tgs.submission``."""
     from tgs.cliargs import ArgumentParser
 
     p = ArgumentParser(description="Write a submission from a folder of masks, or an all-empty one.")
@@ -166,8 +166,13 @@ def main(argv=None) -> int:
     src.add_argument("--masks", help="folder of mask PNGs: encode them (a perfect submission for that set)")
     src.add_argument("--empty", action="store_true", help="every mask empty (the all-empty baseline)")
     p.add_argument("--ids", help="with --empty: a CSV whose 'id' column lists the ids (train.csv, sample_submission)")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
+    p.add_argument("--out", required=True, help="the submission CSV to write (id,rle_mask)")
+    return p
+
+
+@cli
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from tgs.io import check_output
 
     check_output(args.out, "--out", {"--ids": args.ids, "--masks": args.masks})
