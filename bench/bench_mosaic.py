@@ -60,6 +60,59 @@ def mosaic_fold_split(train, found: Mosaics, truth: Mosaics) -> tuple[int, int]:
     return folds.crossing_pairs(train.ids, fold_of, truth)
 
 
+HALF_CUT = 30  # the half-tile test cuts each tile this many lines in (not half way: some real tiles overlap by half)
+PARTNERED = 0.16  # share of the half-tile test's edges that have their partner among the candidates, as in the real set
+
+
+def half_tile_test(images: np.ndarray, thresholds: dict[str, float], seed: int = 0) -> dict[str, dict]:
+    """A truth on any set, the real data included: each tile cut across a seam direction HALF_CUT lines in; the
+    first pieces of one random half of the tiles are the queries, the second pieces of another half the candidates,
+    the two halves sharing PARTNERED of their tiles. Per direction: how many queries have their partner among the
+    candidates, the share of those whose partner is their mutual best match (the seam score's ranking on the set's
+    own texture), the share also below the set's calibrated ratio threshold (``thresholds``), and how many queries
+    are wrongly matched below it."""
+    n = len(images)
+    order = np.random.default_rng(seed).permutation(n)
+    half = n // 2
+    overlap = int(round(PARTNERED * half))
+    queries, candidates = np.sort(order[:half]), np.sort(order[half - overlap:2 * half - overlap])
+    out = {}
+    for rel, seam in mosaic.SEAMS.items():
+        filters = mosaic.learn_filters(images, seam)
+        if filters is None:
+            continue
+        cut = (slice(None),) * seam.axis
+        first = images[queries][cut + (slice(0, HALF_CUT),)]
+        second = images[candidates][cut + (slice(HALF_CUT, None),)]
+        ok_q = np.flatnonzero(~mosaic.flat_edges(first, seam.first))
+        ok_c = np.flatnonzero(~mosaic.flat_edges(second, seam.second))
+        q = mosaic.descriptors(first[ok_q], seam, filters)[0]
+        c = mosaic.descriptors(second[ok_c], seam, filters)[1]
+        # one index space: query tile t is row t, candidate tile t is row n + t (so a tile's halves are not "itself")
+        fwd, bwd = np.full((2 * n, 2), -1, np.int64), np.full((2 * n, 2), -1, np.int64)
+        fwd_d, bwd_d = np.full((2 * n, 2), np.inf), np.full((2 * n, 2), np.inf)
+        rows_q, rows_c = queries[ok_q], candidates[ok_c] + n
+        fwd[rows_q], fwd_d[rows_q], bwd[rows_c], bwd_d[rows_c] = mosaic.nearest_both(q, rows_q, c, rows_c, 2)
+        mutual, worst = mosaic.ratios(mosaic.EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, thresholds[rel]))
+        has = np.isin(queries, rows_c - n) & np.isin(queries, rows_q)
+        right = fwd[queries, 0] == queries + n
+        below = mutual[queries] & (worst[queries] < thresholds[rel])
+        out[rel] = {"with_partner": int(has.sum()),
+                    "mutual_best": float((mutual[queries] & right).sum() / max(has.sum(), 1)),
+                    "accepted": float((below & right).sum() / max(has.sum(), 1)), "wrong": int((below & ~right).sum())}
+    return out
+
+
+def half_tile_rows(test: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """The half-tile test's rows of the table."""
+    rows = []
+    for rel, r in test.items():
+        rows.append((f"half-tile test {rel}: partner mutual best / also accepted",
+                     f"{r['mutual_best']:.3f} / {r['accepted']:.3f} of {r['with_partner']}", ""))
+        rows.append((f"half-tile test {rel}: queries wrongly accepted", f"{r['wrong']}", ""))
+    return rows
+
+
 def measure(args, data: str) -> int:
     """Time the steps on the dataset folder ``data`` and print the table."""
     t0 = time.perf_counter()
@@ -97,6 +150,7 @@ def measure(args, data: str) -> int:
         ("  of which salt on a whole edge against none", f"{free['mask_disagree_whole_edges']}", ""),
         ("ratio quartiles: accepted pairs", " ".join(f"{v:.2f}" for v in free["ratio_accepted"]), ""),
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
+        *half_tile_rows(half_tile_test(images, {r: t.threshold for r, t in (result.tables or {}).items()})),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
         ("mosaic sizes", ", ".join(f"{label}: {count}" for label, count in mosaic.size_histogram(result.mosaics)), ""),
     ]
