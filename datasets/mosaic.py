@@ -269,9 +269,10 @@ def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second:
     data's texture; the threshold lets through NULL_RATE of them, clipped to RATIO_RANGE. Sets too small to show
     that tail (fewer than NULL_TAIL / NULL_RATE queries) get the strict end of the range."""
     pick = np.unique(np.linspace(0, len(images) - 1, min(NULL_QUERIES, len(images))).astype(np.int64))
+    sample = images[pick]
     ratios_ = []
     for cut in NULL_CUTS:  # a loop over the cut positions
-        inner = images[pick][(slice(None),) * seam.axis + (slice(0, cut),)]
+        inner = sample[(slice(None),) * seam.axis + (slice(0, cut),)]
         ok = np.flatnonzero(~flat_edges(inner, seam.first))
         if len(ok) * len(NULL_CUTS) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:
             return RATIO_RANGE[0]  # too few null queries to see the tail: strict
