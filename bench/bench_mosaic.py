@@ -81,9 +81,8 @@ def half_tile_test(images: np.ndarray, thresholds: dict[str, float], seed: int =
         filters = mosaic.learn_filters(images, seam)
         if filters is None:
             continue
-        cut = (slice(None),) * seam.axis
-        first = images[queries][cut + (slice(0, HALF_CUT),)]
-        second = images[candidates][cut + (slice(HALF_CUT, None),)]
+        first = mosaic.halves(images[queries], seam, HALF_CUT)[0]
+        second = mosaic.halves(images[candidates], seam, HALF_CUT)[1]
         ok_q = np.flatnonzero(~mosaic.flat_edges(first, seam.first))
         ok_c = np.flatnonzero(~mosaic.flat_edges(second, seam.second))
         q = mosaic.descriptors(first[ok_q], seam, filters)[0]

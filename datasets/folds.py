@@ -207,9 +207,9 @@ def neighbour_groups(ids: np.ndarray, mosaics: Mosaics, images: np.ndarray) -> n
     groups = mosaic_groups(ids, mosaics)
     n = len(groups)
     member = np.flatnonzero(groups >= 0)
-    _, first = np.unique(groups[member], return_index=True)
+    _, first, which = np.unique(groups[member], return_index=True, return_inverse=True)
     head = np.arange(n)
-    head[member] = member[first][np.unique(groups[member], return_inverse=True)[1]]  # each mosaic's first tile
+    head[member] = member[first][which]  # each mosaic's first tile
     a, b = mosaic.likely_pairs(images, LIKELY_RATIO)
     graph = sparse.coo_matrix((np.ones(n + len(a)), (np.r_[np.arange(n), a], np.r_[head, b])), shape=(n, n))
     _, component = csgraph.connected_components(graph, directed=False)

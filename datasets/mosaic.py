@@ -128,11 +128,11 @@ def _patches(lines: np.ndarray) -> np.ndarray:
     return windows.transpose(0, 2, 1, 3).reshape(-1, LINES * TAPS).astype(np.float64)
 
 
-def halves(images: np.ndarray, seam: Seam) -> tuple[np.ndarray, np.ndarray]:
-    """Each image cut across ``seam`` after CUT lines: (a halves, b halves), views of true neighbour pairs. Each
-    half's brightness and contrast need no stretching of their own: :func:`normalised_lines` undoes them."""
-    cut = (slice(None),) * seam.axis
-    return images[cut + (slice(0, CUT),)], images[cut + (slice(CUT, None),)]
+def halves(images: np.ndarray, seam: Seam, cut: int = CUT) -> tuple[np.ndarray, np.ndarray]:
+    """Each image cut across ``seam`` after ``cut`` lines: (a halves, b halves), views of true neighbour pairs.
+    Each half's brightness and contrast need no stretching of their own: :func:`normalised_lines` undoes them."""
+    lines = (slice(None),) * seam.axis
+    return images[lines + (slice(0, cut),)], images[lines + (slice(cut, None),)]
 
 
 def learn_filters(images: np.ndarray, seam: Seam) -> SeamFilters | None:
@@ -272,7 +272,7 @@ def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second:
     sample = images[pick]
     ratios_ = []
     for cut in NULL_CUTS:  # a loop over the cut positions
-        inner = sample[(slice(None),) * seam.axis + (slice(0, cut),)]
+        inner = halves(sample, seam, cut)[0]
         ok = np.flatnonzero(~flat_edges(inner, seam.first))
         if len(ok) * len(NULL_CUTS) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:
             return RATIO_RANGE[0]  # too few null queries to see the tail: strict
@@ -424,16 +424,11 @@ def _distance(cand: np.ndarray, dist: np.ndarray, a: np.ndarray, b: np.ndarray) 
 
 
 def likely_pairs(images: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Tiles that are likely neighbours among ``images``: mutual best matches whose best/second-best ratio, both
-    ways, is below ``ratio``, in either seam direction: (a, b) index arrays. Looser than the mosaics' pairs: for
-    grouping tiles (mosaic folds), where a wrong link costs a little balance and a missed one leaks a neighbour."""
-    a, b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for t in edge_tables(images).values():  # a loop over the two seam directions
-        mutual, worst = ratios(t)
-        keep = np.flatnonzero(mutual & (worst < ratio))
-        a.append(keep)
-        b.append(t.fwd[keep, 0])
-    return np.concatenate(a), np.concatenate(b)
+    """Tiles that are likely neighbours among ``images``: :func:`confident_pairs` at ``ratio``, in either seam
+    direction: (a, b) index arrays. Looser than the mosaics' pairs: for grouping tiles (mosaic folds), where a
+    wrong link costs a little balance and a missed one leaks a neighbour."""
+    pairs = confident_pairs(edge_tables(images), ratio)
+    return pairs.a, pairs.b
 
 
 def match(images: np.ndarray, ratio: float | None = None) -> Candidates:
