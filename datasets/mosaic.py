@@ -21,10 +21,13 @@ Train and test tiles are matched together:
    tiles claim one cell, the pair on most of the paths between the clashing tiles is dropped (the weakest of them;
    with a single clash simply the weakest pair on its path), and the layout is redone: a conflict never drops a
    whole mosaic. Tiles that the layout puts side by side without a pair between them must fit there too (each
-   among the other's FIT_RANK nearest candidates); one that does not is a clash as well;
-6. growing (:func:`grow`, and loops through the pairs placed): an empty cell next to two or more placed tiles is
-   filled when every seam around it names the same tile as its best candidate, and squares that close through
-   placed pairs add whole rows and columns; the layout is redone and growing repeats until nothing changes.
+   among the other's FIT_RANK nearest candidates); one that does not is a clash as well, unless the seams on both
+   sides of it, parallel to it, hold (one hard seam inside a join that holds around it);
+6. growing (:func:`grow`, :func:`join_pairs`, and loops through the pairs placed): an empty cell next to two or
+   more placed tiles is filled when every seam around it names the same tile as its best candidate; two mosaics
+   are joined by a best candidate pair when the join shares no cell and the other seams it creates fit; squares
+   that close through placed pairs add whole rows and columns. The layout is redone and growing repeats until
+   nothing changes.
 """
 from __future__ import annotations
 
@@ -544,22 +547,44 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
             kept[live[_culprit(mine, tiles, parent, depth, parent_pair, cost[live])]] = False
 
 
-def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, seam_fits) -> np.ndarray:
-    """(K, 2) indices into ``tiles`` of tiles side by side in the layout, with no pair between them, whose seam
-    does not fit (``seam_fits``)."""
+def _cells(n: int, tiles: np.ndarray, component, row, col) -> Callable[..., np.ndarray]:
+    """A lookup of the layout's cells: ``at(comp, r, c)`` gives the index into ``tiles`` of the tile on each cell
+    (-1 for an empty one)."""
     keys = _cell_keys(n, component[tiles], row[tiles], col[tiles])
     order = np.argsort(keys)
+    sorted_keys = keys[order]
+
+    def at(comp, r, c) -> np.ndarray:
+        want = _cell_keys(n, comp, r, c)
+        if len(sorted_keys) == 0:
+            return np.full(len(want), -1, np.int64)
+        i = np.minimum(np.searchsorted(sorted_keys, want), len(sorted_keys) - 1)
+        return np.where(sorted_keys[i] == want, order[i], -1)
+    return at
+
+
+def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, seam_fits) -> np.ndarray:
+    """(K, 2) indices into ``tiles`` of tiles side by side in the layout, with no pair between them, whose seam
+    does not fit (``seam_fits``), unless both seams beside it and parallel to it (above and below an LR seam, left
+    and right of a TB seam) are pairs or fit: one hard seam inside a join that holds on either side is forgiven,
+    while the tiles that a wrong pair glues side by side have no seams that fit beside theirs."""
+    at = _cells(n, tiles, component, row, col)
+    comp, r, c = component[tiles], row[tiles], col[tiles]
     paired = _pair_keys(n, np.minimum(pair_a, pair_b), np.maximum(pair_a, pair_b), np.full(len(pair_a), "LR"))
     out = []
     for rel, (dr, dc) in STEP.items():
-        want = _cell_keys(n, component[tiles], row[tiles] + dr, col[tiles] + dc)
-        at = np.minimum(np.searchsorted(keys[order], want), len(keys) - 1)
-        i = np.flatnonzero(keys[order][at] == want)
-        j = order[at[i]]
-        u, v = tiles[i], tiles[j]
-        unpaired = ~np.isin(_pair_keys(n, np.minimum(u, v), np.maximum(u, v), np.full(len(u), "LR")), paired)
-        bad = unpaired & ~seam_fits(u, v, np.full(len(u), rel))
-        out.append(np.stack([i[bad], j[bad]], axis=1))
+        j = at(comp, r + dr, c + dc)
+        i = np.flatnonzero(j >= 0)
+        u, v = tiles[i], tiles[j[i]]
+        holds = np.zeros(len(tiles), bool)  # the seam from each tile to its neighbour in this direction holds
+        holds[i] = (np.isin(_pair_keys(n, np.minimum(u, v), np.maximum(u, v), np.full(len(u), "LR")), paired) |
+                    seam_fits(u, v, np.full(len(u), rel)))
+        beside = np.ones(len(i), bool)
+        for side in (1, -1):  # the parallel seams one step across: rows for LR, columns for TB
+            k = at(comp[i], r[i] + side * dc, c[i] + side * dr)
+            beside &= (k >= 0) & holds[np.maximum(k, 0)]
+        bad = ~holds[i] & ~beside
+        out.append(np.stack([i[bad], j[i][bad]], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
@@ -641,6 +666,57 @@ def grow(tables: dict[str, EdgeTable], place: Placement, known: np.ndarray | Non
     return out
 
 
+JOIN_FITS = 1  # a join of two mosaics needs this many other seams that fit, and more of them than misfits
+
+
+def join_pairs(tables: dict[str, EdgeTable], place: Placement,
+               seam_fits: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Candidates:
+    """Pairs that join two mosaics: a best candidate pair (:func:`best_edges`) between tiles of two different
+    mosaics, accepted when laying one mosaic next to the other by this pair puts no two tiles on one cell and puts
+    other tiles side by side whose seams confirm it: at least JOIN_FITS of them fit (``seam_fits``), and more fit
+    than not. Two mosaics that touch along more than the one seam are checked by every seam they share; a pair
+    whose join touches nowhere else is left to the ratio test and the loops."""
+    n = len(place.component)
+    comp = place.component
+    found = [best_edges(t)[["a", "b"]].assign(rel=rel) for rel, t in tables.items()]
+    pairs = pd.concat(found) if found else pd.DataFrame({"a": [], "b": [], "rel": []})
+    a, b = pairs["a"].to_numpy(np.int64), pairs["b"].to_numpy(np.int64)
+    rel = pairs["rel"].to_numpy(str)
+    sel = (comp[a] >= 0) & (comp[b] >= 0) & (comp[a] != comp[b])
+    a, b, rel = a[sel], b[sel], rel[sel]
+    if len(a) == 0:
+        return Candidates.concat([])
+    dr, dc = _steps(rel)
+    shift_r, shift_c = place.row[a] + dr - place.row[b], place.col[a] + dc - place.col[b]
+    placed = np.flatnonzero(comp >= 0)
+    members = placed[np.argsort(comp[placed], kind="stable")]  # the placed tiles, mosaic by mosaic
+    start = np.searchsorted(comp[members], comp[b])
+    count = np.searchsorted(comp[members], comp[b], side="right") - start
+    join = np.repeat(np.arange(len(a)), count)  # one row per (candidate join, tile of b's mosaic)
+    tile = members[np.repeat(start, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)]
+    r, c, host = place.row[tile] + shift_r[join], place.col[tile] + shift_c[join], comp[a][join]
+    at = _cells(n, placed, comp, place.row, place.col)
+    collides = np.bincount(join, weights=at(host, r, c) >= 0, minlength=len(a)) > 0
+    fit, misfit = np.zeros(len(a)), np.zeros(len(a))
+    for (sr, sc), side_rel, tile_is_a in _CELL_SIDES:  # each moved tile's four sides against a's mosaic
+        k = at(host, r + sr, c + sc)
+        h = np.flatnonzero(k >= 0)
+        other = placed[k[h]]
+        u, v = np.where(tile_is_a, tile[h], other), np.where(tile_is_a, other, tile[h])
+        j = join[h]
+        itself = (u == a[j]) & (v == b[j]) & (rel[j] == side_rel)
+        ok = seam_fits(u, v, np.full(len(u), side_rel))
+        np.add.at(fit, j[~itself], ok[~itself])
+        np.add.at(misfit, j[~itself], ~ok[~itself])
+    keep = ~collides & (fit >= JOIN_FITS) & (fit > misfit)
+    a, b, rel = a[keep], b[keep], rel[keep]
+    distance = np.full(len(a), np.inf)
+    for r_, t in tables.items():
+        s = rel == r_
+        distance[s] = np.minimum(_distance(t.fwd, t.fwd_d, a[s], b[s]), _distance(t.bwd, t.bwd_d, b[s], a[s]))
+    return Candidates(a, b, rel, distance)
+
+
 def _without(n: int, c: Candidates, known: np.ndarray) -> Candidates:
     """The candidates whose pair is not in ``known`` (:func:`_pair_keys` of ``n`` tiles), each once."""
     keys = _pair_keys(n, c.a, c.b, c.rel)
@@ -678,7 +754,8 @@ def assemble(ids: np.ndarray, images: np.ndarray, ratio: float | None = None) ->
     for _ in range(GROW_ROUNDS):
         known = _pair_keys(n, cand.a, cand.b, cand.rel)
         kept = Candidates(*(getattr(cand, f)[place.kept] for f in ("a", "b", "rel", "distance")))
-        extra = Candidates.concat([grow(tables, place, known), loop_pairs(tables, kept)])
+        extra = Candidates.concat([grow(tables, place, known), loop_pairs(tables, kept),
+                                   join_pairs(tables, place, fits)])
         extra = _without(n, extra, known)
         if len(extra.a) == 0:
             break

@@ -102,6 +102,61 @@ def test_one_wrong_pair_gluing_two_mosaics_is_the_one_dropped():
     assert place.component[0] != place.component[4]
 
 
+def fitting(*pairs):
+    """A seam check for :func:`mosaic.layout` that says yes to exactly these (a, b, rel)."""
+    good = set(pairs)
+    return lambda a, b, rel: np.array([(int(x), int(y), str(r)) in good for x, y, r in zip(a, b, rel)], bool)
+
+
+def test_one_hard_seam_inside_a_join_is_forgiven_but_not_at_its_end():
+    # two columns of three tiles (0 2 4 left, 1 3 5 right), joined by the LR pairs 0-1 and 4-5: tiles 2 and 3 end
+    # up side by side with no pair, and their seam does not fit; the seams above and below it hold
+    a = np.array([0, 2, 1, 3, 0, 4])
+    b = np.array([2, 4, 3, 5, 1, 5])
+    rel = np.array(["TB", "TB", "TB", "TB", "LR", "LR"])
+    cost = np.array([0.1, 0.1, 0.1, 0.1, 0.2, 0.3])
+    place = mosaic.layout(6, a, b, rel, cost, fitting())
+    assert place.kept.all() and len(set(place.component)) == 1
+    # without the pair 4-5 the misfit 2-3 has a holding seam on one side only, and 4-5 does not fit either: the
+    # join by 0-1 alone puts two pairs of unrelated tiles side by side, and it is the pair dropped
+    place = mosaic.layout(6, a[:5], b[:5], rel[:5], cost[:5], fitting())
+    assert list(place.kept) == [True] * 4 + [False]
+    assert place.component[0] != place.component[1]
+    # with the seam 4-5 fitting, the misfit 2-3 is forgiven again
+    place = mosaic.layout(6, a[:5], b[:5], rel[:5], cost[:5], fitting((4, 5, "LR")))
+    assert place.kept.all()
+
+
+def tables_with_best(n, best):
+    """Candidate tables where each (a, b, rel) in ``best`` is a's and b's clear best candidate, and nothing else."""
+    out = {}
+    for r in ("LR", "TB"):
+        fwd, bwd = np.full((n, 2), -1, np.int64), np.full((n, 2), -1, np.int64)
+        fwd_d, bwd_d = np.full((n, 2), np.inf), np.full((n, 2), np.inf)
+        for x, y, rel in best:
+            if rel == r:
+                fwd[x, 0], fwd_d[x] = y, (0.5, 1.0)
+                bwd[y, 0], bwd_d[y] = x, (0.5, 1.0)
+        out[r] = mosaic.EdgeTable(r, fwd, fwd_d, bwd, bwd_d, 0.5)
+    return out
+
+
+def test_a_join_of_two_mosaics_needs_other_seams_that_fit_and_no_shared_cell():
+    # mosaic 0: tiles 0 above 2; mosaic 1: tiles 1 above 3; tile 1 is tile 0's best candidate on its right
+    place = mosaic.Placement(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]),
+                             np.ones(2, bool))
+    tables = tables_with_best(4, [(0, 1, "LR")])
+    joined = mosaic.join_pairs(tables, place, fitting((2, 3, "LR")))
+    assert list(zip(joined.a, joined.b, joined.rel)) == [(0, 1, "LR")] and joined.distance[0] == 0.5
+    assert len(mosaic.join_pairs(tables, place, fitting()).a) == 0  # 2 and 3 side by side do not fit
+    # mosaic 1 as a row (1 left of 3): the join touches mosaic 0 nowhere else, so nothing confirms it
+    row = mosaic.Placement(place.component, np.array([0, 0, 1, 0]), np.array([0, 0, 0, 1]), place.kept)
+    assert len(mosaic.join_pairs(tables, row, fitting((2, 3, "LR"))).a) == 0
+    # mosaic 1 reaching down-left (3 below-left of 1) puts tile 3 on tile 2's cell: refused however well it fits
+    onto = mosaic.Placement(place.component, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 0]), place.kept)
+    assert len(mosaic.join_pairs(tables, onto, fitting((2, 3, "LR"), (3, 2, "LR"))).a) == 0
+
+
 @pytest.fixture(scope="module")
 def sections():
     return synthetic.generate(400, np.random.default_rng(3))
