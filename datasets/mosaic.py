@@ -666,17 +666,18 @@ def grow(tables: dict[str, EdgeTable], place: Placement, known: np.ndarray | Non
     return out
 
 
-JOIN_FITS = 1  # a join of two mosaics needs this many other seams that fit, and more of them than misfits
+JOIN_FITS = 1  # a join of two mosaics needs this many seams that fit besides its own pair, and more than misfit
+JOIN_ROWS = 1 << 20  # moved tiles checked at a time (a few int64 arrays of this length)
 
 
 def join_pairs(tables: dict[str, EdgeTable], place: Placement,
                seam_fits: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Candidates:
     """Pairs that join two mosaics: a best candidate pair (:func:`best_edges`) between tiles of two different
-    mosaics, accepted when laying one mosaic next to the other by this pair puts no two tiles on one cell and puts
-    other tiles side by side whose seams confirm it: at least JOIN_FITS of them fit (``seam_fits``), and more fit
-    than not. Two mosaics that touch along more than the one seam are checked by every seam they share; a pair
-    whose join touches nowhere else is left to the ratio test and the loops."""
-    n = len(place.component)
+    mosaics, accepted when laying the smaller mosaic next to the larger by this pair puts no two tiles on one cell
+    and puts other tiles side by side whose seams confirm it: besides the pair itself, at least JOIN_FITS of them
+    fit (``seam_fits``), and more fit than not. Two mosaics that touch along more than the one seam are checked by
+    every seam they share; a pair whose join touches nowhere else is left to the ratio test and the loops.
+    Candidates that make the same move are checked once, and the moved tiles JOIN_ROWS at a time."""
     comp = place.component
     found = [best_edges(t)[["a", "b"]].assign(rel=rel) for rel, t in tables.items()]
     pairs = pd.concat(found) if found else pd.DataFrame({"a": [], "b": [], "rel": []})
@@ -686,35 +687,56 @@ def join_pairs(tables: dict[str, EdgeTable], place: Placement,
     a, b, rel = a[sel], b[sel], rel[sel]
     if len(a) == 0:
         return Candidates.concat([])
+    size = np.bincount(comp[comp >= 0])
     dr, dc = _steps(rel)
-    shift_r, shift_c = place.row[a] + dr - place.row[b], place.col[a] + dc - place.col[b]
+    move_b = size[comp[b]] <= size[comp[a]]  # the smaller mosaic moves next to the larger
+    sign = np.where(move_b, 1, -1)
+    moved, still = np.where(move_b, b, a), np.where(move_b, a, b)
+    shift_r = place.row[still] + sign * dr - place.row[moved]
+    shift_c = place.col[still] + sign * dc - place.col[moved]
+    joins, which = np.unique(np.stack([comp[still], comp[moved], shift_r, shift_c], axis=1), axis=0,
+                             return_inverse=True)
+    ok = np.zeros(len(joins), bool)
     placed = np.flatnonzero(comp >= 0)
     members = placed[np.argsort(comp[placed], kind="stable")]  # the placed tiles, mosaic by mosaic
-    start = np.searchsorted(comp[members], comp[b])
-    count = np.searchsorted(comp[members], comp[b], side="right") - start
-    join = np.repeat(np.arange(len(a)), count)  # one row per (candidate join, tile of b's mosaic)
-    tile = members[np.repeat(start, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)]
-    r, c, host = place.row[tile] + shift_r[join], place.col[tile] + shift_c[join], comp[a][join]
-    at = _cells(n, placed, comp, place.row, place.col)
-    collides = np.bincount(join, weights=at(host, r, c) >= 0, minlength=len(a)) > 0
-    fit, misfit = np.zeros(len(a)), np.zeros(len(a))
-    for (sr, sc), side_rel, tile_is_a in _CELL_SIDES:  # each moved tile's four sides against a's mosaic
-        k = at(host, r + sr, c + sc)
-        h = np.flatnonzero(k >= 0)
-        other = placed[k[h]]
-        u, v = np.where(tile_is_a, tile[h], other), np.where(tile_is_a, other, tile[h])
-        j = join[h]
-        itself = (u == a[j]) & (v == b[j]) & (rel[j] == side_rel)
-        ok = seam_fits(u, v, np.full(len(u), side_rel))
-        np.add.at(fit, j[~itself], ok[~itself])
-        np.add.at(misfit, j[~itself], ~ok[~itself])
-    keep = ~collides & (fit >= JOIN_FITS) & (fit > misfit)
+    at = _cells(len(comp), placed, comp, place.row, place.col)
+    rows = np.cumsum(size[joins[:, 1]])
+    lo = 0
+    while lo < len(joins):  # a loop over chunks of joins, at most JOIN_ROWS moved tiles each (or one join)
+        hi = max(int(np.searchsorted(rows, (rows[lo - 1] if lo else 0) + JOIN_ROWS, side="right")), lo + 1)
+        ok[lo:hi] = _join_holds(joins[lo:hi], members, comp, place, at, seam_fits)
+        lo = hi
+    keep = ok[which.ravel()]
     a, b, rel = a[keep], b[keep], rel[keep]
     distance = np.full(len(a), np.inf)
     for r_, t in tables.items():
         s = rel == r_
         distance[s] = np.minimum(_distance(t.fwd, t.fwd_d, a[s], b[s]), _distance(t.bwd, t.bwd_d, b[s], a[s]))
     return Candidates(a, b, rel, distance)
+
+
+def _join_holds(joins: np.ndarray, members: np.ndarray, comp, place: Placement, at, seam_fits) -> np.ndarray:
+    """For each join (host mosaic, moved mosaic, row shift, col shift): no moved tile on a host cell, and of the
+    seams between moved and host tiles at least JOIN_FITS + 1 fit (the join's own pair is one) and more fit than
+    the others."""
+    start = np.searchsorted(comp[members], joins[:, 1])
+    count = np.searchsorted(comp[members], joins[:, 1], side="right") - start
+    join = np.repeat(np.arange(len(joins)), count)  # one row per (join, moved tile)
+    tile = members[np.repeat(start, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)]
+    host = joins[join, 0]
+    r, c = place.row[tile] + joins[join, 2], place.col[tile] + joins[join, 3]
+    collides = np.bincount(join, weights=at(host, r, c) >= 0, minlength=len(joins)) > 0
+    fit, misfit = np.zeros(len(joins)), np.zeros(len(joins))
+    placed = np.flatnonzero(comp >= 0)
+    for (sr, sc), side_rel, tile_is_a in _CELL_SIDES:  # each moved tile's four sides against the host mosaic
+        k = at(host, r + sr, c + sc)
+        h = np.flatnonzero(k >= 0)
+        other = placed[k[h]]
+        u, v = (tile[h], other) if tile_is_a else (other, tile[h])
+        fits = seam_fits(u, v, np.full(len(u), side_rel))
+        np.add.at(fit, join[h], fits)
+        np.add.at(misfit, join[h], ~fits)
+    return ~collides & (fit >= JOIN_FITS + 1) & (fit - 1 > misfit)
 
 
 def _without(n: int, c: Candidates, known: np.ndarray) -> Candidates:

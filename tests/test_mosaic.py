@@ -142,19 +142,33 @@ def tables_with_best(n, best):
 
 
 def test_a_join_of_two_mosaics_needs_other_seams_that_fit_and_no_shared_cell():
-    # mosaic 0: tiles 0 above 2; mosaic 1: tiles 1 above 3; tile 1 is tile 0's best candidate on its right
+    # mosaic 0: tiles 0 above 2; mosaic 1: tiles 1 above 3; tile 1 is tile 0's best candidate on its right (a best
+    # candidate always fits: it is first in a candidate list)
     place = mosaic.Placement(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]),
                              np.ones(2, bool))
     tables = tables_with_best(4, [(0, 1, "LR")])
-    joined = mosaic.join_pairs(tables, place, fitting((2, 3, "LR")))
+    joined = mosaic.join_pairs(tables, place, fitting((0, 1, "LR"), (2, 3, "LR")))
     assert list(zip(joined.a, joined.b, joined.rel)) == [(0, 1, "LR")] and joined.distance[0] == 0.5
-    assert len(mosaic.join_pairs(tables, place, fitting()).a) == 0  # 2 and 3 side by side do not fit
+    assert len(mosaic.join_pairs(tables, place, fitting((0, 1, "LR"))).a) == 0  # 2 and 3 side by side do not fit
     # mosaic 1 as a row (1 left of 3): the join touches mosaic 0 nowhere else, so nothing confirms it
     row = mosaic.Placement(place.component, np.array([0, 0, 1, 0]), np.array([0, 0, 0, 1]), place.kept)
-    assert len(mosaic.join_pairs(tables, row, fitting((2, 3, "LR"))).a) == 0
+    assert len(mosaic.join_pairs(tables, row, fitting((0, 1, "LR"), (2, 3, "LR"))).a) == 0
     # mosaic 1 reaching down-left (3 below-left of 1) puts tile 3 on tile 2's cell: refused however well it fits
     onto = mosaic.Placement(place.component, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 0]), place.kept)
-    assert len(mosaic.join_pairs(tables, onto, fitting((2, 3, "LR"), (3, 2, "LR"))).a) == 0
+    assert len(mosaic.join_pairs(tables, onto, fitting((0, 1, "LR"), (2, 3, "LR"), (3, 2, "LR"))).a) == 0
+
+
+def test_joins_are_checked_in_bounded_chunks(monkeypatch):
+    # mosaic 0: a column of three (0 2 4); mosaics 1 and 2: columns of two (1 3, 5 7); tiles 1 and 5 are both
+    # candidates right of 0 and 4: each join is checked on its own, in chunks of one moved tile
+    place = mosaic.Placement(np.array([0, 1, 0, 1, 0, 2, -1, 2]), np.array([0, 0, 1, 1, 2, 0, 0, 1]),
+                             np.zeros(8, np.int64), np.ones(4, bool))
+    tables = tables_with_best(8, [(0, 1, "LR"), (4, 5, "LR")])
+    fits = fitting((0, 1, "LR"), (4, 5, "LR"), (2, 3, "LR"))  # 1-3 fits beside 0-2; 5-7 would sit beside 4 alone
+    whole = mosaic.join_pairs(tables, place, fits)
+    monkeypatch.setattr(mosaic, "JOIN_ROWS", 1)
+    chunked = mosaic.join_pairs(tables, place, fits)
+    assert list(zip(whole.a, whole.b)) == list(zip(chunked.a, chunked.b)) == [(0, 1)]
 
 
 @pytest.fixture(scope="module")
