@@ -6,8 +6,8 @@
 
 With a synthetic set (DATA/synthetic-layout.csv present) it also measures precision and recall against the true
 layout. Every set gets the checks that need no truth: tiles placed, pairs, mosaic sizes, for pairs of two train
-tiles the share whose masks disagree across the seam, the 2x2 squares that close, and the best/second-best ratios
-of the accepted pairs against the rejected mutual best matches.
+tiles the share whose masks disagree across the seam, the 2x2 squares that close, the best/second-best ratios
+of the accepted pairs against the rejected mutual best matches, the half-tile test and the hole test.
 
 Prints a table: loading, matching + layout, total time; the peak memory of the process; precision of the
 neighbour pairs in the mosaics and recall of the pairs that can be recovered (both tiles present, neither facing
@@ -102,6 +102,94 @@ def half_tile_test(images: np.ndarray, thresholds: dict[str, float], seed: int =
     return out
 
 
+HOLE_RATIO = 0.8  # a cell is fillable when its best unplaced tile is this much nearer than the second best
+HOLE_CONTROL = 1000  # occupied cells (at most) whose tile is taken out and looked for, as the hole test's control
+HOLE_CHUNK = 256  # cells scored at a time (a pool x HOLE_CHUNK block of sums)
+
+
+def hole_test(ids: np.ndarray, images: np.ndarray, found: Mosaics, seed: int = 0) -> dict[str, int]:
+    """Whether the empty cells inside the mosaics hold a tile that the matcher missed. For every empty cell with two
+    or more placed neighbours (a hole), every unplaced tile is scored on all the cell's seams together (the sum of
+    its squared descriptor distances to the facing edges); the hole is fillable when the best tile's sum is below
+    HOLE_RATIO^2 of the second best's. The control does the same for occupied cells with their tile put back among
+    the unplaced ones (it should be found), and without it (the null: nothing should be)."""
+    n = len(ids)
+    where = found.index_of(ids)
+    placed = where >= 0
+    comp = np.full(n, -1, np.int64)
+    row, col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    comp[placed], row[placed], col[placed] = (found.mosaic[where[placed]], found.row[where[placed]],
+                                              found.col[where[placed]])
+    tiles = np.flatnonzero(placed)
+    at = mosaic.cell_lookup(n, tiles, comp, row, col)
+    sides = []  # per cell side: its step, the cell tile's descriptors and flat edges there, the neighbour's
+    for (dr, dc), rel, cell_is_a in mosaic.CELL_SIDES:
+        seam = mosaic.SEAMS[rel]
+        filters = mosaic.learn_filters(images, seam)
+        if filters is None:
+            return {}
+        first, second = mosaic.descriptors(images, seam, filters)
+        flat = mosaic.flat_edges(images, seam.first), mosaic.flat_edges(images, seam.second)
+        mine, theirs = (0, 1) if cell_is_a else (1, 0)
+        sides.append(((dr, dc), (first, second)[mine], flat[mine], (first, second)[theirs], flat[theirs]))
+    empty = []
+    for (dr, dc), *_ in sides:  # the empty cells next to a placed tile
+        e = at(comp[tiles], row[tiles] + dr, col[tiles] + dc) < 0
+        empty.append(np.stack([comp[tiles][e], row[tiles][e] + dr, col[tiles][e] + dc], axis=1))
+    hole_cells = np.unique(np.concatenate(empty), axis=0) if empty else np.zeros((0, 3), np.int64)
+    keys = np.concatenate([hole_cells, np.stack([comp[tiles], row[tiles], col[tiles]], axis=1)])
+    occupant = np.concatenate([np.full(len(hole_cells), -1), tiles])
+
+    def best_ratio(cell_rows: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = [best_chunk(cell_rows[i:i + HOLE_CHUNK], pool) for i in range(0, len(cell_rows), HOLE_CHUNK)]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def best_chunk(cell_rows: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        total = np.zeros((len(pool), len(cell_rows)))
+        seams = np.zeros(len(cell_rows), np.int64)
+        for (dr, dc), mine, mine_flat, theirs, theirs_flat in sides:
+            k = at(keys[cell_rows, 0], keys[cell_rows, 1] + dr, keys[cell_rows, 2] + dc)
+            nb = np.where(k >= 0, tiles[np.maximum(k, 0)], -1)
+            use = np.flatnonzero((nb >= 0) & ~theirs_flat[np.maximum(nb, 0)])
+            d = 2 - 2 * (mine[pool] @ theirs[nb[use]].T).astype(np.float64)
+            total[:, use] += np.where(mine_flat[pool, None], 2.0, d)  # a flat side fits nothing
+            seams[use] += 1
+        if len(pool) < 2:
+            return seams, np.full(len(cell_rows), np.inf), np.full(len(cell_rows), -1)
+        top = np.argsort(total, axis=0)[:2]
+        pick = np.arange(len(cell_rows))
+        ratio = np.sqrt(total[top[0], pick] / np.maximum(total[top[1], pick], 1e-12))
+        return seams, ratio, pool[top[0]]
+
+    unplaced = np.flatnonzero(~placed)
+    out = {}
+    holes = np.flatnonzero(occupant < 0)
+    seams, ratio, _ = best_ratio(holes, unplaced)
+    out["holes"] = int((seams >= 2).sum())
+    out["holes_fillable"] = int(((seams >= 2) & (ratio < HOLE_RATIO)).sum())
+    full = np.flatnonzero(occupant >= 0)
+    control = np.random.default_rng(seed).permutation(full)[:HOLE_CONTROL]
+    seams, null_ratio, _ = best_ratio(control, unplaced)
+    control, null_ratio = control[seams >= 2], null_ratio[seams >= 2]
+    _, back_ratio, back = best_ratio(control, np.concatenate([unplaced, occupant[control]]))
+    out["control"] = len(control)
+    out["control_found"] = int(((back == occupant[control]) & (back_ratio < HOLE_RATIO)).sum())
+    out["control_null"] = int((null_ratio < HOLE_RATIO).sum())
+    return out
+
+
+def hole_rows(test: dict[str, int]) -> list[tuple[str, str, str]]:
+    """The hole test's rows of the table."""
+    if not test:
+        return []
+    return [("holes (empty cells, 2+ placed neighbours) / an unplaced tile fits them",
+             f"{test['holes']} / {test['holes_fillable']}", ""),
+            ("  control: occupied cells / their tile found again / found without it",
+             f"{test['control']} / {test['control_found']} / {test['control_null']}", "")]
+
+
 def half_tile_rows(test: dict[str, dict]) -> list[tuple[str, str, str]]:
     """The half-tile test's rows of the table."""
     rows = []
@@ -150,6 +238,7 @@ def measure(args, data: str) -> int:
         ("ratio quartiles: accepted pairs", " ".join(f"{v:.2f}" for v in free["ratio_accepted"]), ""),
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
         *half_tile_rows(half_tile_test(images, {r: t.threshold for r, t in (result.tables or {}).items()})),
+        *hole_rows(hole_test(ids, images, result.mosaics)),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
         ("mosaic sizes", ", ".join(f"{label}: {count}" for label, count in mosaic.size_histogram(result.mosaics)), ""),
     ]

@@ -547,7 +547,7 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
             kept[live[_culprit(mine, tiles, parent, depth, parent_pair, cost[live])]] = False
 
 
-def _cells(n: int, tiles: np.ndarray, component, row, col) -> Callable[..., np.ndarray]:
+def cell_lookup(n: int, tiles: np.ndarray, component, row, col) -> Callable[..., np.ndarray]:
     """A lookup of the layout's cells: ``at(comp, r, c)`` gives the index into ``tiles`` of the tile on each cell
     (-1 for an empty one)."""
     keys = _cell_keys(n, component[tiles], row[tiles], col[tiles])
@@ -568,7 +568,7 @@ def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, sea
     does not fit (``seam_fits``), unless both seams beside it and parallel to it (above and below an LR seam, left
     and right of a TB seam) are pairs or fit: one hard seam inside a join that holds on either side is forgiven,
     while the tiles that a wrong pair glues side by side have no seams that fit beside theirs."""
-    at = _cells(n, tiles, component, row, col)
+    at = cell_lookup(n, tiles, component, row, col)
     comp, r, c = component[tiles], row[tiles], col[tiles]
     paired = _pair_keys(n, np.minimum(pair_a, pair_b), np.maximum(pair_a, pair_b), np.full(len(pair_a), "LR"))
     out = []
@@ -603,7 +603,7 @@ def seam_fits(tables: dict[str, EdgeTable]) -> Callable[[np.ndarray, np.ndarray,
 # -- growing ------------------------------------------------------------------------------------------------------
 GROW_RATIO = 0.95  # a seam votes for its best candidate only when the second best is at least 5% further
 # a placed tile's empty neighbour cell: (row, col) step, the relation, whether the tile is a, the table side
-_CELL_SIDES = (((1, 0), "TB", True), ((-1, 0), "TB", False), ((0, 1), "LR", True), ((0, -1), "LR", False))
+CELL_SIDES = (((1, 0), "TB", True), ((-1, 0), "TB", False), ((0, 1), "LR", True), ((0, -1), "LR", False))
 
 
 def _cell_keys(n: int, component, row, col) -> np.ndarray:
@@ -625,7 +625,7 @@ def grow(tables: dict[str, EdgeTable], place: Placement, known: np.ndarray | Non
     placed = np.flatnonzero(place.component >= 0)
     comp, row, col = place.component[placed], place.row[placed], place.col[placed]
     parts = {f: [] for f in ("key", "tile", "cand", "is_a", "rel", "dist", "ratio")}
-    for (dr, dc), rel, is_a, in _CELL_SIDES:
+    for (dr, dc), rel, is_a, in CELL_SIDES:
         t = tables[rel]
         cand, dist = (t.fwd, t.fwd_d) if is_a else (t.bwd, t.bwd_d)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -699,7 +699,7 @@ def join_pairs(tables: dict[str, EdgeTable], place: Placement,
     ok = np.zeros(len(joins), bool)
     placed = np.flatnonzero(comp >= 0)
     members = placed[np.argsort(comp[placed], kind="stable")]  # the placed tiles, mosaic by mosaic
-    at = _cells(len(comp), placed, comp, place.row, place.col)
+    at = cell_lookup(len(comp), placed, comp, place.row, place.col)
     rows = np.cumsum(size[joins[:, 1]])
     lo = 0
     while lo < len(joins):  # a loop over chunks of joins, at most JOIN_ROWS moved tiles each (or one join)
@@ -728,7 +728,7 @@ def _join_holds(joins: np.ndarray, members: np.ndarray, comp, place: Placement, 
     collides = np.bincount(join, weights=at(host, r, c) >= 0, minlength=len(joins)) > 0
     fit, misfit = np.zeros(len(joins)), np.zeros(len(joins))
     placed = np.flatnonzero(comp >= 0)
-    for (sr, sc), side_rel, tile_is_a in _CELL_SIDES:  # each moved tile's four sides against the host mosaic
+    for (sr, sc), side_rel, tile_is_a in CELL_SIDES:  # each moved tile's four sides against the host mosaic
         k = at(host, r + sr, c + sc)
         h = np.flatnonzero(k >= 0)
         other = placed[k[h]]
