@@ -7,7 +7,8 @@
 With a synthetic set (DATA/synthetic-layout.csv present) it also measures precision and recall against the true
 layout. Every set gets the checks that need no truth: tiles placed, pairs, mosaic sizes, for pairs of two train
 tiles the share whose masks disagree across the seam, the 2x2 squares that close, the best/second-best ratios
-of the accepted pairs against the rejected mutual best matches, the half-tile test and the hole test.
+of the accepted pairs against the rejected mutual best matches, the half-tile test, the hole test and the
+leftover test.
 
 Prints a table: loading, matching + layout, total time; the peak memory of the process; precision of the
 neighbour pairs in the mosaics and recall of the pairs that can be recovered (both tiles present, neither facing
@@ -180,6 +181,49 @@ def hole_test(ids: np.ndarray, images: np.ndarray, found: Mosaics, seed: int = 0
     return out
 
 
+LEFT_RATIO = 0.8  # the leftover test counts the unplaced tiles' mutual best matches below this ratio
+
+
+def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly) -> dict[str, tuple[int, float]]:
+    """How many true pairs the unplaced tiles may still hide, with no truth. Per seam direction: the unplaced
+    tiles' edges whose best candidate is a mutual best match below LEFT_RATIO (observed), against the number that
+    chance gives (expected): the same count for lines inside the same tiles (cut mosaic.NULL_CUTS lines in), which
+    have no partner among the edges, scaled to the number of edges. An excess is the true pairs left."""
+    placed = np.isin(np.asarray(ids, str), result.mosaics.ids)
+    out = {}
+    for rel, table in (result.tables or {}).items():
+        seam = mosaic.SEAMS[rel]
+        filters = mosaic.learn_filters(images, seam)
+        if filters is None:
+            continue
+        second = mosaic.descriptors(images, seam, filters)[1]
+        ok_b = np.flatnonzero(~mosaic.flat_edges(images, seam.second))
+        mutual, worst = mosaic.ratios(table)
+        edges = ~mosaic.flat_edges(images, seam.first) & ~placed
+        observed = int((mutual & edges & (worst < LEFT_RATIO)).sum())
+        rates = []
+        for cut in mosaic.NULL_CUTS:  # a loop over the cut positions
+            inner = mosaic.halves(images, seam, cut)[0]
+            tiles = np.flatnonzero(~mosaic.flat_edges(inner, seam.first) & ~placed)
+            if len(tiles) == 0 or len(ok_b) < 2:
+                continue
+            query = mosaic.descriptors(inner[tiles], seam, filters)[0]
+            best, d, _, _ = mosaic.nearest_both(query, tiles, second[ok_b], ok_b, 2, backward=False)
+            b = np.maximum(best[:, 0], 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
+                ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
+            rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)))
+        out[rel] = (observed, float(np.mean(rates)) * int(edges.sum()) if rates else float("nan"))
+    return out
+
+
+def leftover_rows(test: dict[str, tuple[int, float]]) -> list[tuple[str, str, str]]:
+    """The leftover test's rows of the table."""
+    return [(f"unplaced tiles' mutual best matches < {LEFT_RATIO} {rel}: seen / by chance",
+             f"{observed} / {expected:.0f}", "") for rel, (observed, expected) in test.items()]
+
+
 def hole_rows(test: dict[str, int]) -> list[tuple[str, str, str]]:
     """The hole test's rows of the table."""
     if not test:
@@ -239,6 +283,7 @@ def measure(args, data: str) -> int:
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
         *half_tile_rows(half_tile_test(images, {r: t.threshold for r, t in (result.tables or {}).items()})),
         *hole_rows(hole_test(ids, images, result.mosaics)),
+        *leftover_rows(leftover_test(ids, images, result)),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
         ("mosaic sizes", ", ".join(f"{label}: {count}" for label, count in mosaic.size_histogram(result.mosaics)), ""),
     ]
