@@ -65,21 +65,21 @@ HALF_CUT = 30  # the half-tile test cuts each tile this many lines in (not half 
 PARTNERED = 0.16  # share of the half-tile test's edges that have their partner among the candidates, as in the real set
 
 
-def half_tile_test(images: np.ndarray, thresholds: dict[str, float], seed: int = 0) -> dict[str, dict]:
+def half_tile_test(images: np.ndarray, tables: dict[str, mosaic.EdgeTable], seed: int = 0) -> dict[str, dict]:
     """A truth on any set, the real data included: each tile cut across a seam direction HALF_CUT lines in; the
     first pieces of one random half of the tiles are the queries, the second pieces of another half the candidates,
     the two halves sharing PARTNERED of their tiles. Per direction: how many queries have their partner among the
     candidates, the share of those whose partner is their mutual best match (the seam score's ranking on the set's
-    own texture), the share also below the set's calibrated ratio threshold (``thresholds``), and how many queries
-    are wrongly matched below it."""
+    own texture), the share also below the set's calibrated ratio threshold, and how many queries are wrongly
+    matched below it (the filters and thresholds of ``tables``)."""
     n = len(images)
     order = np.random.default_rng(seed).permutation(n)
     half = n // 2
     overlap = int(round(PARTNERED * half))
     queries, candidates = np.sort(order[:half]), np.sort(order[half - overlap:2 * half - overlap])
     out = {}
-    for rel, seam in mosaic.SEAMS.items():
-        filters = mosaic.learn_filters(images, seam)
+    for rel, table in tables.items():
+        seam, filters = mosaic.SEAMS[rel], table.filters
         if filters is None:
             continue
         first = mosaic.halves(images[queries], seam, HALF_CUT)[0]
@@ -93,13 +93,25 @@ def half_tile_test(images: np.ndarray, thresholds: dict[str, float], seed: int =
         fwd_d, bwd_d = np.full((2 * n, 2), np.inf), np.full((2 * n, 2), np.inf)
         rows_q, rows_c = queries[ok_q], candidates[ok_c] + n
         fwd[rows_q], fwd_d[rows_q], bwd[rows_c], bwd_d[rows_c] = mosaic.nearest_both(q, rows_q, c, rows_c, 2)
-        mutual, worst = mosaic.ratios(mosaic.EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, thresholds[rel]))
+        mutual, worst = mosaic.ratios(mosaic.EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, table.threshold))
         has = np.isin(queries, rows_c - n) & np.isin(queries, rows_q)
         right = fwd[queries, 0] == queries + n
-        below = mutual[queries] & (worst[queries] < thresholds[rel])
+        below = mutual[queries] & (worst[queries] < table.threshold)
         out[rel] = {"with_partner": int(has.sum()),
                     "mutual_best": float((mutual[queries] & right).sum() / max(has.sum(), 1)),
                     "accepted": float((below & right).sum() / max(has.sum(), 1)), "wrong": int((below & ~right).sum())}
+    return out
+
+
+def edge_descriptors(images: np.ndarray, tables: dict[str, mosaic.EdgeTable]) -> dict[str, tuple]:
+    """Per seam direction with filters: every tile's descriptors of its two sides and which of them are flat,
+    (first, second, flat first, flat second), computed once for the checks below."""
+    out = {}
+    for rel, table in tables.items():
+        seam = mosaic.SEAMS[rel]
+        if table.filters is not None:
+            out[rel] = (*mosaic.descriptors(images, seam, table.filters),
+                        mosaic.flat_edges(images, seam.first), mosaic.flat_edges(images, seam.second))
     return out
 
 
@@ -108,12 +120,13 @@ HOLE_CONTROL = 1000  # occupied cells (at most) whose tile is taken out and look
 HOLE_CHUNK = 256  # cells scored at a time (a pool x HOLE_CHUNK block of sums)
 
 
-def hole_test(ids: np.ndarray, images: np.ndarray, found: Mosaics, seed: int = 0) -> dict[str, int]:
+def hole_test(ids: np.ndarray, found: Mosaics, sides_of: dict[str, tuple], seed: int = 0) -> dict[str, int]:
     """Whether the empty cells inside the mosaics hold a tile that the matcher missed. For every empty cell with two
     or more placed neighbours (a hole), every unplaced tile is scored on all the cell's seams together (the sum of
     its squared descriptor distances to the facing edges); the hole is fillable when the best tile's sum is below
     HOLE_RATIO^2 of the second best's. The control does the same for occupied cells with their tile put back among
-    the unplaced ones (it should be found), and without it (the null: nothing should be)."""
+    the unplaced ones (it should be found), and without it (the null: nothing should be). ``sides_of``: the
+    :func:`edge_descriptors` of the set."""
     n = len(ids)
     where = found.index_of(ids)
     placed = where >= 0
@@ -123,16 +136,13 @@ def hole_test(ids: np.ndarray, images: np.ndarray, found: Mosaics, seed: int = 0
                                               found.col[where[placed]])
     tiles = np.flatnonzero(placed)
     at = mosaic.cell_lookup(n, tiles, comp, row, col)
+    if set(sides_of) != set(mosaic.RELATIONS):
+        return {}
     sides = []  # per cell side: its step, the cell tile's descriptors and flat edges there, the neighbour's
     for (dr, dc), rel, cell_is_a in mosaic.CELL_SIDES:
-        seam = mosaic.SEAMS[rel]
-        filters = mosaic.learn_filters(images, seam)
-        if filters is None:
-            return {}
-        first, second = mosaic.descriptors(images, seam, filters)
-        flat = mosaic.flat_edges(images, seam.first), mosaic.flat_edges(images, seam.second)
-        mine, theirs = (0, 1) if cell_is_a else (1, 0)
-        sides.append(((dr, dc), (first, second)[mine], flat[mine], (first, second)[theirs], flat[theirs]))
+        first, second, flat_first, flat_second = sides_of[rel]
+        mine, theirs = ((first, flat_first), (second, flat_second))[::1 if cell_is_a else -1]
+        sides.append(((dr, dc), *mine, *theirs))
     empty = []
     for (dr, dc), *_ in sides:  # the empty cells next to a placed tile
         e = at(comp[tiles], row[tiles] + dr, col[tiles] + dc) < 0
@@ -184,22 +194,21 @@ def hole_test(ids: np.ndarray, images: np.ndarray, found: Mosaics, seed: int = 0
 LEFT_RATIO = 0.8  # the leftover test counts the unplaced tiles' mutual best matches below this ratio
 
 
-def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly) -> dict[str, tuple[int, float]]:
+def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly,
+                  sides_of: dict[str, tuple]) -> dict[str, tuple[int, float]]:
     """How many true pairs the unplaced tiles may still hide, with no truth. Per seam direction: the unplaced
     tiles' edges whose best candidate is a mutual best match below LEFT_RATIO (observed), against the number that
     chance gives (expected): the same count for lines inside the same tiles (cut mosaic.NULL_CUTS lines in), which
-    have no partner among the edges, scaled to the number of edges. An excess is the true pairs left."""
+    have no partner among the edges, scaled to the number of edges. An excess is the true pairs left. ``sides_of``:
+    the :func:`edge_descriptors` of the set."""
     placed = np.isin(np.asarray(ids, str), result.mosaics.ids)
     out = {}
-    for rel, table in (result.tables or {}).items():
-        seam = mosaic.SEAMS[rel]
-        filters = mosaic.learn_filters(images, seam)
-        if filters is None:
-            continue
-        second = mosaic.descriptors(images, seam, filters)[1]
-        ok_b = np.flatnonzero(~mosaic.flat_edges(images, seam.second))
+    for rel, (_, second, flat_first, flat_second) in sides_of.items():
+        seam, table = mosaic.SEAMS[rel], result.tables[rel]
+        filters = table.filters
+        ok_b = np.flatnonzero(~flat_second)
         mutual, worst = mosaic.ratios(table)
-        edges = ~mosaic.flat_edges(images, seam.first) & ~placed
+        edges = ~flat_first & ~placed
         observed = int((mutual & edges & (worst < LEFT_RATIO)).sum())
         rates = []
         for cut in mosaic.NULL_CUTS:  # a loop over the cut positions
@@ -260,6 +269,7 @@ def measure(args, data: str) -> int:
     t3 = time.perf_counter()
 
     free = mosaic.truth_free(result, ids, train.masks)
+    sides = edge_descriptors(images, result.tables or {})
     thresholds = ", ".join(f"{r} {t.threshold:.3f}" for r, t in (result.tables or {}).items())
     rows = [
         ("tiles (train + test)", f"{len(ids)} ({len(train)} + {len(test)})", ""),
@@ -281,9 +291,9 @@ def measure(args, data: str) -> int:
         ("  of which salt on a whole edge against none", f"{free['mask_disagree_whole_edges']}", ""),
         ("ratio quartiles: accepted pairs", " ".join(f"{v:.2f}" for v in free["ratio_accepted"]), ""),
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
-        *half_tile_rows(half_tile_test(images, {r: t.threshold for r, t in (result.tables or {}).items()})),
-        *hole_rows(hole_test(ids, images, result.mosaics)),
-        *leftover_rows(leftover_test(ids, images, result)),
+        *half_tile_rows(half_tile_test(images, result.tables or {})),
+        *hole_rows(hole_test(ids, result.mosaics, sides)),
+        *leftover_rows(leftover_test(ids, images, result, sides)),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
         ("mosaic sizes", ", ".join(f"{label}: {count}" for label, count in mosaic.size_histogram(result.mosaics)), ""),
     ]

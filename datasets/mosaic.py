@@ -252,7 +252,8 @@ def nearest_both(first: np.ndarray, ok_a: np.ndarray, second: np.ndarray, ok_b: 
 class EdgeTable:
     """For one seam direction, every tile's nearest candidates: ``fwd`` (N, K) the b tiles nearest a's first side,
     ``bwd`` (N, K) the a tiles nearest b's second side (-1 for none or a flat edge), with their distances, and the
-    ratio threshold calibrated for this direction (:func:`null_threshold`)."""
+    ratio threshold calibrated for this direction (:func:`null_threshold`); ``filters``, the seam filters behind the
+    distances (None where nothing could be learnt)."""
 
     rel: str
     fwd: np.ndarray
@@ -260,6 +261,7 @@ class EdgeTable:
     bwd: np.ndarray
     bwd_d: np.ndarray
     threshold: float
+    filters: SeamFilters | None = None
 
 
 def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second: np.ndarray,
@@ -308,7 +310,7 @@ def edge_tables(images: np.ndarray, k: int = NEIGHBOURS) -> dict[str, EdgeTable]
             fwd[ok_a], fwd_d[ok_a], bwd[ok_b], bwd_d[ok_b] = nearest_both(first[ok_a], ok_a, second[ok_b], ok_b, k)
             threshold = null_threshold(images, seam, filters, second, ok_b)
         progress.update()
-        out[rel] = EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, threshold)
+        out[rel] = EdgeTable(rel, fwd, fwd_d, bwd, bwd_d, threshold, filters)
     progress.close()
     return out
 
@@ -680,7 +682,7 @@ def join_pairs(tables: dict[str, EdgeTable], place: Placement,
     Candidates that make the same move are checked once, and the moved tiles JOIN_ROWS at a time."""
     comp = place.component
     found = [best_edges(t)[["a", "b"]].assign(rel=rel) for rel, t in tables.items()]
-    pairs = pd.concat(found) if found else pd.DataFrame({"a": [], "b": [], "rel": []})
+    pairs = pd.concat(found)
     a, b = pairs["a"].to_numpy(np.int64), pairs["b"].to_numpy(np.int64)
     rel = pairs["rel"].to_numpy(str)
     sel = (comp[a] >= 0) & (comp[b] >= 0) & (comp[a] != comp[b])

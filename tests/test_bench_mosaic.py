@@ -1,11 +1,18 @@
 """The mosaic benchmark's truth-free checks on hand-built sections: the hole test finds a tile left out of a mosaic's
 cell and finds nothing where the cell's tile is absent from the set; the leftover test counts a pair left out."""
+import argparse
+
 import numpy as np
 
 from bench import bench_mosaic
-from datasets import mosaic
+from datasets import mosaic, synthetic
 from tests.test_mosaic import cut, ids_for, textured
 from tgs.mosaic import Mosaics
+
+
+def sides(images):
+    """The benchmark's edge descriptors of ``images``, with the filters the matcher learns on them."""
+    return bench_mosaic.edge_descriptors(images, mosaic.edge_tables(images))
 
 
 def test_the_hole_test_finds_a_missed_tile_and_nothing_in_a_true_hole():
@@ -16,10 +23,11 @@ def test_the_hole_test_finds_a_missed_tile_and_nothing_in_a_true_hole():
     ids = ids_for(len(images))
     ring = [i for i in range(9) if i != 4]
     found = Mosaics(ids[ring], np.zeros(8, np.int64), pos[ring, 0], pos[ring, 1])  # the centre left out
-    missed = bench_mosaic.hole_test(ids, images, found)
+    missed = bench_mosaic.hole_test(ids, found, sides(images))
     assert missed["holes"] == 1 and missed["holes_fillable"] == 1
     assert missed["control"] == 8 and missed["control_found"] == 8 and missed["control_null"] == 0
-    absent = bench_mosaic.hole_test(np.delete(ids, 4), np.delete(images, 4, axis=0), found)  # no centre in the set
+    # no centre in the set
+    absent = bench_mosaic.hole_test(np.delete(ids, 4), found, sides(np.delete(images, 4, axis=0)))
     assert absent["holes"] == 1 and absent["holes_fillable"] == 0
 
 
@@ -31,8 +39,18 @@ def test_the_leftover_test_sees_a_pair_left_unplaced_and_none_by_chance():
     ids = ids_for(len(images))
     result = mosaic.assemble(ids, images)
     assert sorted(result.mosaics.ids) == ["t0000", "t0001"]
-    found = bench_mosaic.leftover_test(ids, images, result)
+    descriptors = bench_mosaic.edge_descriptors(images, result.tables)
+    found = bench_mosaic.leftover_test(ids, images, result, descriptors)
     assert found["LR"][0] == 0 and found["LR"][1] < 1  # nothing left: nothing seen, next to nothing expected
     unplaced = mosaic.Assembly(Mosaics([], [], [], []), result.pairs, result.candidates, result.tables)
-    left = bench_mosaic.leftover_test(ids, images, unplaced)
+    left = bench_mosaic.leftover_test(ids, images, unplaced, descriptors)
     assert left["LR"][0] == 1 and left["LR"][1] < 1  # the pair, were it left out, is the one seen
+
+
+def test_the_benchmark_prints_its_table_on_a_small_synthetic_set(tmp_path, capsys):
+    synthetic.write_dataset(tmp_path / "data", n_train=160, n_test=80, seed=2)
+    assert bench_mosaic.measure(argparse.Namespace(ratio=None), str(tmp_path / "data")) == 0
+    out = capsys.readouterr().out
+    for row in ("tiles placed", "half-tile test LR", "holes (empty cells", "unplaced tiles' mutual best matches",
+                "precision", "mosaic folds (k=10)"):
+        assert row in out, row
