@@ -56,9 +56,7 @@ FOLDS = 10  # datasets.folds' default
 def mosaic_fold_split(train, found: Mosaics, truth: Mosaics) -> tuple[int, int]:
     """Mosaic folds made from the ``found`` mosaics (datasets.folds, as ensemble.py --mosaic-folds makes them):
     how many of the true train-train neighbour pairs they split between training and validation, of how many."""
-    groups = folds.neighbour_groups(train.ids, found, train.images)
-    fold_of = folds.mosaic_folds(folds.coverage_class(train.masks), train.depths, groups, FOLDS)
-    return folds.crossing_pairs(train.ids, fold_of, truth)
+    return folds.crossing_pairs(train.ids, folds.neighbour_folds(train, found, FOLDS), truth)
 
 
 HALF_CUT = 30  # the half-tile test cuts each tile this many lines in (not half way: some real tiles overlap by half)
@@ -198,9 +196,9 @@ def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly,
                   sides_of: dict[str, tuple]) -> dict[str, tuple[int, float]]:
     """How many true pairs the unplaced tiles may still hide, with no truth. Per seam direction: the unplaced
     tiles' edges whose best candidate is a mutual best match below LEFT_RATIO (observed), against the number that
-    chance gives (expected): the same count for lines inside the same tiles (cut mosaic.NULL_CUTS lines in), which
-    have no partner among the edges, scaled to the number of edges. An excess is the true pairs left. ``sides_of``:
-    the :func:`edge_descriptors` of the set."""
+    chance gives (expected): the same count for the null queries of the same tiles (mosaic.null_matches: lines
+    inside them, which have no partner among the edges), scaled to the number of edges. An excess is the true
+    pairs left. ``sides_of``: the :func:`edge_descriptors` of the set."""
     placed = np.isin(np.asarray(ids, str), result.mosaics.ids)
     out = {}
     for rel, (_, second, flat_first, flat_second) in sides_of.items():
@@ -211,18 +209,14 @@ def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly,
         edges = ~flat_first & ~placed
         observed = int((mutual & edges & (worst < LEFT_RATIO)).sum())
         rates = []
-        for cut in mosaic.NULL_CUTS:  # a loop over the cut positions
-            inner = mosaic.halves(images, seam, cut)[0]
-            tiles = np.flatnonzero(~mosaic.flat_edges(inner, seam.first) & ~placed)
-            if len(tiles) == 0 or len(ok_b) < 2:
-                continue
-            query = mosaic.descriptors(inner[tiles], seam, filters)[0]
-            best, d, _, _ = mosaic.nearest_both(query, tiles, second[ok_b], ok_b, 2, backward=False)
-            b = np.maximum(best[:, 0], 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
-                ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
-            rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)))
+        if len(ok_b) >= 2 and (~placed).any():
+            for _, best, d in mosaic.null_matches(images, seam, filters, second, ok_b, np.flatnonzero(~placed),
+                                                      exclude_own=True):
+                b = np.maximum(best[:, 0], 0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
+                    ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
+                rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)) if len(d) else 0.0)
         out[rel] = (observed, float(np.mean(rates)) * int(edges.sum()) if rates else float("nan"))
     return out
 

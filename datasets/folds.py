@@ -200,8 +200,8 @@ def neighbour_groups(ids: np.ndarray, mosaics: Mosaics, images: np.ndarray) -> n
     """The group of each id (train.csv order) for mosaic folds, -1 for a tile alone: its mosaic, joined with the
     tiles among ``images`` (the same ids' images) that are likely neighbours (datasets.mosaic.likely_pairs, up to
     LIKELY_RATIO). The mosaics hold only sure pairs; for folds a wrong link costs a little balance while a missed
-    one puts a neighbour of a validation tile into training, so the folds take the looser links as well (on
-    synthetic sections: 3.1% of the true train-train pairs split instead of 11.8%, fold sizes as level)."""
+    one puts a neighbour of a validation tile into training, so the folds take the looser links as well (the
+    share of true train-train pairs they split on synthetic sections is in docs/mosaics.md)."""
     from datasets import mosaic
 
     groups = mosaic_groups(ids, mosaics)
@@ -215,6 +215,14 @@ def neighbour_groups(ids: np.ndarray, mosaics: Mosaics, images: np.ndarray) -> n
     _, component = csgraph.connected_components(graph, directed=False)
     alone = np.bincount(component, minlength=n)[component] == 1
     return np.where(alone, -1, component)
+
+
+def neighbour_folds(train, mosaics: Mosaics, k: int, seed: int = 0) -> np.ndarray:
+    """Mosaic folds of a train set (``ids``, ``images``, ``masks``, ``depths``): every mosaic's train tiles and
+    their likely neighbours (:func:`neighbour_groups`) in one fold, balanced by coverage class and depth
+    (:func:`mosaic_folds`)."""
+    groups = neighbour_groups(train.ids, mosaics, train.images)
+    return mosaic_folds(coverage_class(train.masks), train.depths, groups, k, seed)
 
 
 def water_fill(counts: np.ndarray, m: int, sizes: np.ndarray) -> np.ndarray:
@@ -327,8 +335,7 @@ def main(argv=None) -> int:
         test_ids = kaggle.read_sample_submission(layout.sample_submission) if layout.sample_submission.is_file() \
             else np.array([], str)
         mosaics = Mosaics.read(args.mosaics, known_ids=np.concatenate([train.ids, test_ids]))
-        groups = neighbour_groups(train.ids, mosaics, train.images)
-        folds = mosaic_folds(coverage, train.depths, groups, args.k, args.seed)
+        folds = neighbour_folds(train, mosaics, args.k, args.seed)
     write_folds(args.out, train.ids, folds)
     sizes = np.bincount(folds, minlength=args.k)
     print(f"wrote {args.out}: {len(train)} ids in {args.k} folds of {sizes.min()}..{sizes.max()} images")

@@ -273,16 +273,13 @@ def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second:
     Their best/second-best ratios against the set's b sides show how low a ratio chance alone reaches on this
     data's texture; the threshold lets through NULL_RATE of them, clipped to RATIO_RANGE. Sets too small to show
     that tail (fewer than NULL_TAIL / NULL_RATE queries) get the strict end of the range."""
+    if len(ok_b) < 2:
+        return RATIO_RANGE[0]
     pick = np.unique(np.linspace(0, len(images) - 1, min(NULL_QUERIES, len(images))).astype(np.int64))
-    sample = images[pick]
     ratios_ = []
-    for cut in NULL_CUTS:  # a loop over the cut positions
-        inner = halves(sample, seam, cut)[0]
-        ok = np.flatnonzero(~flat_edges(inner, seam.first))
-        if len(ok) * len(NULL_CUTS) * NULL_RATE < NULL_TAIL or len(ok_b) < 2:
+    for _, _, d in null_matches(images, seam, filters, second, ok_b, pick):  # a loop over the cut positions
+        if len(d) * len(NULL_CUTS) * NULL_RATE < NULL_TAIL:
             return RATIO_RANGE[0]  # too few null queries to see the tail: strict
-        query = _unit(filter_responses(inner[ok], seam.first, filters.first, filters.weight))
-        _, d, _, _ = nearest_both(query, np.full(len(ok), -1), second[ok_b], ok_b, 2, backward=False)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios_.append(d[:, 0] / d[:, 1])
     ratio = np.concatenate(ratios_)
@@ -290,6 +287,24 @@ def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second:
     if ratio.size == 0:
         return RATIO_RANGE[0]
     return float(np.clip(np.quantile(ratio, NULL_RATE), *RATIO_RANGE))
+
+
+def null_matches(images: np.ndarray, seam: Seam, filters: SeamFilters, second: np.ndarray, ok_b: np.ndarray,
+                 tiles: np.ndarray, exclude_own: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The null queries of ``tiles`` (indices into ``images``), one cut position of NULL_CUTS after another: the
+    tiles' lines that many lines in (a-side halves), real texture with no partner among the edges, matched
+    against the b sides ``second`` of tiles ``ok_b`` (with ``exclude_own``, never the query's own tile's, as for
+    a real edge). Per cut: (the textured queries' tiles, their two nearest b tiles, the distances), as
+    :func:`nearest_both` gives them."""
+    out = []
+    for cut in NULL_CUTS:  # a loop over the cut positions
+        inner = halves(images[tiles], seam, cut)[0]
+        ok = np.flatnonzero(~flat_edges(inner, seam.first))
+        query = _unit(filter_responses(inner[ok], seam.first, filters.first, filters.weight))
+        own = tiles[ok] if exclude_own else np.full(len(ok), -1)
+        best, d, _, _ = nearest_both(query, own, second[ok_b], ok_b, 2, backward=False)
+        out.append((tiles[ok], best, d))
+    return out
 
 
 def edge_tables(images: np.ndarray, k: int = NEIGHBOURS) -> dict[str, EdgeTable]:
@@ -416,10 +431,14 @@ def loop_pairs(tables: dict[str, EdgeTable], known: Candidates | None = None) ->
     parts = []
     for rel, first, second in (("LR", "a", "b"), ("LR", "c", "d"), ("TB", "a", "c"), ("TB", "b", "d")):
         a, b = sq[first].to_numpy(np.int64), sq[second].to_numpy(np.int64)
-        t = tables[rel]
-        d = np.minimum(_distance(t.fwd, t.fwd_d, a, b), _distance(t.bwd, t.bwd_d, b, a))
-        parts.append(Candidates(a, b, np.full(len(a), rel), d))
+        parts.append(Candidates(a, b, np.full(len(a), rel), pair_distance(tables[rel], a, b)))
     return _without(len(tables["LR"].fwd), Candidates.concat(parts), np.zeros(0, np.int64))
+
+
+def pair_distance(table: EdgeTable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The descriptor distance of each pair (a, b) of ``table``'s direction: the nearer of the two directions'
+    candidate lists where both list it, inf where neither does."""
+    return np.minimum(_distance(table.fwd, table.fwd_d, a, b), _distance(table.bwd, table.bwd_d, b, a))
 
 
 def _distance(cand: np.ndarray, dist: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -706,21 +725,23 @@ def join_pairs(tables: dict[str, EdgeTable], place: Placement,
     lo = 0
     while lo < len(joins):  # a loop over chunks of joins, at most JOIN_ROWS moved tiles each (or one join)
         hi = max(int(np.searchsorted(rows, (rows[lo - 1] if lo else 0) + JOIN_ROWS, side="right")), lo + 1)
-        ok[lo:hi] = _join_holds(joins[lo:hi], members, comp, place, at, seam_fits)
+        ok[lo:hi] = _join_holds(joins[lo:hi], members, placed, place, at, seam_fits)
         lo = hi
     keep = ok[which.ravel()]
     a, b, rel = a[keep], b[keep], rel[keep]
     distance = np.full(len(a), np.inf)
     for r_, t in tables.items():
         s = rel == r_
-        distance[s] = np.minimum(_distance(t.fwd, t.fwd_d, a[s], b[s]), _distance(t.bwd, t.bwd_d, b[s], a[s]))
+        distance[s] = pair_distance(t, a[s], b[s])
     return Candidates(a, b, rel, distance)
 
 
-def _join_holds(joins: np.ndarray, members: np.ndarray, comp, place: Placement, at, seam_fits) -> np.ndarray:
+def _join_holds(joins: np.ndarray, members: np.ndarray, placed: np.ndarray, place: Placement, at,
+                seam_fits) -> np.ndarray:
     """For each join (host mosaic, moved mosaic, row shift, col shift): no moved tile on a host cell, and of the
     seams between moved and host tiles at least JOIN_FITS + 1 fit (the join's own pair is one) and more fit than
-    the others."""
+    the others. ``members``: the placed tiles mosaic by mosaic; ``at``: the cell lookup into ``placed``."""
+    comp = place.component
     start = np.searchsorted(comp[members], joins[:, 1])
     count = np.searchsorted(comp[members], joins[:, 1], side="right") - start
     join = np.repeat(np.arange(len(joins)), count)  # one row per (join, moved tile)
@@ -729,7 +750,6 @@ def _join_holds(joins: np.ndarray, members: np.ndarray, comp, place: Placement, 
     r, c = place.row[tile] + joins[join, 2], place.col[tile] + joins[join, 3]
     collides = np.bincount(join, weights=at(host, r, c) >= 0, minlength=len(joins)) > 0
     fit, misfit = np.zeros(len(joins)), np.zeros(len(joins))
-    placed = np.flatnonzero(comp >= 0)
     for (sr, sc), side_rel, tile_is_a in CELL_SIDES:  # each moved tile's four sides against the host mosaic
         k = at(host, r + sr, c + sc)
         h = np.flatnonzero(k >= 0)

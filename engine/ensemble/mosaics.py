@@ -70,7 +70,7 @@ def check_given(opts: EnsembleOptions) -> None:
 
 def write_mosaic_folds(opts: EnsembleOptions) -> None:
     """RUN/folds.csv: every mosaic's train tiles, and the likely neighbours among them, in one fold
-    (datasets.folds.neighbour_groups, mosaic_folds)."""
+    (datasets.folds.neighbour_folds)."""
     from datasets import folds as F
     from datasets.kaggle import Layout, load_train, read_sample_submission
     from tgs.mosaic import Mosaics
@@ -79,9 +79,7 @@ def write_mosaic_folds(opts: EnsembleOptions) -> None:
     train = load_train(opts.data_dir)
     test = read_sample_submission(Layout.of(opts.data_dir).sample_submission)
     layout = Mosaics.read(opts.mosaics_csv, known_ids=np.concatenate([train.ids, test]))
-    coverage = F.coverage_class(train.masks)
-    groups = F.neighbour_groups(train.ids, layout, train.images)
-    folds = F.mosaic_folds(coverage, train.depths, groups, F.CHUNKS, 0)
+    folds = F.neighbour_folds(train, layout, F.CHUNKS)
     F.write_folds(lay.folds_csv, train.ids, folds)
     crossing, total = F.crossing_pairs(train.ids, folds, layout)
     print(f"[folds] wrote {lay.folds_csv}: every mosaic's train tiles and likely neighbours in one of {F.CHUNKS} "
