@@ -210,8 +210,7 @@ def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly,
         observed = int((mutual & edges & (worst < LEFT_RATIO)).sum())
         rates = []
         if len(ok_b) >= 2 and (~placed).any():
-            for _, best, d in mosaic.null_matches(images, seam, filters, second, ok_b, np.flatnonzero(~placed),
-                                                      exclude_own=True):
+            for _, best, d in mosaic.null_matches(images, seam, filters, second, ok_b, np.flatnonzero(~placed)):
                 b = np.maximum(best[:, 0], 0)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this

@@ -21,8 +21,8 @@ Train and test tiles are matched together:
    tiles claim one cell, the pair on most of the paths between the clashing tiles is dropped (the weakest of them;
    with a single clash simply the weakest pair on its path), and the layout is redone: a conflict never drops a
    whole mosaic. Tiles that the layout puts side by side without a pair between them must fit there too (each
-   among the other's FIT_RANK nearest candidates); one that does not is a clash as well, unless the seams on both
-   sides of it, parallel to it, hold (one hard seam inside a join that holds around it);
+   among the other's k nearest candidates, :func:`fit_rank`); one that does not is a clash as well, unless the
+   seams on both sides of it, parallel to it, hold (one hard seam inside a join that holds around it);
 6. growing (:func:`grow`, :func:`join_pairs`, and loops through the pairs placed): an empty cell next to two or
    more placed tiles is filled when every seam around it names the same tile as its best candidate; two mosaics
    are joined by a best candidate pair when the join shares no cell and the other seams it creates fit; squares
@@ -47,7 +47,7 @@ from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs
 from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
-NEIGHBOURS = 4  # candidates kept per edge (growing, the layout's fit check)
+NEIGHBOURS = 8  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.001  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.8)  # the calibrated threshold is clipped to this range (small sets give few null queries)
 NULL_TAIL = 5  # calibrate only when at least this many null queries are expected below the threshold
@@ -55,7 +55,11 @@ NULL_QUERIES = 1000  # null queries per cut and seam direction: at most this man
 # the null queries' cut positions, lines in from the edge; not half way: some Kaggle tiles overlap by half a tile,
 # and a cut there would find them
 NULL_CUTS = (20, 30, 40, 60, 70, 80)
-FIT_RANK = 4  # tiles side by side without a pair must be among each other's FIT_RANK nearest candidates
+# tiles side by side without a pair must be among each other's k nearest candidates, k one per FIT_TILES tiles of
+# the set within FIT_RANK: a random tile is among another's k nearest with chance k/n, at most 1 in FIT_TILES
+# above the floor (on a set of a few hundred tiles, 8 lets wrong neighbours fit)
+FIT_RANK = (4, 8)
+FIT_TILES = 500
 GROW_ROUNDS = 30  # growing stops earlier when a round places nothing
 
 
@@ -290,19 +294,18 @@ def null_threshold(images: np.ndarray, seam: Seam, filters: SeamFilters, second:
 
 
 def null_matches(images: np.ndarray, seam: Seam, filters: SeamFilters, second: np.ndarray, ok_b: np.ndarray,
-                 tiles: np.ndarray, exclude_own: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 tiles: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The null queries of ``tiles`` (indices into ``images``), one cut position of NULL_CUTS after another: the
     tiles' lines that many lines in (a-side halves), real texture with no partner among the edges, matched
-    against the b sides ``second`` of tiles ``ok_b`` (with ``exclude_own``, never the query's own tile's, as for
-    a real edge). Per cut: (the textured queries' tiles, their two nearest b tiles, the distances), as
-    :func:`nearest_both` gives them."""
+    against the b sides ``second`` of tiles ``ok_b``, never the query's own tile's: a real edge is never matched
+    with its own tile, and a line inside a tile can resemble that tile's far edge. Per cut: (the textured
+    queries' tiles, their two nearest b tiles, the distances), as :func:`nearest_both` gives them."""
     out = []
     for cut in NULL_CUTS:  # a loop over the cut positions
         inner = halves(images[tiles], seam, cut)[0]
         ok = np.flatnonzero(~flat_edges(inner, seam.first))
         query = _unit(filter_responses(inner[ok], seam.first, filters.first, filters.weight))
-        own = tiles[ok] if exclude_own else np.full(len(ok), -1)
-        best, d, _, _ = nearest_both(query, own, second[ok_b], ok_b, 2, backward=False)
+        best, d, _, _ = nearest_both(query, tiles[ok], second[ok_b], ok_b, 2, backward=False)
         out.append((tiles[ok], best, d))
     return out
 
@@ -609,14 +612,21 @@ def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, sea
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
+def fit_rank(n: int) -> int:
+    """How many nearest candidates a seam between tiles placed side by side may reach down to in a set of ``n``
+    tiles (FIT_RANK, FIT_TILES)."""
+    return int(np.clip(n // FIT_TILES, *FIT_RANK))
+
+
 def seam_fits(tables: dict[str, EdgeTable]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """A check for :func:`layout`: b is among a's FIT_RANK nearest candidates or a among b's."""
+    """A check for :func:`layout`: b is among a's :func:`fit_rank` nearest candidates or a among b's."""
     def fits(a: np.ndarray, b: np.ndarray, rel: np.ndarray) -> np.ndarray:
         ok = np.zeros(len(a), bool)
         for r, t in tables.items():
             sel = rel == r
-            ok[sel] = ((t.fwd[a[sel], :FIT_RANK] == b[sel, None]).any(axis=1) |
-                       (t.bwd[b[sel], :FIT_RANK] == a[sel, None]).any(axis=1))
+            k = fit_rank(len(t.fwd))
+            ok[sel] = ((t.fwd[a[sel], :k] == b[sel, None]).any(axis=1) |
+                       (t.bwd[b[sel], :k] == a[sel, None]).any(axis=1))
         return ok
     return fits
 

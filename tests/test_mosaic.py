@@ -62,6 +62,24 @@ def test_flat_edges_never_match():
     assert len(cand.a) == 0
 
 
+def test_a_null_query_is_never_matched_with_its_own_tile():
+    """A tile whose columns are all alike: the line 20 columns in is its own left edge again, a perfect match that
+    no real right edge could have. The null queries must skip it, as real edges skip their own tile."""
+    rng = np.random.default_rng(3)
+    images, _ = cut(textured(rng, 2, 3))
+    images[0] = np.repeat(images[0][:, :1], S, axis=1)  # every column equals the first
+    seam = mosaic.SEAMS["LR"]
+    filters = mosaic.learn_filters(images, seam)
+    second = mosaic.descriptors(images, seam, filters)[1]
+    ok_b = np.arange(len(images))
+    inner = mosaic.halves(images[:1], seam, mosaic.NULL_CUTS[0])[0]
+    query = mosaic._unit(mosaic.filter_responses(inner, seam.first, filters.first, filters.weight))
+    unguarded = mosaic.nearest_both(query, np.array([-1]), second, ok_b, 2, backward=False)[0]
+    assert unguarded[0, 0] == 0  # the premise: left alone, the query finds its own tile
+    for tiles, best, _ in mosaic.null_matches(images, seam, filters, second, ok_b, np.arange(len(images))):
+        assert 0 in tiles and (best[:, 0] != tiles).all() and (best[:, 1] != tiles).all()
+
+
 def test_an_ambiguous_pair_is_refused():
     rng = np.random.default_rng(2)
     tiles, _ = cut(textured(rng, 1, 2))
