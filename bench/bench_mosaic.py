@@ -30,7 +30,7 @@ import numpy as np
 
 from bench import dataset
 from datasets import folds, kaggle, mosaic, synthetic
-from tgs.mosaic import Mosaics
+from tgs.mosaic import Mosaics, cell_lookup
 
 
 def peak_mb() -> float:
@@ -133,7 +133,7 @@ def hole_test(ids: np.ndarray, found: Mosaics, sides_of: dict[str, tuple], seed:
     comp[placed], row[placed], col[placed] = (found.mosaic[where[placed]], found.row[where[placed]],
                                               found.col[where[placed]])
     tiles = np.flatnonzero(placed)
-    at = mosaic.cell_lookup(n, tiles, comp, row, col)
+    at = cell_lookup(comp[tiles], row[tiles], col[tiles])
     if set(sides_of) != set(mosaic.RELATIONS):
         return {}
     sides = []  # per cell side: its step, the cell tile's descriptors and flat edges there, the neighbour's

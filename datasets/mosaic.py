@@ -43,7 +43,7 @@ from scipy.sparse import csgraph
 
 from datasets import kaggle
 from tgs.io import atomic_paths
-from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs, collisions
+from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs, cell_lookup, collisions
 from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
@@ -571,28 +571,12 @@ def layout(n: int, a: np.ndarray, b: np.ndarray, rel: np.ndarray, cost: np.ndarr
             kept[live[_culprit(mine, tiles, parent, depth, parent_pair, cost[live])]] = False
 
 
-def cell_lookup(n: int, tiles: np.ndarray, component, row, col) -> Callable[..., np.ndarray]:
-    """A lookup of the layout's cells: ``at(comp, r, c)`` gives the index into ``tiles`` of the tile on each cell
-    (-1 for an empty one)."""
-    keys = _cell_keys(n, component[tiles], row[tiles], col[tiles])
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-
-    def at(comp, r, c) -> np.ndarray:
-        want = _cell_keys(n, comp, r, c)
-        if len(sorted_keys) == 0:
-            return np.full(len(want), -1, np.int64)
-        i = np.minimum(np.searchsorted(sorted_keys, want), len(sorted_keys) - 1)
-        return np.where(sorted_keys[i] == want, order[i], -1)
-    return at
-
-
 def _misfits(n: int, tiles: np.ndarray, component, row, col, pair_a, pair_b, seam_fits) -> np.ndarray:
     """(K, 2) indices into ``tiles`` of tiles side by side in the layout, with no pair between them, whose seam
     does not fit (``seam_fits``), unless both seams beside it and parallel to it (above and below an LR seam, left
     and right of a TB seam) are pairs or fit: one hard seam inside a join that holds on either side is forgiven,
     while the tiles that a wrong pair glues side by side have no seams that fit beside theirs."""
-    at = cell_lookup(n, tiles, component, row, col)
+    at = cell_lookup(component[tiles], row[tiles], col[tiles])
     comp, r, c = component[tiles], row[tiles], col[tiles]
     paired = _pair_keys(n, np.minimum(pair_a, pair_b), np.maximum(pair_a, pair_b), np.full(len(pair_a), "LR"))
     out = []
@@ -730,7 +714,7 @@ def join_pairs(tables: dict[str, EdgeTable], place: Placement,
     ok = np.zeros(len(joins), bool)
     placed = np.flatnonzero(comp >= 0)
     members = placed[np.argsort(comp[placed], kind="stable")]  # the placed tiles, mosaic by mosaic
-    at = cell_lookup(len(comp), placed, comp, place.row, place.col)
+    at = cell_lookup(comp[placed], place.row[placed], place.col[placed])
     rows = np.cumsum(size[joins[:, 1]])
     lo = 0
     while lo < len(joins):  # a loop over chunks of joins, at most JOIN_ROWS moved tiles each (or one join)

@@ -7,7 +7,7 @@ from scipy import ndimage
 from cli import mosaic as mosaic_cli
 from datasets import folds, mosaic, synthetic
 from tgs.errors import DataError
-from tgs.mosaic import Mosaics, Pairs
+from tgs.mosaic import Mosaics, Pairs, cell_lookup
 
 S = 101
 
@@ -294,6 +294,16 @@ def test_positions_are_keyed_exactly_whatever_their_size():
     assert list(nb.up) == list(nb.down) == [-1] * 5
     assert m.collisions().size == 0
     assert Mosaics(["a", "b"], [5, 5], [big, big], [3, 3]).collisions().tolist() == [[0, 1]]
+
+
+def test_one_cell_lookup_serves_layouts_and_files():
+    """The lookup that the layout, the mosaics object and the benchmark share: tiles found by their cell, empty
+    cells and values that no tile has give -1, and so does any query on an empty layout."""
+    at = cell_lookup([3, 3, 3, 9], [0, 0, 1, -5], [0, 1, 0, 2])
+    found = at([3, 3, 3, 9, 3, 9, 4], [0, 0, 1, -5, 1, -5, 0], [0, 1, 0, 2, 1, 3, 0])
+    assert found.tolist() == [0, 1, 2, 3, -1, -1, -1]
+    assert at(np.zeros(0), np.zeros(0), np.zeros(0)).shape == (0,)
+    assert cell_lookup([], [], [])([1, 2], [0, 0], [0, 0]).tolist() == [-1, -1]
 
 
 def test_pairs_file_errors(tmp_path):

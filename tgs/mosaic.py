@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -84,15 +85,33 @@ def _check_bounds(mosaic: np.ndarray, row: np.ndarray, col: np.ndarray, path) ->
                             f"(at most {MAX_CELLS}): not a layout of neighbouring tiles")
 
 
-def _position_keys(*columns: np.ndarray) -> np.ndarray:
-    """One int64 per row of the given integer columns (e.g. mosaic, row, col), equal exactly when the rows are
-    equal: each column is replaced by its rank among its distinct values, so the key stays below the product of
-    the numbers of distinct values whatever the numbers themselves (no overflow for hostile positions)."""
-    key = np.zeros(len(columns[0]), np.int64)
-    for c in columns:
-        values, rank = np.unique(np.asarray(c, np.int64), return_inverse=True)
-        key = key * len(values) + rank.reshape(-1)
-    return key
+def cell_lookup(mosaic, row, col) -> Callable[..., np.ndarray]:
+    """A lookup of a layout's cells, built once: ``at(mosaic, row, col)`` gives, for each queried cell, the index
+    of the tile on it (-1 for an empty cell). Cells are keyed by the ranks of their values among each column's
+    distinct values, so no position can overflow into another's key whatever the numbers; a query is a binary
+    search per column and one into the sorted keys. (Where two tiles share a cell, either is given.)"""
+    columns = [np.asarray(x, np.int64).reshape(-1) for x in (mosaic, row, col)]
+    values = [np.unique(c) for c in columns]
+
+    def keys(cols) -> tuple[np.ndarray, np.ndarray]:
+        key, known = np.zeros(len(cols[0]), np.int64), np.ones(len(cols[0]), bool)
+        for c, v in zip(cols, values):
+            i = np.minimum(np.searchsorted(v, c), max(len(v) - 1, 0))
+            known &= v[i] == c if len(v) else False
+            key = key * max(len(v), 1) + i
+        return key, known
+
+    own, _ = keys(columns)
+    order = np.argsort(own, kind="stable")
+    sorted_keys = own[order]
+
+    def at(m, r, c) -> np.ndarray:
+        want, known = keys([np.asarray(x, np.int64).reshape(-1) for x in (m, r, c)])
+        if len(sorted_keys) == 0:
+            return np.full(len(want), -1, np.int64)
+        i = np.minimum(np.searchsorted(sorted_keys, want), len(sorted_keys) - 1)
+        return np.where(known & (sorted_keys[i] == want), order[i], -1)
+    return at
 
 
 def collisions(mosaic: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
@@ -184,18 +203,6 @@ class Mosaics:
         """Tiles per mosaic, indexed by mosaic number (files are bounded so that this stays small)."""
         return np.bincount(self.mosaic, minlength=int(self.mosaic.max(initial=-1)) + 1)
 
-    def _lookup(self, mosaic: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """Index in self of the tile at each position, -1 where the cell is empty."""
-        if len(self) == 0:
-            return np.full(len(row), -1, np.int64)
-        n = len(self)
-        keys = _position_keys(*(np.concatenate([np.asarray(x, np.int64), np.asarray(y, np.int64)])
-                                for x, y in ((self.mosaic, mosaic), (self.row, row), (self.col, col))))
-        keys, want = keys[:n], keys[n:]
-        order = np.argsort(keys, kind="stable")
-        at = np.minimum(np.searchsorted(keys[order], want), n - 1)
-        return np.where(keys[order][at] == want, order[at], -1)
-
     def index_of(self, ids) -> np.ndarray:
         """Index in self of each id, -1 for ids that are in no mosaic."""
         return pd.Index(self.ids).get_indexer(np.asarray(ids, str))
@@ -216,10 +223,11 @@ class Mosaics:
         inside = where >= 0
         to_query = self._in_query(ids)
         out = {}
+        at = cell_lookup(self.mosaic, self.row, self.col)
         for name, (dr, dc) in (("up", (-1, 0)), ("down", (1, 0)), ("left", (0, -1)), ("right", (0, 1))):
             result = np.full(len(ids), -1, np.int64)
             w = where[inside]
-            k = self._lookup(self.mosaic[w], self.row[w] + dr, self.col[w] + dc)
+            k = at(self.mosaic[w], self.row[w] + dr, self.col[w] + dc)
             result[inside] = np.where(k >= 0, to_query[np.maximum(k, 0)], -1)
             out[name] = result
         return Neighbours(**out)
@@ -247,9 +255,10 @@ class Mosaics:
         """Every pair of tiles next to each other: indices (a, b) into self and the relation (``LR``: a left of b,
         ``TB``: a above b), in the order LR pairs then TB pairs."""
         a_all, b_all, rel_all = [], [], []
+        at = cell_lookup(self.mosaic, self.row, self.col)
         for rel in RELATIONS:
             dr, dc = STEP[rel]
-            b = self._lookup(self.mosaic, self.row + dr, self.col + dc)
+            b = at(self.mosaic, self.row + dr, self.col + dc)
             a = np.flatnonzero(b >= 0)
             a_all.append(a)
             b_all.append(b[a])
