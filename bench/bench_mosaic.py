@@ -8,7 +8,7 @@ With a synthetic set (DATA/synthetic-layout.csv present) it also measures precis
 layout. Every set gets the checks that need no truth: tiles placed, pairs, mosaic sizes, for pairs of two train
 tiles the share whose masks disagree across the seam, the 2x2 squares that close, the best/second-best ratios
 of the accepted pairs against the rejected mutual best matches, the half-tile test, the hole test and the
-leftover test.
+leftover test (the unplaced tiles' edges and the mosaics' borders).
 
 Prints a table: loading, matching + layout, total time; the peak memory of the process; precision of the
 neighbour pairs in the mosaics and recall of the pairs that can be recovered (both tiles present, neither facing
@@ -25,12 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from bench import dataset
 from datasets import folds, kaggle, mosaic, synthetic
-from tgs.mosaic import Mosaics, cell_lookup
+from tgs.mosaic import STEP, Mosaics, cell_lookup
 
 
 def peak_mb() -> float:
@@ -113,6 +115,20 @@ def edge_descriptors(images: np.ndarray, tables: dict[str, mosaic.EdgeTable]) ->
     return out
 
 
+def layout_arrays(ids: np.ndarray, found: Mosaics) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Callable]:
+    """The ``found`` mosaics over the set's tiles: each tile's mosaic (-1 for an unplaced tile), row and column,
+    the placed tiles, and their cell lookup (tgs.mosaic.cell_lookup: an index into the placed tiles, or -1)."""
+    n = len(ids)
+    where = found.index_of(ids)
+    placed = where >= 0
+    comp = np.full(n, -1, np.int64)
+    row, col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    comp[placed], row[placed], col[placed] = (found.mosaic[where[placed]], found.row[where[placed]],
+                                              found.col[where[placed]])
+    tiles = np.flatnonzero(placed)
+    return comp, row, col, tiles, cell_lookup(comp[tiles], row[tiles], col[tiles])
+
+
 HOLE_RATIO = 0.8  # a cell is fillable when its best unplaced tile is this much nearer than the second best
 HOLE_CONTROL = 1000  # occupied cells (at most) whose tile is taken out and looked for, as the hole test's control
 HOLE_CHUNK = 256  # cells scored at a time (a pool x HOLE_CHUNK block of sums)
@@ -125,15 +141,8 @@ def hole_test(ids: np.ndarray, found: Mosaics, sides_of: dict[str, tuple], seed:
     HOLE_RATIO^2 of the second best's. The control does the same for occupied cells with their tile put back among
     the unplaced ones (it should be found), and without it (the null: nothing should be). ``sides_of``: the
     :func:`edge_descriptors` of the set."""
-    n = len(ids)
-    where = found.index_of(ids)
-    placed = where >= 0
-    comp = np.full(n, -1, np.int64)
-    row, col = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    comp[placed], row[placed], col[placed] = (found.mosaic[where[placed]], found.row[where[placed]],
-                                              found.col[where[placed]])
-    tiles = np.flatnonzero(placed)
-    at = cell_lookup(comp[tiles], row[tiles], col[tiles])
+    comp, row, col, tiles, at = layout_arrays(ids, found)
+    placed = comp >= 0
     if set(sides_of) != set(mosaic.RELATIONS):
         return {}
     sides = []  # per cell side: its step, the cell tile's descriptors and flat edges there, the neighbour's
@@ -189,41 +198,79 @@ def hole_test(ids: np.ndarray, found: Mosaics, sides_of: dict[str, tuple], seed:
     return out
 
 
-LEFT_RATIO = 0.8  # the leftover test counts the unplaced tiles' mutual best matches below this ratio
+LEFT_RATIO = 0.8  # the leftover test counts the open edges' mutual best matches below this ratio
 
 
-def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly,
-                  sides_of: dict[str, tuple]) -> dict[str, tuple[int, float]]:
-    """How many true pairs the unplaced tiles may still hide, with no truth. Per seam direction: the unplaced
-    tiles' edges whose best candidate is a mutual best match below LEFT_RATIO (observed), against the number that
-    chance gives (expected): the same count for the null queries of the same tiles (mosaic.null_matches: lines
-    inside them, which have no partner among the edges), scaled to the number of edges. An excess is the true
-    pairs left. ``sides_of``: the :func:`edge_descriptors` of the set."""
-    placed = np.isin(np.asarray(ids, str), result.mosaics.ids)
+def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly, sides_of: dict[str, tuple],
+                  truth: Mosaics | None = None) -> dict[str, dict[str, tuple]]:
+    """How many true pairs the open edges may still hide, with no truth. Open edges are the unplaced tiles' a sides
+    ("unplaced") and the placed tiles' a sides that face an empty cell ("border"): between them they hold every
+    seam the mosaics do not, each once. Per seam direction and population: the edges whose best candidate is a
+    mutual best match below LEFT_RATIO (observed), against the number that chance gives (expected): the same count
+    for the null queries of the same tiles (mosaic.null_matches: lines inside them, which have no partner among the
+    edges), scaled to the number of edges. An excess is the true pairs left. With the ``truth`` (a synthetic
+    layout), a third number: how many of the observed are the edge's true partner, which the excess estimates.
+    ``sides_of``: the :func:`edge_descriptors` of the set."""
+    comp, row, col, tiles, at = layout_arrays(ids, result.mosaics)
     out = {}
     for rel, (_, second, flat_first, flat_second) in sides_of.items():
-        seam, table = mosaic.SEAMS[rel], result.tables[rel]
-        filters = table.filters
-        ok_b = np.flatnonzero(~flat_second)
-        mutual, worst = mosaic.ratios(table)
-        edges = ~flat_first & ~placed
-        observed = int((mutual & edges & (worst < LEFT_RATIO)).sum())
-        rates = []
-        if len(ok_b) >= 2 and (~placed).any():
-            for _, best, d in mosaic.null_matches(images, seam, filters, second, ok_b, np.flatnonzero(~placed)):
-                b = np.maximum(best[:, 0], 0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
-                    ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
-                rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)) if len(d) else 0.0)
-        out[rel] = (observed, float(np.mean(rates)) * int(edges.sum()) if rates else float("nan"))
+        dr, dc = STEP[rel]
+        border = np.zeros(len(ids), bool)
+        border[tiles] = at(comp[tiles], row[tiles] + dr, col[tiles] + dc) < 0
+        partner = None if truth is None else _true_partners(ids, truth, rel, flat_second)
+        out[rel] = {name: _open_edges(images, result.tables[rel], second, flat_second, edges & ~flat_first, partner)
+                    for name, edges in (("unplaced", comp < 0), ("border", border))}
     return out
 
 
-def leftover_rows(test: dict[str, tuple[int, float]]) -> list[tuple[str, str, str]]:
-    """The leftover test's rows of the table."""
-    return [(f"unplaced tiles' mutual best matches < {LEFT_RATIO} {rel}: seen / by chance",
-             f"{observed} / {expected:.0f}", "") for rel, (observed, expected) in test.items()]
+def _true_partners(ids: np.ndarray, truth: Mosaics, rel: str, flat_second: np.ndarray) -> np.ndarray:
+    """Each tile's true b neighbour in ``rel`` (an index into ``ids``), -1 for none or one whose facing side is
+    flat (a pair no seam can show)."""
+    dr, dc = STEP[rel]
+    where = truth.index_of(ids)
+    partner = np.full(len(ids), -1, np.int64)
+    known = np.flatnonzero(where >= 0)
+    k = cell_lookup(truth.mosaic, truth.row, truth.col)(truth.mosaic[where[known]], truth.row[where[known]] + dr,
+                                                         truth.col[where[known]] + dc)
+    has = k >= 0
+    partner[known[has]] = pd.Index(np.asarray(ids, str)).get_indexer(truth.ids[k[has]])
+    return np.where((partner >= 0) & ~flat_second[np.maximum(partner, 0)], partner, -1)
+
+
+def _open_edges(images: np.ndarray, table: mosaic.EdgeTable, second: np.ndarray, flat_second: np.ndarray,
+                edges: np.ndarray, partner: np.ndarray | None) -> tuple:
+    """The leftover test for one population of a sides (``edges``, a mask over the set): (observed, expected),
+    and with the true ``partner`` of each tile, how many of the observed are true."""
+    mutual, worst = mosaic.ratios(table)
+    seen = mutual & edges & (worst < LEFT_RATIO)
+    true = () if partner is None else (int((seen & (table.fwd[:, 0] == partner)).sum()),)
+    if not edges.any():
+        return 0, 0.0, *true
+    ok_b = np.flatnonzero(~flat_second)
+    observed = int(seen.sum())
+    rates = []
+    if len(ok_b) >= 2:
+        seam = mosaic.SEAMS[table.rel]
+        for _, best, d in mosaic.null_matches(images, seam, table.filters, second, ok_b, np.flatnonzero(edges)):
+            b = np.maximum(best[:, 0], 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
+                ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
+            rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)) if len(d) else 0.0)
+    return observed, float(np.mean(rates)) * int(edges.sum()) if rates else float("nan"), *true
+
+
+def leftover_rows(test: dict[str, dict[str, tuple]]) -> list[tuple[str, str, str]]:
+    """The leftover test's rows of the table (with the truth: / true partners among them)."""
+    label = {"unplaced": "unplaced tiles'", "border": "mosaic borders'"}
+    rows = []
+    for name in label:
+        for rel, by in test.items():
+            observed, expected, *true = by[name]
+            rows.append((f"{label[name]} mutual best matches < {LEFT_RATIO} {rel}: seen / by chance"
+                         + (" / true" if true else ""), " / ".join([f"{observed}", f"{expected:.0f}", *map(str, true)]),
+                         ""))
+    return rows
 
 
 def hole_rows(test: dict[str, int]) -> list[tuple[str, str, str]]:
@@ -261,6 +308,11 @@ def measure(args, data: str) -> int:
         result.pairs.write(Path(out) / "pairs.csv")
     t3 = time.perf_counter()
 
+    synthetic_set = (Path(data) / synthetic.LAYOUT_FILE).is_file()
+    truth = None
+    if synthetic_set:
+        layout = synthetic.read_layout(data).set_index("id").loc[ids]
+        truth = Mosaics(ids, layout["section"], layout["row"], layout["col"])
     free = mosaic.truth_free(result, ids, train.masks)
     sides = edge_descriptors(images, result.tables or {})
     thresholds = ", ".join(f"{r} {t.threshold:.3f}" for r, t in (result.tables or {}).items())
@@ -286,13 +338,11 @@ def measure(args, data: str) -> int:
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
         *half_tile_rows(half_tile_test(images, result.tables or {})),
         *hole_rows(hole_test(ids, result.mosaics, sides)),
-        *leftover_rows(leftover_test(ids, images, result, sides)),
+        *leftover_rows(leftover_test(ids, images, result, sides, truth)),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),
         ("mosaic sizes", ", ".join(f"{label}: {count}" for label, count in mosaic.size_histogram(result.mosaics)), ""),
     ]
-    if (Path(data) / synthetic.LAYOUT_FILE).is_file():
-        layout = synthetic.read_layout(data).set_index("id").loc[ids]
-        truth = Mosaics(ids, layout["section"], layout["row"], layout["col"])
+    if truth is not None:
         quality = mosaic.evaluate(result.mosaics, truth, ids, images)
         true_shares = mosaic.neighbour_shares(truth, train.ids, test.ids)
         found_shares = mosaic.neighbour_shares(result.mosaics, train.ids, test.ids)
@@ -309,7 +359,7 @@ def measure(args, data: str) -> int:
             (f"mosaic folds (k={FOLDS}): true train-train pairs split",
              f"{split} / {pairs} ({split / max(pairs, 1):.1%})", "<= 10%"),
         ]
-    kind = "synthetic sections" if (Path(data) / synthetic.LAYOUT_FILE).is_file() else "a dataset (no true layout)"
+    kind = "synthetic sections" if synthetic_set else "a dataset (no true layout)"
     print(f"\n{'mosaic.py on ' + kind:50s} {'value':>34s}  target   (cpu cores: {os.cpu_count()})")
     for name, value, target in rows:
         print(f"{name:50s} {value:>34s}  {target}")

@@ -1,5 +1,6 @@
 """The mosaic benchmark's truth-free checks on hand-built sections: the hole test finds a tile left out of a mosaic's
-cell and finds nothing where the cell's tile is absent from the set; the leftover test counts a pair left out."""
+cell and finds nothing where the cell's tile is absent from the set; the leftover test counts a pair left out,
+among the unplaced tiles or at a mosaic's border."""
 import argparse
 
 import numpy as np
@@ -41,10 +42,35 @@ def test_the_leftover_test_sees_a_pair_left_unplaced_and_none_by_chance():
     assert sorted(result.mosaics.ids) == ["t0000", "t0001"]
     descriptors = bench_mosaic.edge_descriptors(images, result.tables)
     found = bench_mosaic.leftover_test(ids, images, result, descriptors)
-    assert found["LR"][0] == 0 and found["LR"][1] < 1  # nothing left: nothing seen, next to nothing expected
+    for name in ("unplaced", "border"):  # nothing left: nothing seen, next to nothing expected
+        assert found["LR"][name][0] == 0 and found["LR"][name][1] < 1
     unplaced = mosaic.Assembly(Mosaics([], [], [], []), result.pairs, result.candidates, result.tables)
     left = bench_mosaic.leftover_test(ids, images, unplaced, descriptors)
-    assert left["LR"][0] == 1 and left["LR"][1] < 1  # the pair, were it left out, is the one seen
+    assert left["LR"]["unplaced"][0] == 1 and left["LR"]["unplaced"][1] < 1  # the pair, were it left out
+    assert left["LR"]["border"] == (0, 0.0)  # no mosaic, no border
+
+
+def test_the_leftover_test_sees_a_pair_missing_at_a_mosaic_border():
+    """A strip of three tiles whose mosaic holds only the first two: the third tile's seam is a hidden pair at
+    the mosaic's border, counted once (as the border's, not as the unplaced tile's, whose a side faces nothing)."""
+    rng = np.random.default_rng(6)
+    strip = cut(textured(rng, 1, 3))[0]  # 0 | 1 | 2
+    others = cut(textured(rng, 3, 4, sigma=1.5))[0][[0, 2, 5, 7, 8, 10]]  # none next to another
+    images = np.concatenate([strip, others])
+    ids = ids_for(len(images))
+    result = mosaic.assemble(ids, images)
+    assert sorted(result.mosaics.ids) == ["t0000", "t0001", "t0002"]
+    first_two = mosaic.Assembly(Mosaics(ids[:2], [0, 0], [0, 0], [0, 1]), result.pairs, result.candidates,
+                                result.tables)
+    descriptors = bench_mosaic.edge_descriptors(images, result.tables)
+    test = bench_mosaic.leftover_test(ids, images, first_two, descriptors)
+    assert test["LR"]["border"][0] == 1 and test["LR"]["border"][1] < 1
+    assert test["LR"]["unplaced"][0] == 0
+    # with a true layout, the match seen is counted as true; with a wrong one, it is not
+    truth = Mosaics(ids[:3], [0, 0, 0], [0, 0, 0], [0, 1, 2])
+    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, truth)["LR"]["border"][2] == 1
+    wrong = Mosaics(ids[:3], [0, 0, 0], [0, 0, 0], [0, 2, 1])
+    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, wrong)["LR"]["border"][2] == 0
 
 
 def test_the_benchmark_prints_its_table_on_a_small_synthetic_set(tmp_path, capsys):
@@ -52,5 +78,5 @@ def test_the_benchmark_prints_its_table_on_a_small_synthetic_set(tmp_path, capsy
     assert bench_mosaic.measure(argparse.Namespace(ratio=None), str(tmp_path / "data")) == 0
     out = capsys.readouterr().out
     for row in ("tiles placed", "half-tile test LR", "holes (empty cells", "unplaced tiles' mutual best matches",
-                "precision", "mosaic folds (k=10)"):
+                "mosaic borders'", "precision", "mosaic folds (k=10)"):
         assert row in out, row
