@@ -217,24 +217,21 @@ def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly, 
         dr, dc = STEP[rel]
         border = np.zeros(len(ids), bool)
         border[tiles] = at(comp[tiles], row[tiles] + dr, col[tiles] + dc) < 0
-        partner = None if truth is None else _true_partners(ids, truth, rel, flat_second)
+        partner = None if truth is None else _true_partners(ids, images, truth, rel)
         out[rel] = {name: _open_edges(images, result.tables[rel], second, flat_second, edges & ~flat_first, partner)
                     for name, edges in (("unplaced", comp < 0), ("border", border))}
     return out
 
 
-def _true_partners(ids: np.ndarray, truth: Mosaics, rel: str, flat_second: np.ndarray) -> np.ndarray:
-    """Each tile's true b neighbour in ``rel`` (an index into ``ids``), -1 for none or one whose facing side is
-    flat (a pair no seam can show)."""
-    dr, dc = STEP[rel]
-    where = truth.index_of(ids)
+def _true_partners(ids: np.ndarray, images: np.ndarray, truth: Mosaics, rel: str) -> np.ndarray:
+    """Each tile's true b neighbour in ``rel`` (an index into ``ids``), -1 for none or for one that no seam can
+    show (mosaic.true_pairs: a facing edge flat)."""
+    _, recoverable = mosaic.true_pairs(truth, ids, images)
+    pairs = recoverable[recoverable["rel"] == rel]
+    where = pd.Index(np.asarray(ids, str))
     partner = np.full(len(ids), -1, np.int64)
-    known = np.flatnonzero(where >= 0)
-    k = cell_lookup(truth.mosaic, truth.row, truth.col)(truth.mosaic[where[known]], truth.row[where[known]] + dr,
-                                                         truth.col[where[known]] + dc)
-    has = k >= 0
-    partner[known[has]] = pd.Index(np.asarray(ids, str)).get_indexer(truth.ids[k[has]])
-    return np.where((partner >= 0) & ~flat_second[np.maximum(partner, 0)], partner, -1)
+    partner[where.get_indexer(pairs["a"])] = where.get_indexer(pairs["b"])
+    return partner
 
 
 def _open_edges(images: np.ndarray, table: mosaic.EdgeTable, second: np.ndarray, flat_second: np.ndarray,

@@ -833,15 +833,11 @@ def neighbour_shares(mosaics: Mosaics, train_ids: np.ndarray, test_ids: np.ndarr
             "test_next_to_train_share": next_to_train.mean() if n_test else 0.0}
 
 
-def evaluate(found: Mosaics, truth: Mosaics, ids: np.ndarray, images: np.ndarray) -> dict:
-    """Neighbour pairs of ``found`` against a known layout (``truth``, e.g. a synthetic set's).
-
-    precision: found adjacent pairs that are true; recall: true pairs that can be recovered (both tiles present,
-    neither facing edge flat, judged on ``images`` in ``ids`` order) and were found.
-    """
+def true_pairs(truth: Mosaics, ids: np.ndarray, images: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The neighbour pairs of a known layout (``truth``) between tiles of ``ids`` (DataFrames ``a, b, rel`` of
+    ids): all of them, and those a seam can show (recoverable: neither facing edge flat, judged on ``images`` in
+    ``ids`` order)."""
     ids = np.asarray(ids, str)
-    key = ["a", "b", "rel"]
-    got = found.adjacent_ids()
     true = truth.adjacent_ids()
     true = true[true["a"].isin(ids) & true["b"].isin(ids)]
     where = pd.Index(ids)
@@ -852,7 +848,18 @@ def evaluate(found: Mosaics, truth: Mosaics, ids: np.ndarray, images: np.ndarray
         flat_a = flat_edges(images, seam.first)[where.get_indexer(true.loc[sel, "a"])]
         flat_b = flat_edges(images, seam.second)[where.get_indexer(true.loc[sel, "b"])]
         flat[sel] = flat_a | flat_b
-    recoverable = true[~flat.to_numpy()]
+    return true, true[~flat.to_numpy()]
+
+
+def evaluate(found: Mosaics, truth: Mosaics, ids: np.ndarray, images: np.ndarray) -> dict:
+    """Neighbour pairs of ``found`` against a known layout (``truth``, e.g. a synthetic set's).
+
+    precision: found adjacent pairs that are true; recall: true pairs that can be recovered (both tiles present,
+    neither facing edge flat, judged on ``images`` in ``ids`` order) and were found.
+    """
+    key = ["a", "b", "rel"]
+    got = found.adjacent_ids()
+    true, recoverable = true_pairs(truth, ids, images)
     correct = got.merge(true, on=key).shape[0]
     recovered = got.merge(recoverable, on=key).shape[0]
     return {"found_pairs": len(got), "correct": correct, "recoverable": len(recoverable), "recovered": recovered,
