@@ -7,8 +7,9 @@
 With a synthetic set (DATA/synthetic-layout.csv present) it also measures precision and recall against the true
 layout. Every set gets the checks that need no truth: tiles placed, pairs, mosaic sizes, for pairs of two train
 tiles the share whose masks disagree across the seam, the 2x2 squares that close, the best/second-best ratios
-of the accepted pairs against the rejected mutual best matches, the half-tile test, the hole test and the
-leftover test (the unplaced tiles' edges and the mosaics' borders).
+of the accepted pairs against the rejected mutual best matches, how continuous the seams are against the texture
+inside a tile, the half-tile test, the hole test and the leftover test (the unplaced tiles' edges and the mosaics'
+borders, over the whole ratio range).
 
 Prints a table: loading, matching + layout, total time; the peak memory of the process; precision of the
 neighbour pairs in the mosaics and recall of the pairs that can be recovered (both tiles present, neither facing
@@ -65,13 +66,17 @@ HALF_CUT = 30  # the half-tile test cuts each tile this many lines in (not half 
 PARTNERED = 0.16  # share of the half-tile test's edges that have their partner among the candidates, as in the real set
 
 
-def half_tile_test(images: np.ndarray, tables: dict[str, mosaic.EdgeTable], seed: int = 0) -> dict[str, dict]:
+def half_tile_test(images: np.ndarray, tables: dict[str, mosaic.EdgeTable], seed: int = 0,
+                   unplaced: np.ndarray | None = None) -> dict[str, dict]:
     """A truth on any set, the real data included: each tile cut across a seam direction HALF_CUT lines in; the
     first pieces of one random half of the tiles are the queries, the second pieces of another half the candidates,
     the two halves sharing PARTNERED of their tiles. Per direction: how many queries have their partner among the
     candidates, the share of those whose partner is their mutual best match (the seam score's ranking on the set's
     own texture), the share also below the set's calibrated ratio threshold, and how many queries are wrongly
-    matched below it (the filters and thresholds of ``tables``)."""
+    matched below it (the filters and thresholds of ``tables``). With ``unplaced`` (a mask over the set: the tiles
+    the mosaics leave out), also how many queries of those tiles have their partner among the candidates and the
+    share whose partner is a mutual best match below LEFT_RATIO: how often the leftover test would see a true seam
+    of theirs, were it as continuous as their own texture."""
     n = len(images)
     order = np.random.default_rng(seed).permutation(n)
     half = n // 2
@@ -100,6 +105,11 @@ def half_tile_test(images: np.ndarray, tables: dict[str, mosaic.EdgeTable], seed
         out[rel] = {"with_partner": int(has.sum()),
                     "mutual_best": float((mutual[queries] & right).sum() / max(has.sum(), 1)),
                     "accepted": float((below & right).sum() / max(has.sum(), 1)), "wrong": int((below & ~right).sum())}
+        if unplaced is not None:
+            theirs = has & unplaced[queries]
+            seen = theirs & right & mutual[queries] & (worst[queries] < LEFT_RATIO)
+            out[rel] |= {"unplaced_with_partner": int(theirs.sum()),
+                         "unplaced_seen": float(seen.sum() / max(theirs.sum(), 1))}
     return out
 
 
@@ -198,19 +208,21 @@ def hole_test(ids: np.ndarray, found: Mosaics, sides_of: dict[str, tuple], seed:
     return out
 
 
-LEFT_RATIO = 0.8  # the leftover test counts the open edges' mutual best matches below this ratio
+LEFT_BINS = (0.8, 0.9, 0.95)  # the leftover test's ratio bins: below 0.8 (where a seam could be accepted), then up to 1
+LEFT_RATIO = LEFT_BINS[0]
 
 
 def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly, sides_of: dict[str, tuple],
-                  truth: Mosaics | None = None) -> dict[str, dict[str, tuple]]:
+                  truth: Mosaics | None = None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """How many true pairs the open edges may still hide, with no truth. Open edges are the unplaced tiles' a sides
     ("unplaced") and the placed tiles' a sides that face an empty cell ("border"): between them they hold every
-    seam the mosaics do not, each once. Per seam direction and population: the edges whose best candidate is a
-    mutual best match below LEFT_RATIO (observed), against the number that chance gives (expected): the same count
-    for the null queries of the same tiles (mosaic.null_matches: lines inside them, which have no partner among the
-    edges), scaled to the number of edges. An excess is the true pairs left. With the ``truth`` (a synthetic
-    layout), a third number: how many of the observed are the edge's true partner, which the excess estimates.
-    ``sides_of``: the :func:`edge_descriptors` of the set."""
+    seam the mosaics do not, each once. Per seam direction and population, binned by their best/second-best ratio
+    (below LEFT_RATIO, then LEFT_BINS up to 1): the edges whose best candidate is a mutual best match ("seen"),
+    against the number that chance gives ("chance"): the same count for the null queries of the same tiles
+    (mosaic.null_matches: lines inside them, which have no partner among the edges), scaled to the number of edges.
+    An excess is the true pairs left. With the ``truth`` (a synthetic layout), "true" too: how many of those seen
+    are the edge's true partner, which the excess estimates. ``sides_of``: the :func:`edge_descriptors` of the
+    set."""
     comp, row, col, tiles, at = layout_arrays(ids, result.mosaics)
     out = {}
     for rel, (_, second, flat_first, flat_second) in sides_of.items():
@@ -234,40 +246,62 @@ def _true_partners(ids: np.ndarray, images: np.ndarray, truth: Mosaics, rel: str
     return partner
 
 
+def _ratio_bin(ratio: np.ndarray) -> np.ndarray:
+    """The leftover bin of each best/second-best ratio: 0 below LEFT_RATIO, ..., len(LEFT_BINS) from LEFT_BINS[-1]
+    up, ties (1) and NaN included."""
+    return np.searchsorted(np.asarray(LEFT_BINS), np.nan_to_num(ratio, nan=1.0), side="right")
+
+
 def _open_edges(images: np.ndarray, table: mosaic.EdgeTable, second: np.ndarray, flat_second: np.ndarray,
-                edges: np.ndarray, partner: np.ndarray | None) -> tuple:
-    """The leftover test for one population of a sides (``edges``, a mask over the set): (observed, expected),
-    and with the true ``partner`` of each tile, how many of the observed are true."""
+                edges: np.ndarray, partner: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The leftover test for one population of a sides (``edges``, a mask over the set), per ratio bin: "seen",
+    "chance" and, with the true ``partner`` of each tile, "true"."""
+    bins = len(LEFT_BINS) + 1
     mutual, worst = mosaic.ratios(table)
-    seen = mutual & edges & (worst < LEFT_RATIO)
-    true = () if partner is None else (int((seen & (table.fwd[:, 0] == partner)).sum()),)
-    if not edges.any():
-        return 0, 0.0, *true
+    seen = mutual & edges
+    where = _ratio_bin(worst[seen])
+    out = {"seen": np.bincount(where, minlength=bins), "chance": np.zeros(bins)}
+    if partner is not None:
+        out["true"] = np.bincount(where[table.fwd[seen, 0] == partner[seen]], minlength=bins)
     ok_b = np.flatnonzero(~flat_second)
-    observed = int(seen.sum())
-    rates = []
-    if len(ok_b) >= 2:
-        seam = mosaic.SEAMS[table.rel]
-        for _, best, d in mosaic.null_matches(images, seam, table.filters, second, ok_b, np.flatnonzero(edges)):
-            b = np.maximum(best[:, 0], 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
-                ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
-            rates.append(np.mean((best[:, 0] >= 0) & (theirs < 1) & (ratio < LEFT_RATIO)) if len(d) else 0.0)
-    return observed, float(np.mean(rates)) * int(edges.sum()) if rates else float("nan"), *true
+    if not edges.any() or len(ok_b) < 2:
+        return out
+    seam = mosaic.SEAMS[table.rel]
+    shares = []
+    for _, best, d in mosaic.null_matches(images, seam, table.filters, second, ok_b, np.flatnonzero(edges)):
+        b = np.maximum(best[:, 0], 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            theirs = d[:, 0] / table.bwd_d[b, 0]  # the query would be b's best: b's ratio is then this
+            ratio = np.maximum(d[:, 0] / d[:, 1], theirs)
+        hit = (best[:, 0] >= 0) & (theirs < 1)
+        shares.append(np.bincount(_ratio_bin(ratio[hit]), minlength=bins) / max(len(d), 1))
+    out["chance"] = np.mean(shares, axis=0) * int(edges.sum())
+    return out
 
 
-def leftover_rows(test: dict[str, dict[str, tuple]]) -> list[tuple[str, str, str]]:
-    """The leftover test's rows of the table (with the truth: / true partners among them)."""
+def leftover_rows(test: dict[str, dict[str, dict[str, np.ndarray]]]) -> list[tuple[str, str, str]]:
+    """The leftover test's rows of the table: below LEFT_RATIO, then the higher bins on one row each (with the
+    truth: / true partners among them)."""
     label = {"unplaced": "unplaced tiles'", "border": "mosaic borders'"}
+    edges = (0.0, *LEFT_BINS, 1.0)
     rows = []
     for name in label:
-        for rel, by in test.items():
-            observed, expected, *true = by[name]
-            rows.append((f"{label[name]} mutual best matches < {LEFT_RATIO} {rel}: seen / by chance"
-                         + (" / true" if true else ""), " / ".join([f"{observed}", f"{expected:.0f}", *map(str, true)]),
-                         ""))
+        for rel, populations in test.items():
+            by = populations[name]
+            parts = [by[key] for key in ("seen", "chance", "true") if key in by]
+            cell = [" / ".join(f"{part[i]:.0f}" for part in parts) for i in range(len(LEFT_BINS) + 1)]
+            suffix = " / true" if "true" in by else ""
+            rows.append((f"{label[name]} mutual best matches < {LEFT_RATIO} {rel}: seen / by chance{suffix}",
+                         cell[0], ""))
+            rows.append((f"  ratio {', '.join(f'{lo:g}-{hi:g}' for lo, hi in zip(edges[1:-1], edges[2:]))}",
+                         ", ".join(cell[1:]), ""))
     return rows
+
+
+def continuity_rows(test: dict[str, tuple[float, float, int]]) -> list[tuple[str, str, str]]:
+    """The seam continuity check's rows of the table."""
+    return [(f"seam correlation {rel}: across pairs / one line in", f"{across:.3f} / {inside:.3f} of {pairs}", "")
+            for rel, (across, inside, pairs) in test.items()]
 
 
 def hole_rows(test: dict[str, int]) -> list[tuple[str, str, str]]:
@@ -287,6 +321,9 @@ def half_tile_rows(test: dict[str, dict]) -> list[tuple[str, str, str]]:
         rows.append((f"half-tile test {rel}: partner mutual best / also accepted",
                      f"{r['mutual_best']:.3f} / {r['accepted']:.3f} of {r['with_partner']}", ""))
         rows.append((f"half-tile test {rel}: queries wrongly accepted", f"{r['wrong']}", ""))
+        if "unplaced_seen" in r:
+            rows.append((f"  unplaced tiles' queries: partner mutual best < {LEFT_RATIO}",
+                         f"{r['unplaced_seen']:.3f} of {r['unplaced_with_partner']}", ""))
     return rows
 
 
@@ -333,7 +370,9 @@ def measure(args, data: str) -> int:
         ("  of which salt on a whole edge against none", f"{free['mask_disagree_whole_edges']}", ""),
         ("ratio quartiles: accepted pairs", " ".join(f"{v:.2f}" for v in free["ratio_accepted"]), ""),
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
-        *half_tile_rows(half_tile_test(images, result.tables or {})),
+        *continuity_rows(mosaic.seam_continuity(result.mosaics, ids, images)),
+        *half_tile_rows(half_tile_test(images, result.tables or {},
+                                       unplaced=result.mosaics.index_of(ids) < 0)),
         *hole_rows(hole_test(ids, result.mosaics, sides)),
         *leftover_rows(leftover_test(ids, images, result, sides, truth)),
         ("largest mosaics", ", ".join(map(str, sorted(result.mosaics.sizes().tolist())[::-1][:6])), ""),

@@ -914,6 +914,37 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
     return out
 
 
+def seam_continuity(mosaics: Mosaics, ids: np.ndarray, images: np.ndarray) -> dict[str, tuple[float, float, int]]:
+    """How continuous the mosaics' seams are against the texture inside a tile, with no truth: per seam direction,
+    the median correlation of a's edge line with b's facing edge line across each adjacent pair, the median
+    correlation of each of the two edge lines with the line next to it in its own tile, and the number of pairs
+    (NaN medians for none). True neighbours' seams are as continuous as one line inside a tile: so the half-tile
+    test's cuts stand for real seams. A wrong neighbour's seam is far less continuous."""
+    where = pd.Index(np.asarray(ids, str))
+    adj = mosaics.adjacent_ids()
+    a, b = where.get_indexer(adj["a"]), where.get_indexer(adj["b"])
+    rel = adj["rel"].to_numpy(str)
+    out = {}
+    for r in RELATIONS:
+        sel = (rel == r) & (a >= 0) & (b >= 0)
+        seam = SEAMS[r]
+        la = edge_lines(images[a[sel]].astype(np.float32), seam.first, (0, 1))
+        lb = edge_lines(images[b[sel]].astype(np.float32), seam.second, (0, 1))
+        median = lambda v: float(np.median(v)) if v.size else float("nan")  # noqa: E731
+        across = median(_correlation(la[:, 0], lb[:, 0]))
+        inside = median(np.concatenate([_correlation(la[:, 0], la[:, 1]), _correlation(lb[:, 0], lb[:, 1])]))
+        out[r] = (across, inside, int(sel.sum()))
+    return out
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with the same row of ``y`` (0 where either row is flat)."""
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    norm = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    return np.divide((x * y).sum(axis=1), norm, out=np.zeros(len(x), np.float64), where=norm > 0)
+
+
 def size_histogram(mosaics: Mosaics, edges=(2, 3, 5, 10, 20, 50)) -> list[tuple[str, int]]:
     """How many mosaics have 2, 3-4, 5-9, ... tiles."""
     sizes = mosaics.sizes()

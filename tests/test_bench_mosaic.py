@@ -43,11 +43,11 @@ def test_the_leftover_test_sees_a_pair_left_unplaced_and_none_by_chance():
     descriptors = bench_mosaic.edge_descriptors(images, result.tables)
     found = bench_mosaic.leftover_test(ids, images, result, descriptors)
     for name in ("unplaced", "border"):  # nothing left: nothing seen, next to nothing expected
-        assert found["LR"][name][0] == 0 and found["LR"][name][1] < 1
+        assert found["LR"][name]["seen"][0] == 0 and found["LR"][name]["chance"][0] < 1
     unplaced = mosaic.Assembly(Mosaics([], [], [], []), result.pairs, result.candidates, result.tables)
     left = bench_mosaic.leftover_test(ids, images, unplaced, descriptors)
-    assert left["LR"]["unplaced"][0] == 1 and left["LR"]["unplaced"][1] < 1  # the pair, were it left out
-    assert left["LR"]["border"] == (0, 0.0)  # no mosaic, no border
+    assert left["LR"]["unplaced"]["seen"][0] == 1 and left["LR"]["unplaced"]["chance"][0] < 1  # were it left out
+    assert not left["LR"]["border"]["seen"].any() and not left["LR"]["border"]["chance"].any()  # no border
 
 
 def test_the_leftover_test_sees_a_pair_missing_at_a_mosaic_border():
@@ -64,13 +64,19 @@ def test_the_leftover_test_sees_a_pair_missing_at_a_mosaic_border():
                                 result.tables)
     descriptors = bench_mosaic.edge_descriptors(images, result.tables)
     test = bench_mosaic.leftover_test(ids, images, first_two, descriptors)
-    assert test["LR"]["border"][0] == 1 and test["LR"]["border"][1] < 1
-    assert test["LR"]["unplaced"][0] == 0
+    assert test["LR"]["border"]["seen"][0] == 1 and test["LR"]["border"]["chance"][0] < 1
+    assert test["LR"]["unplaced"]["seen"][0] == 0
     # with a true layout, the match seen is counted as true; with a wrong one, it is not
     truth = Mosaics(ids[:3], [0, 0, 0], [0, 0, 0], [0, 1, 2])
-    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, truth)["LR"]["border"][2] == 1
+    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, truth)["LR"]["border"]["true"][0] == 1
     wrong = Mosaics(ids[:3], [0, 0, 0], [0, 0, 0], [0, 2, 1])
-    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, wrong)["LR"]["border"][2] == 0
+    assert bench_mosaic.leftover_test(ids, images, first_two, descriptors, wrong)["LR"]["border"]["true"][0] == 0
+
+
+def test_the_leftover_bins_split_the_ratios_at_their_edges():
+    ratios = np.array([0.1, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0, np.nan])
+    assert bench_mosaic.LEFT_BINS == (0.8, 0.9, 0.95)
+    assert bench_mosaic._ratio_bin(ratios).tolist() == [0, 1, 1, 2, 3, 3, 3, 3]
 
 
 def test_the_benchmark_prints_its_table_on_a_small_synthetic_set(tmp_path, capsys):
@@ -78,5 +84,35 @@ def test_the_benchmark_prints_its_table_on_a_small_synthetic_set(tmp_path, capsy
     assert bench_mosaic.measure(argparse.Namespace(ratio=None), str(tmp_path / "data")) == 0
     out = capsys.readouterr().out
     for row in ("tiles placed", "half-tile test LR", "holes (empty cells", "unplaced tiles' mutual best matches",
-                "mosaic borders'", "precision", "mosaic folds (k=10)"):
+                "mosaic borders'", "ratio 0.8-0.9, 0.9-0.95, 0.95-1", "seam correlation LR", "precision",
+                "mosaic folds (k=10)"):
         assert row in out, row
+
+
+def test_seams_of_true_neighbours_are_as_continuous_as_a_tile_and_wrong_ones_are_not():
+    rng = np.random.default_rng(3)
+    tiles, pos = cut(textured(rng, 3, 3))
+    ids = ids_for(len(tiles))
+    true = mosaic.seam_continuity(Mosaics(ids, np.zeros(9, np.int64), pos[:, 0], pos[:, 1]), ids, tiles)
+    assert {rel: pairs for rel, (_, _, pairs) in true.items()} == {"LR": 6, "TB": 6}
+    for across, inside, _ in true.values():
+        assert inside > 0.9 and abs(across - inside) < 0.05  # the seam is one more line of the same texture
+    order = np.array([4, 0, 8, 2, 6, 1, 7, 3, 5])  # no tile beside a true neighbour of its in the same relation
+    wrong = mosaic.seam_continuity(Mosaics(ids[order], np.zeros(9, np.int64), pos[:, 0], pos[:, 1]), ids, tiles)
+    for across, inside, _ in wrong.values():
+        assert across < 0.5 < inside
+    empty = mosaic.seam_continuity(Mosaics([], [], [], []), ids, tiles)
+    assert all(pairs == 0 and np.isnan(across) for across, _, pairs in empty.values())
+
+
+def test_the_half_tile_test_counts_the_unplaced_tiles_own_cuts():
+    rng = np.random.default_rng(5)
+    images = cut(textured(rng, 8, 8))[0]
+    tables = mosaic.edge_tables(images)
+    every = bench_mosaic.half_tile_test(images, tables, unplaced=np.ones(len(images), bool))
+    none = bench_mosaic.half_tile_test(images, tables, unplaced=np.zeros(len(images), bool))
+    for rel in ("LR", "TB"):
+        assert every[rel]["unplaced_with_partner"] == every[rel]["with_partner"] > 0
+        assert every[rel]["unplaced_seen"] > 0.5  # a smooth texture's cuts are found again
+        assert none[rel]["unplaced_with_partner"] == 0 and none[rel]["unplaced_seen"] == 0
+    assert "unplaced_seen" not in bench_mosaic.half_tile_test(images, tables)["LR"]
