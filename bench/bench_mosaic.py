@@ -368,6 +368,10 @@ def measure(args, data: str) -> int:
         ("train-train pairs / masks disagree across the seam",
          f"{free['train_train_pairs']} / {free['mask_disagree']} ({free['mask_disagree_share']:.1%})", ""),
         ("  of which salt on a whole edge against none", f"{free['mask_disagree_whole_edges']}", ""),
+        ("  of which in a closed 2x2 square", f"{free['mask_disagree_in_squares']}", ""),
+        ("adjacent pairs in a closed 2x2 square",
+         f"{free['pairs_in_squares']} of {free['adjacent_pairs']}"
+         f" ({free['pairs_in_squares'] / max(free['adjacent_pairs'], 1):.1%})", ""),
         ("ratio quartiles: accepted pairs", " ".join(f"{v:.2f}" for v in free["ratio_accepted"]), ""),
         ("ratio quartiles: rejected mutual best matches", " ".join(f"{v:.2f}" for v in free["ratio_rejected"]), ""),
         *continuity_rows(mosaic.seam_continuity(result.mosaics, ids, images)),

@@ -876,12 +876,13 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
     mutual best matches."""
     ids = np.asarray(ids, str)
     where = pd.Index(ids)
-    adj = result.mosaics.adjacent_ids()
-    a, b = where.get_indexer(adj["a"]), where.get_indexer(adj["b"])
-    rel = adj["rel"].to_numpy(str)
+    m = result.mosaics
+    first, second, rel = m.adjacent()
+    a, b = where.get_indexer(m.ids[first]), where.get_indexer(m.ids[second])
+    squared = in_closed_square(m, first, rel)
     n_train = len(masks)
     tt = (a >= 0) & (b >= 0) & (a < n_train) & (b < n_train)
-    disagree = whole = 0
+    disagree = whole = disagree_squared = 0
     for r in RELATIONS:
         sel = tt & (rel == r)
         seam = SEAMS[r]
@@ -889,15 +890,16 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
         eb = edge_lines(masks[b[sel]].astype(np.float32), seam.second, (0,))[:, 0]
         bad = (ea != eb).sum(axis=1) > step_pixels
         disagree += int(bad.sum())
+        disagree_squared += int((bad & squared[sel]).sum())
         full = lambda e: (e.min(axis=1) == e.max(axis=1))  # noqa: E731  (all salt or none along the edge)
         whole += int((bad & full(ea) & full(eb)).sum())
-    m = result.mosaics
     right, below = m.neighbours(m.ids).right, m.neighbours(m.ids).down
     has = (right >= 0) & (below >= 0)
     squares = int((has & (below[np.maximum(right, 0)] >= 0) &
                    (right[np.maximum(below, 0)] == below[np.maximum(right, 0)])).sum())
     out = {"train_train_pairs": int(tt.sum()), "mask_disagree": disagree, "mask_disagree_whole_edges": whole,
-           "mask_disagree_share": disagree / max(int(tt.sum()), 1), "squares": squares}
+           "mask_disagree_share": disagree / max(int(tt.sum()), 1), "mask_disagree_in_squares": disagree_squared,
+           "squares": squares, "pairs_in_squares": int(squared.sum()), "adjacent_pairs": len(squared)}
     tables = result.tables
     if tables:
         n = len(ids)
@@ -911,6 +913,24 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
             rej.append(worst[x][~is_kept])
         q = lambda v: np.quantile(v, [0.25, 0.5, 0.75]) if v.size else np.full(3, np.nan)  # noqa: E731
         out["ratio_accepted"], out["ratio_rejected"] = q(np.concatenate(acc)), q(np.concatenate(rej))
+    return out
+
+
+def in_closed_square(mosaics: Mosaics, a: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """For adjacent pairs of ``mosaics`` (a: index into it of each pair's a tile, ``rel`` LR or TB, as
+    :meth:`Mosaics.adjacent` gives them), whether the pair is a side of a closed 2x2 square: the two cells beside it
+    on one side (above an LR pair, or left of a TB pair) or the other are both occupied. A wrong pair rarely sits in
+    one: the square's other three seams would have to fit too."""
+    at = cell_lookup(mosaics.mosaic, mosaics.row, mosaics.col)
+    out = np.zeros(len(a), bool)
+    for r in RELATIONS:
+        sel = np.flatnonzero(rel == r)
+        k, row, col = mosaics.mosaic[a[sel]], mosaics.row[a[sel]], mosaics.col[a[sel]]
+        dr, dc = STEP[r]  # from a to b
+        sr, sc = dc, dr  # across the pair: up/down for LR, left/right for TB
+        for side in (-1, 1):
+            out[sel] |= ((at(k, row + side * sr, col + side * sc) >= 0)
+                         & (at(k, row + dr + side * sr, col + dc + side * sc) >= 0))
     return out
 
 

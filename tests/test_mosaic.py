@@ -430,3 +430,26 @@ def test_a_data_folder_with_one_tile_gives_a_header_only_pair(tmp_path, capsys):
     assert (out / "mosaics.csv").read_text().splitlines() == ["id,mosaic,row,col"]
     assert (out / "pairs.csv").read_text().splitlines() == ["a,b,rel,score"]
     assert len(Mosaics.read(out / "mosaics.csv")) == 0
+
+
+def test_a_pair_is_in_a_closed_square_only_when_both_cells_beside_it_are_occupied():
+    # mosaic 0: a 2x2 block at (0,0)-(1,1) and a tail at (0,2); mosaic 1: a lone pair at the same cells as the tail's
+    m = Mosaics(ids_for(7), [0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 1, 1], [0, 1, 0, 1, 2, 1, 2])
+    a, b, rel = m.adjacent()
+    got = {(m.ids[i], m.ids[j], r): bool(s) for i, j, r, s in zip(a, b, rel, mosaic.in_closed_square(m, a, rel))}
+    assert got == {("t0000", "t0001", "LR"): True, ("t0002", "t0003", "LR"): True,
+                   ("t0001", "t0004", "LR"): False,  # (1,1) is occupied, (1,2) is not
+                   ("t0005", "t0006", "LR"): False,  # mosaic 0's cells do not count for mosaic 1
+                   ("t0000", "t0002", "TB"): True, ("t0001", "t0003", "TB"): True}
+    assert not mosaic.in_closed_square(m, np.array([], np.int64), np.array([], str)).size
+
+
+def test_truth_free_counts_the_mask_disagreements_inside_closed_squares():
+    masks = np.zeros((5, S, S), np.uint8)
+    masks[1] = 1  # t0001 all salt: its seams with t0000 (LR) and t0003 (TB) disagree over a whole edge
+    m = Mosaics(ids_for(5), [0] * 5, [0, 0, 1, 1, 0], [0, 1, 0, 1, 2])  # t0004 a tail right of t0001
+    result = mosaic.Assembly(m, Pairs([], [], [], []), 0, None)
+    free = mosaic.truth_free(result, ids_for(5), masks)
+    assert free["train_train_pairs"] == 5 and free["mask_disagree"] == 3  # t0001 with t0000, t0003, t0004
+    assert free["mask_disagree_whole_edges"] == 3 and free["mask_disagree_in_squares"] == 2
+    assert free["pairs_in_squares"] == 4 and free["adjacent_pairs"] == 5 and free["squares"] == 1
