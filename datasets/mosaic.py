@@ -871,9 +871,10 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
     """Checks that need no true layout, for real data: for adjacent pairs of two train tiles (``masks`` holds the
     first ``len(masks)`` ids' masks), the share whose masks disagree across the seam on more than ``step_pixels``
     pixels (a wrong neighbour usually has a discontinuous mask boundary), and how many of those are a whole edge of
-    salt against a whole edge of none (often a labelling artefact of true neighbours); the 2x2 squares of adjacent
-    tiles (cycles that close); and the best/second-best ratio quartiles of the accepted pairs against the rejected
-    mutual best matches."""
+    salt against a whole edge of none (often a labelling artefact of true neighbours) and how many are a side of a
+    closed 2x2 square (:func:`in_closed_square`: true neighbours whose labels disagree); the 2x2 squares of
+    adjacent tiles (cycles that close) and how many of all the adjacent pairs are a side of one; and the
+    best/second-best ratio quartiles of the accepted pairs against the rejected mutual best matches."""
     ids = np.asarray(ids, str)
     where = pd.Index(ids)
     m = result.mosaics
@@ -941,9 +942,8 @@ def seam_continuity(mosaics: Mosaics, ids: np.ndarray, images: np.ndarray) -> di
     (NaN medians for none). True neighbours' seams are as continuous as one line inside a tile: so the half-tile
     test's cuts stand for real seams. A wrong neighbour's seam is far less continuous."""
     where = pd.Index(np.asarray(ids, str))
-    adj = mosaics.adjacent_ids()
-    a, b = where.get_indexer(adj["a"]), where.get_indexer(adj["b"])
-    rel = adj["rel"].to_numpy(str)
+    first, second, rel = mosaics.adjacent()
+    a, b = where.get_indexer(mosaics.ids[first]), where.get_indexer(mosaics.ids[second])
     out = {}
     for r in RELATIONS:
         sel = (rel == r) & (a >= 0) & (b >= 0)
