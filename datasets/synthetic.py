@@ -55,6 +55,13 @@ MARGIN = 8  # fields are evaluated on a window of the tile plus this margin: fil
 EMPTY_FRACTION = 0.39
 MOSAIC_SHARE = 0.26  # share of the tiles drawn from mosaic sections (a few of them end up without a neighbour)
 BLANK_ROW_FRACTION = 0.14  # sections whose last row is blank: about 2% flat tiles
+# sections whose top row holds the sea floor: still water above it (flat, no salt), a strong reflector on it; their
+# top tiles are partly flat, as about 4% of the real tiles are (their tops, a median 40 rows)
+SEAFLOOR_FRACTION = 0.3
+SEAFLOOR_DEPTH = (10.0, 90.0)  # pixels below the section's top, at its left edge
+SEAFLOOR_SLOPE = 0.03  # at most, pixels per pixel
+SEAFLOOR_GAIN = (4.0, 8.0)  # the sea floor reflector's amplitude, in units of the sediment's
+SALT_BELOW_SEAFLOOR = 10.0  # no salt within this many pixels below the sea floor
 L_MODE_FRACTION = 0.15
 MASK16_FRACTION = 0.15
 DEPTH_RANGE = (51, 959)
@@ -300,6 +307,13 @@ class Sections:
     contrast: np.ndarray
     brightness: np.ndarray
     blank_value: np.ndarray
+    # the sea floor, per section (depth NaN: none): depth + slope * x + swell * sin(2 pi x / swell_length + phase)
+    sea_depth: np.ndarray
+    sea_slope: np.ndarray
+    sea_swell: np.ndarray
+    sea_swell_length: np.ndarray
+    sea_phase: np.ndarray
+    sea_gain: np.ndarray
     z_top: np.ndarray
     z_step: np.ndarray
     # per tile
@@ -311,6 +325,26 @@ class Sections:
     def depths(self) -> np.ndarray:
         c = self.cells
         return np.round(self.z_top[c.section] + c.row * self.z_step[c.section]).astype(np.int64)
+
+    @property
+    def flat(self) -> np.ndarray:
+        """(N,) bool: the tiles of a blank row, and those wholly in the water above the sea floor."""
+        c = self.cells
+        x = (c.col * SIZE)[:, None] + np.arange(SIZE)[None, :]
+        floor = _sea_floor(self, c.section, x.astype(np.float32))
+        with np.errstate(invalid="ignore"):
+            water = np.all(floor > (c.row * SIZE + SIZE - 1)[:, None], axis=1)
+        return c.flat | water
+
+    @property
+    def partly_flat(self) -> np.ndarray:
+        """(N,) bool: the tiles that the sea floor crosses: still water over their top, sediment below."""
+        c = self.cells
+        x = (c.col * SIZE)[:, None] + np.arange(SIZE)[None, :]
+        floor = _sea_floor(self, c.section, x.astype(np.float32))
+        with np.errstate(invalid="ignore"):
+            some = np.any(floor > (c.row * SIZE)[:, None], axis=1)
+        return some & ~self.flat
 
 
 def _draw_shapes(rng: np.random.Generator, width_px: np.ndarray, height_px: np.ndarray) -> pd.DataFrame:
@@ -379,11 +413,37 @@ def draw_sections(rng: np.random.Generator, n: int) -> Sections:
         texture_amp=rng.uniform(0.2, 0.35, s).astype(np.float32),
         rim_gain=rng.uniform(0.8, 2.0, s).astype(np.float32), contrast=rng.uniform(*CONTRAST, s),
         brightness=rng.uniform(95, 150, s), blank_value=rng.integers(0, 256, s), z_top=z_top, z_step=z_step,
+        **_draw_sea(rng.spawn(1)[0], s),
         noise=rng.uniform(*NOISE, m).astype(np.float32),
         jitter_contrast=rng.uniform(*JITTER_CONTRAST, m),
         jitter_brightness=rng.uniform(-JITTER_BRIGHTNESS, JITTER_BRIGHTNESS, m))
     sections.threshold = _empty_threshold(sections)
     return sections
+
+
+def _draw_sea(rng: np.random.Generator, s: int) -> dict[str, np.ndarray]:
+    """The sea floor of each of ``s`` sections (SEAFLOOR_FRACTION of them; depth NaN for the others)."""
+    depth = rng.uniform(*SEAFLOOR_DEPTH, s)
+    depth[rng.random(s) >= SEAFLOOR_FRACTION] = np.nan
+    return {"sea_depth": depth, "sea_slope": rng.uniform(-SEAFLOOR_SLOPE, SEAFLOOR_SLOPE, s),
+            "sea_swell": rng.uniform(0.0, 6.0, s), "sea_swell_length": rng.uniform(200.0, 600.0, s),
+            "sea_phase": rng.uniform(0, 2 * np.pi, s), "sea_gain": rng.uniform(*SEAFLOOR_GAIN, s)}
+
+
+def _sea_floor(sections: Sections, sec: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The sea floor's depth (pixels from the section's top) at columns ``x`` (B, n) of sections ``sec`` (B,);
+    NaN in sections without one."""
+    S = sections
+    p = lambda a: np.asarray(a)[sec].astype(np.float32)[:, None]  # noqa: E731
+    return (p(S.sea_depth) + p(S.sea_slope) * x
+            + p(S.sea_swell) * np.sin(2 * np.pi * x / p(S.sea_swell_length) + p(S.sea_phase)))
+
+
+def _below_sea_floor(sections: Sections, sec: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Where salt may be over windows (B, n, n): everywhere without a sea floor, else SALT_BELOW_SEAFLOOR below it."""
+    floor = _sea_floor(sections, sec, x[:, 0, :])[:, None, :]
+    with np.errstate(invalid="ignore"):
+        return ~(y < floor + SALT_BELOW_SEAFLOOR)
 
 
 def _window_coords(sections: Sections, tiles: np.ndarray, margin: int = MARGIN):
@@ -474,9 +534,10 @@ def _empty_threshold(sections: Sections) -> float:
     for first in range(0, n, BLOCK):
         tiles = np.arange(first, min(n, first + BLOCK))
         sec, y, x = _window_coords(sections, tiles, margin=0)
-        peak[tiles] = _dome_field(sections, sec, y, x).max(axis=(1, 2))
-        forced[tiles] = _shape_masks(sections, tiles, sec, y, x).any(axis=(1, 2))
-    flat = sections.cells.flat
+        salt_may = _below_sea_floor(sections, sec, y, x)
+        peak[tiles] = np.where(salt_may, _dome_field(sections, sec, y, x), -np.inf).max(axis=(1, 2))
+        forced[tiles] = (_shape_masks(sections, tiles, sec, y, x) & salt_may).any(axis=(1, 2))
+    flat = sections.flat
     free = np.sort(peak[~forced & ~flat])
     need = int(round(EMPTY_FRACTION * n)) - int(flat.sum())  # flat tiles are empty anyway
     if need <= 0:
@@ -493,6 +554,8 @@ def render(sections: Sections, tiles: np.ndarray, rng: np.random.Generator) -> t
     sec, y, x = _window_coords(S, tiles)
     core = slice(MARGIN, MARGIN + SIZE)
     window_mask = (_dome_field(S, sec, y, x) > S.threshold) | _shape_masks(S, tiles, sec, y, x)
+    window_mask &= _below_sea_floor(S, sec, y, x)
+    floor = _sea_floor(S, sec, x[:, 0, :])[:, None, :]  # (B, 1, W), NaN without a sea floor
     # texture: one continuous filtered noise field, chaotic inside salt and faint in the sediment
     noise = _hashed_noise(S.chaos_salt[sec], y.astype(np.int64), x.astype(np.int64))
     texture = np.zeros((len(tiles), SIZE, SIZE), np.float32)
@@ -512,14 +575,25 @@ def render(sections: Sections, tiles: np.ndarray, rng: np.random.Generator) -> t
         soft = soft[:, 1:-1, 1:-1]
         img[salty] += soft * (_per_tile(S.chaos_amp, s) * texture[salty] - img[salty]) + _per_tile(S.rim_gain, s) * rim
     img += S.noise[tiles][:, None, None] * rng.standard_normal(img.shape, dtype=np.float32)
+    img = _sea(img, y[:, core] - floor[:, :, core], _per_tile(S.sea_gain, sec))
     img *= _per_tile(S.contrast, sec) * S.jitter_contrast[tiles][:, None, None].astype(np.float32)
     img += _per_tile(S.brightness, sec) + S.jitter_brightness[tiles][:, None, None].astype(np.float32)
     images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     mask = np.ascontiguousarray(window_mask[:, core, core])
-    flat = S.cells.flat[tiles]
+    flat = S.cells.flat[tiles]  # a blank row (the tiles wholly in the water are flat already)
     images[flat] = S.blank_value[sec[flat]].astype(np.uint8)[:, None, None]
     mask[flat] = False
     return images, mask
+
+
+def _sea(img: np.ndarray, below: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """``img`` with still water where ``below`` (pixels below the sea floor, NaN: no sea) is negative: zero
+    amplitude and no noise, so flat after any contrast; on the floor a strong reflector (a Ricker pulse)."""
+    with np.errstate(invalid="ignore"):
+        water = below < 0
+        t = np.nan_to_num(below, nan=1e3) / np.float32(3.0)
+        pulse = gain * (1 - 2 * t * t) * np.exp(-t * t)
+    return np.where(water, np.float32(0), img + pulse.astype(np.float32))
 
 
 def render_all(sections: Sections, tiles: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -539,7 +613,7 @@ def generate(n: int, rng: np.random.Generator, ids: np.ndarray | None = None) ->
     ids = make_ids(rng, n) if ids is None else np.asarray(ids)
     images, masks = render_all(sections, np.arange(n), rng)
     c = sections.cells
-    return Synthetic(ids, images, masks, sections.depths, c.flat, c.section, c.row, c.col)
+    return Synthetic(ids, images, masks, sections.depths, sections.flat, c.section, c.row, c.col)
 
 
 # -- files -----------------------------------------------------------------------------------------------------------
@@ -621,7 +695,8 @@ def write_dataset(out: str | os.PathLike, n_train: int, n_test: int, seed: int =
         "train": n_train,
         "test": n_test,
         "empty_fraction": empty / n_train if n_train else float("nan"),
-        "flat_images": int(c.flat.sum()),
+        "flat_images": int(sections.flat.sum()),
+        "partly_flat_images": int(sections.partly_flat.sum()),
         "mean_coverage": salt_pixels / (n_train * SIZE * SIZE) if n_train else float("nan"),
         "sections": len(c.width),
     }
@@ -675,7 +750,7 @@ def main(argv=None) -> int:
     summary = write_dataset(out, args.train, args.test, args.seed)
     print(f"wrote {summary['train']} train and {summary['test']} test images from {summary['sections']} sections "
           f"to {out} (empty masks {summary['empty_fraction']:.1%}, mean coverage {summary['mean_coverage']:.1%}, "
-          f"flat images {summary['flat_images']})")
+          f"flat images {summary['flat_images']}, under the sea floor's water {summary['partly_flat_images']})")
     return 0
 
 

@@ -1,5 +1,7 @@
 """The synthetic generator: sections cut into tiles (the true layout), Kaggle's layout and file variety, the real
 data's statistics, the per-tile look, determinism."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,9 +50,41 @@ def test_sections_layout(big):
     # depths grow with the row inside a section
     a, b = pairs[0]
     assert (s.depths[b] > s.depths[a]).all()
-    # flat tiles are a blank last row of their section
+    # flat tiles are a blank last row of their section, or wholly in the water over its sea floor
     last = s.row == pd.Series(s.row).groupby(s.section).transform("max").to_numpy()
-    assert last[s.flat].all()
+    assert (last | (s.row == 0))[s.flat].all()
+
+
+def water_rows(images):
+    """How many rows at the top of each image are one grey level, all of them the same (the sea's still water)."""
+    same = (images == images[:, :1, :1]).all(axis=2)
+    return np.where(same.all(axis=1), images.shape[1], np.argmin(same, axis=1))
+
+
+def test_the_sea_floor_tops_some_sections_with_still_water(big):
+    """As at the top of the real sections: still water (one grey level, no salt) over a bright sea floor that runs
+    on across the neighbouring tiles; about 4% of the tiles, all in the top rows of their sections."""
+    s = big
+    water = water_rows(s.images)
+    partly = (water > 0) & ~s.flat
+    assert 0.02 < partly.mean() < 0.08
+    assert (s.row[partly] <= 1).all() and not s.masks[partly, :10].any()  # no salt in the water
+    tiles = np.flatnonzero(partly)
+    below = s.images[tiles, np.minimum(water[tiles] + 1, 100)].astype(np.float32)  # the sea floor, just below
+    assert (below.mean(axis=1) > s.images[tiles].reshape(len(tiles), -1).mean(axis=1)).mean() > 0.9
+    # every section under the sea: the floor runs on from a tile's right edge into its right neighbour's left edge
+    sections = synthetic.draw_sections(np.random.default_rng(1), 600)
+    sections = dataclasses.replace(sections, sea_depth=np.full(len(sections.cells.width), 50.0))
+    c = sections.cells
+    images, masks = synthetic.render_all(sections, np.arange(len(c.section)), np.random.default_rng(2))
+    layout = synthetic.Synthetic(np.arange(len(c.section)).astype(str), images, masks, sections.depths,
+                                 sections.flat, c.section, c.row, c.col)
+    a, b = true_pairs(layout, 0, 1)
+    top = (c.row[a] == 0) & ~sections.flat[a] & ~sections.flat[b]
+    assert top.sum() >= 10
+    assert (water_rows(images[a[top], :, -1:]) > 0).all()
+    assert np.abs(water_rows(images[a[top], :, -1:]) - water_rows(images[b[top], :, :1])).max() <= 2
+    assert not masks[a[top], :10].any()
 
 
 def test_tiles_continue_across_edges(big):
