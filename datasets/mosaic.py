@@ -47,6 +47,9 @@ from tgs.mosaic import MOSAICS_FILE, PAIRS_FILE, RELATIONS, STEP, Mosaics, Pairs
 from tgs.progress import bar
 
 FLAT_STD = 2.0  # an edge line with a smaller standard deviation (grey levels) is near-constant: never matched
+# an edge line with fewer pixels than this outside its longest constant run (still water over the sea floor, a
+# section's blank margin) has too little texture to match: it is never matched either
+MIN_TEXTURED = 20
 NEIGHBOURS = 8  # candidates kept per edge (growing, the layout's fit check)
 NULL_RATE = 0.001  # the ratio threshold lets through this share of the null queries (edges without a partner)
 RATIO_RANGE = (0.5, 0.8)  # the calibrated threshold is clipped to this range (small sets give few null queries)
@@ -101,8 +104,21 @@ def edge_lines(images: np.ndarray, side: str, offsets=(0, 1)) -> np.ndarray:
 
 
 def flat_edges(images: np.ndarray, side: str) -> np.ndarray:
-    """(N,) bool: the edge line at ``side`` is flat or near-constant (standard deviation below FLAT_STD)."""
-    return edge_lines(images, side, (0,))[:, 0].std(axis=1) < FLAT_STD
+    """(N,) bool: the edge line at ``side`` is flat or near-constant (standard deviation below FLAT_STD), or all
+    but fewer than MIN_TEXTURED of its pixels are one constant run."""
+    line = edge_lines(images, side, (0,))[:, 0]
+    return (line.std(axis=1) < FLAT_STD) | (line.shape[1] - longest_run(line) < MIN_TEXTURED)
+
+
+def longest_run(lines: np.ndarray) -> np.ndarray:
+    """(N,) int: the length of the longest run of equal consecutive values in each row of ``lines`` (N, L)."""
+    n, length = lines.shape
+    if length == 0:
+        return np.zeros(n, np.int64)
+    starts = np.ones((n, length), bool)
+    starts[:, 1:] = lines[:, 1:] != lines[:, :-1]
+    run = np.cumsum(starts, axis=1) - 1 + (np.arange(n) * length)[:, None]  # a run's number, unique over rows
+    return np.bincount(run.ravel(), minlength=n * length).reshape(n, length).max(axis=1)
 
 
 def normalised_lines(images: np.ndarray, side: str) -> np.ndarray:

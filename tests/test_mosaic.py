@@ -453,3 +453,18 @@ def test_truth_free_counts_the_mask_disagreements_inside_closed_squares():
     assert free["train_train_pairs"] == 5 and free["mask_disagree"] == 3  # t0001 with t0000, t0003, t0004
     assert free["mask_disagree_whole_edges"] == 3 and free["mask_disagree_in_squares"] == 2
     assert free["pairs_in_squares"] == 4 and free["adjacent_pairs"] == 5 and free["squares"] == 1
+
+
+def test_longest_run_and_an_edge_that_is_mostly_one_grey_level_is_flat():
+    lines = np.array([[1, 1, 2, 2, 2, 3], [5, 5, 5, 5, 5, 5], [1, 2, 3, 4, 5, 6], [7, 8, 8, 7, 7, 7]])
+    assert mosaic.longest_run(lines).tolist() == [3, 6, 1, 3]
+    assert mosaic.longest_run(np.zeros((2, 0))).tolist() == [0, 0]
+    rng = np.random.default_rng(0)
+    tiles = textured(rng, 1, 3)
+    tiles = np.stack([tiles[:, :S], tiles[:, S:2 * S], tiles[:, 2 * S:]])
+    water = mosaic.MIN_TEXTURED - 1  # pixels of texture left below still water
+    tiles[1, :S - water, :] = 90  # still water over all but 19 rows: its left and right edges are flat
+    tiles[2, :S - water - 2, :] = 90  # 21 rows of texture: not flat
+    assert mosaic.flat_edges(tiles, "left").tolist() == [False, True, False]
+    assert mosaic.flat_edges(tiles, "right").tolist() == [False, True, False]
+    assert mosaic.flat_edges(tiles, "top").tolist() == [False, True, True]  # the water's own edge
