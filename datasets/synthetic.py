@@ -10,7 +10,9 @@ Like the real data, the tiles are cut from a few large seismic sections and spli
   is drawn so that about a quarter of the tiles have at least one kept neighbour, whatever the size of the set;
   with Kaggle's split (4000 train, 18000 test) about one test tile in nine is then next to a train tile (with
   a larger share of training tiles the share is larger: the split is random). Some sections end in a blank row
-  (flat, single-valued tiles with empty masks, as where a real section has no data);
+  (flat, single-valued tiles with empty masks, as where a real section has no data), and about a third begin at
+  the sea: still water (one grey level, no salt) over a bright sea floor that crosses their top row of tiles, as
+  at the top of the real sections;
 - sediment: horizontal reflectors. A sparse reflectivity series per section convolved with a Ricker wavelet,
   sampled along gently folded, tilted, undulating horizons, with an amplitude that varies smoothly along each
   reflector; everything runs continuously across tile boundaries;
