@@ -114,7 +114,8 @@ class Cells:
     blank_row: np.ndarray  # (S,) bool: the section's last row is blank
 
     @property
-    def flat(self) -> np.ndarray:
+    def blank(self) -> np.ndarray:
+        """(N,) bool: the tiles of a blank last row."""
         return self.blank_row[self.section] & (self.row == self.height[self.section] - 1)
 
 
@@ -331,22 +332,19 @@ class Sections:
     @property
     def flat(self) -> np.ndarray:
         """(N,) bool: the tiles of a blank row, and those wholly in the water above the sea floor."""
-        c = self.cells
-        x = (c.col * SIZE)[:, None] + np.arange(SIZE)[None, :]
-        floor = _sea_floor(self, c.section, x.astype(np.float32))
-        with np.errstate(invalid="ignore"):
-            water = np.all(floor > (c.row * SIZE + SIZE - 1)[:, None], axis=1)
-        return c.flat | water
+        return self.cells.blank | (self._water_rows() >= SIZE).all(axis=1)
 
     @property
     def partly_flat(self) -> np.ndarray:
         """(N,) bool: the tiles that the sea floor crosses: still water over their top, sediment below."""
+        return (self._water_rows() > 0).any(axis=1) & ~self.flat
+
+    def _water_rows(self) -> np.ndarray:
+        """(N, SIZE): how many of each tile's rows lie in the water above the sea floor, per column (0 without one)."""
         c = self.cells
         x = (c.col * SIZE)[:, None] + np.arange(SIZE)[None, :]
-        floor = _sea_floor(self, c.section, x.astype(np.float32))
-        with np.errstate(invalid="ignore"):
-            some = np.any(floor > (c.row * SIZE)[:, None], axis=1)
-        return some & ~self.flat
+        floor = np.nan_to_num(_sea_floor(self, c.section, x.astype(np.float32)), nan=-np.inf)
+        return np.clip(np.ceil(floor - (c.row * SIZE)[:, None]), 0, SIZE)
 
 
 def _draw_shapes(rng: np.random.Generator, width_px: np.ndarray, height_px: np.ndarray) -> pd.DataFrame:
@@ -582,7 +580,7 @@ def render(sections: Sections, tiles: np.ndarray, rng: np.random.Generator) -> t
     img += _per_tile(S.brightness, sec) + S.jitter_brightness[tiles][:, None, None].astype(np.float32)
     images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     mask = np.ascontiguousarray(window_mask[:, core, core])
-    flat = S.cells.flat[tiles]  # a blank row (the tiles wholly in the water are flat already)
+    flat = S.cells.blank[tiles]  # a blank row (the tiles wholly in the water are flat already)
     images[flat] = S.blank_value[sec[flat]].astype(np.uint8)[:, None, None]
     mask[flat] = False
     return images, mask
