@@ -224,26 +224,29 @@ def leftover_test(ids: np.ndarray, images: np.ndarray, result: mosaic.Assembly, 
     are the edge's true partner, which the excess estimates. ``sides_of``: the :func:`edge_descriptors` of the
     set."""
     comp, row, col, tiles, at = layout_arrays(ids, result.mosaics)
+    partners = None if truth is None else _true_partners(ids, images, truth)
     out = {}
     for rel, (_, second, flat_first, flat_second) in sides_of.items():
         dr, dc = STEP[rel]
         border = np.zeros(len(ids), bool)
         border[tiles] = at(comp[tiles], row[tiles] + dr, col[tiles] + dc) < 0
-        partner = None if truth is None else _true_partners(ids, images, truth, rel)
+        partner = None if truth is None else partners[rel]
         out[rel] = {name: _open_edges(images, result.tables[rel], second, flat_second, edges & ~flat_first, partner)
                     for name, edges in (("unplaced", comp < 0), ("border", border))}
     return out
 
 
-def _true_partners(ids: np.ndarray, images: np.ndarray, truth: Mosaics, rel: str) -> np.ndarray:
-    """Each tile's true b neighbour in ``rel`` (an index into ``ids``), -1 for none or for one that no seam can
-    show (mosaic.true_pairs: a facing edge flat)."""
+def _true_partners(ids: np.ndarray, images: np.ndarray, truth: Mosaics) -> dict[str, np.ndarray]:
+    """Per seam direction, each tile's true b neighbour (an index into ``ids``), -1 for none or for one that no
+    seam can show (mosaic.true_pairs: a facing edge flat)."""
     _, recoverable = mosaic.true_pairs(truth, ids, images)
-    pairs = recoverable[recoverable["rel"] == rel]
     where = pd.Index(np.asarray(ids, str))
-    partner = np.full(len(ids), -1, np.int64)
-    partner[where.get_indexer(pairs["a"])] = where.get_indexer(pairs["b"])
-    return partner
+    out = {}
+    for rel in mosaic.RELATIONS:
+        pairs = recoverable[recoverable["rel"] == rel]
+        out[rel] = np.full(len(ids), -1, np.int64)
+        out[rel][where.get_indexer(pairs["a"])] = where.get_indexer(pairs["b"])
+    return out
 
 
 def _ratio_bin(ratio: np.ndarray) -> np.ndarray:

@@ -896,7 +896,7 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
     m = result.mosaics
     first, second, rel = m.adjacent()
     a, b = where.get_indexer(m.ids[first]), where.get_indexer(m.ids[second])
-    squared = in_closed_square(m, first, rel)
+    squared = np.logical_or(*_closed_sides(m, first, rel))
     n_train = len(masks)
     tt = (a >= 0) & (b >= 0) & (a < n_train) & (b < n_train)
     disagree = whole = disagree_squared = 0
@@ -910,10 +910,7 @@ def truth_free(result: "Assembly", ids: np.ndarray, masks: np.ndarray, step_pixe
         disagree_squared += int((bad & squared[sel]).sum())
         full = lambda e: (e.min(axis=1) == e.max(axis=1))  # noqa: E731  (all salt or none along the edge)
         whole += int((bad & full(ea) & full(eb)).sum())
-    right, below = m.neighbours(m.ids).right, m.neighbours(m.ids).down
-    has = (right >= 0) & (below >= 0)
-    squares = int((has & (below[np.maximum(right, 0)] >= 0) &
-                   (right[np.maximum(below, 0)] == below[np.maximum(right, 0)])).sum())
+    squares = int(_closed_sides(m, first, rel)[1][rel == "LR"].sum())  # each square once: by its top pair
     out = {"train_train_pairs": int(tt.sum()), "mask_disagree": disagree, "mask_disagree_whole_edges": whole,
            "mask_disagree_share": disagree / max(int(tt.sum()), 1), "mask_disagree_in_squares": disagree_squared,
            "squares": squares, "pairs_in_squares": int(squared.sum()), "adjacent_pairs": len(squared)}
@@ -938,17 +935,23 @@ def in_closed_square(mosaics: Mosaics, a: np.ndarray, rel: np.ndarray) -> np.nda
     :meth:`Mosaics.adjacent` gives them), whether the pair is a side of a closed 2x2 square: the two cells beside it
     on one side (above an LR pair, or left of a TB pair) or the other are both occupied. A wrong pair rarely sits in
     one: the square's other three seams would have to fit too."""
+    return np.logical_or(*_closed_sides(mosaics, a, rel))
+
+
+def _closed_sides(mosaics: Mosaics, a: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For adjacent pairs (as :func:`in_closed_square` takes them): whether the two cells beside the pair are both
+    occupied on its first side (above an LR pair, left of a TB pair), and on its second (below, right)."""
     at = cell_lookup(mosaics.mosaic, mosaics.row, mosaics.col)
-    out = np.zeros(len(a), bool)
+    out = np.zeros((2, len(a)), bool)
     for r in RELATIONS:
         sel = np.flatnonzero(rel == r)
         k, row, col = mosaics.mosaic[a[sel]], mosaics.row[a[sel]], mosaics.col[a[sel]]
         dr, dc = STEP[r]  # from a to b
         sr, sc = dc, dr  # across the pair: up/down for LR, left/right for TB
-        for side in (-1, 1):
-            out[sel] |= ((at(k, row + side * sr, col + side * sc) >= 0)
-                         & (at(k, row + dr + side * sr, col + dc + side * sc) >= 0))
-    return out
+        for i, side in enumerate((-1, 1)):
+            out[i, sel] = ((at(k, row + side * sr, col + side * sc) >= 0)
+                           & (at(k, row + dr + side * sr, col + dc + side * sc) >= 0))
+    return out[0], out[1]
 
 
 def seam_continuity(mosaics: Mosaics, ids: np.ndarray, images: np.ndarray) -> dict[str, tuple[float, float, int]]:

@@ -439,9 +439,14 @@ def _sea_floor(sections: Sections, sec: np.ndarray, x: np.ndarray) -> np.ndarray
             + p(S.sea_swell) * np.sin(2 * np.pi * x / p(S.sea_swell_length) + p(S.sea_phase)))
 
 
-def _below_sea_floor(sections: Sections, sec: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Where salt may be over windows (B, n, n): everywhere without a sea floor, else SALT_BELOW_SEAFLOOR below it."""
-    floor = _sea_floor(sections, sec, x[:, 0, :])[:, None, :]
+def _window_floor(sections: Sections, sec: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The sea floor over windows whose columns are ``x`` (B, 1, n): (B, 1, n), NaN without one."""
+    return _sea_floor(sections, sec, x[:, 0, :])[:, None, :]
+
+
+def _salt_may(floor: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where salt may be over windows (rows ``y``, the :func:`_window_floor` ``floor``): everywhere without a sea
+    floor, else from SALT_BELOW_SEAFLOOR below it."""
     with np.errstate(invalid="ignore"):
         return ~(y < floor + SALT_BELOW_SEAFLOOR)
 
@@ -534,7 +539,7 @@ def _empty_threshold(sections: Sections) -> float:
     for first in range(0, n, BLOCK):
         tiles = np.arange(first, min(n, first + BLOCK))
         sec, y, x = _window_coords(sections, tiles, margin=0)
-        salt_may = _below_sea_floor(sections, sec, y, x)
+        salt_may = _salt_may(_window_floor(sections, sec, x), y)
         peak[tiles] = np.where(salt_may, _dome_field(sections, sec, y, x), -np.inf).max(axis=(1, 2))
         forced[tiles] = (_shape_masks(sections, tiles, sec, y, x) & salt_may).any(axis=(1, 2))
     flat = sections.flat
@@ -554,8 +559,8 @@ def render(sections: Sections, tiles: np.ndarray, rng: np.random.Generator) -> t
     sec, y, x = _window_coords(S, tiles)
     core = slice(MARGIN, MARGIN + SIZE)
     window_mask = (_dome_field(S, sec, y, x) > S.threshold) | _shape_masks(S, tiles, sec, y, x)
-    window_mask &= _below_sea_floor(S, sec, y, x)
-    floor = _sea_floor(S, sec, x[:, 0, :])[:, None, :]  # (B, 1, W), NaN without a sea floor
+    floor = _window_floor(S, sec, x)  # (B, 1, W), NaN without a sea floor
+    window_mask &= _salt_may(floor, y)
     # texture: one continuous filtered noise field, chaotic inside salt and faint in the sediment
     noise = _hashed_noise(S.chaos_salt[sec], y.astype(np.int64), x.astype(np.int64))
     texture = np.zeros((len(tiles), SIZE, SIZE), np.float32)
